@@ -1,0 +1,3 @@
+"""CLI sub-commands; each module registers its commands with `m3c.cli.command`."""
+
+from m3c.commands import export_cmd  # noqa: F401
