@@ -50,7 +50,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"m3c {args.command}: interrupted", file=sys.stderr)
         return 130
     return int(status or 0)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

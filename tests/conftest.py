@@ -1,0 +1,24 @@
+"""Shared fixtures: exported models are built once per session and reused."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def export_model(tmp_path_factory):
+    """Export a random preset model once per (preset, gate, seed); returns (model, path)."""
+    cache: dict = {}
+
+    def get(preset: str, gate: str = "multi", seed: int = 0, **overrides):
+        key = (preset, gate, seed, tuple(sorted(overrides.items())))
+        if key not in cache:
+            from m3c.export import export
+            from m3c.models import build_model
+
+            model = build_model(preset, seed=seed, gate=gate, **overrides)
+            name = f"{preset}-{gate}-{seed}-{abs(hash(key[3])) % 10**6}.onnx"
+            cache[key] = (model, export(model, tmp_path_factory.mktemp("onnx") / name))
+        return cache[key]
+
+    return get
