@@ -1,0 +1,162 @@
+"""What every MoE recogniser finds, and how a found layer becomes one `m3c.MoE` node."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from m3c.errors import LoweringError
+from m3c.routing import Router, constant_value, producer, skip_shape_ops
+
+ACTIVATIONS = {"Erf": "gelu", "Tanh": "gelu_tanh", "Relu": "relu"}
+
+
+@dataclass
+class MoEMatch:
+    """One MoE layer in m3c's layout: experts as x @ W (W1 [E,D,H], W2 [E,H,D])."""
+
+    router: Router
+    output: gs.Variable
+    w1: np.ndarray
+    b1: np.ndarray
+    w2: np.ndarray
+    b2: np.ndarray
+    top_k: int
+    activation: str
+
+    def check(self, where: str) -> None:
+        experts, dim, hidden = self.w1.shape
+        expected = {
+            "b1": (self.b1.shape, (experts, hidden)),
+            "w2": (self.w2.shape, (experts, hidden, dim)),
+            "b2": (self.b2.shape, (experts, dim)),
+            "router weights": (self.router.weights.shape[1:], (dim, experts)),
+        }
+        wrong = [f"{k} {got} != {want}" for k, (got, want) in expected.items() if got != want]
+        if wrong:
+            raise LoweringError(f"{where}: inconsistent expert shapes: {'; '.join(wrong)}")
+        if not 1 <= self.top_k <= experts:
+            raise LoweringError(f"{where}: top-k {self.top_k} outside 1..{experts}")
+
+
+def activation_between(start: gs.Tensor, end: gs.Tensor, where: str) -> str:
+    """Name the elementwise activation computing `end` from `start` (GELU erf/tanh, ReLU)."""
+    ops = {node.op for node in nodes_between(start, end)}
+    found = {name for op, name in ACTIVATIONS.items() if op in ops}
+    if len(found) != 1:
+        raise LoweringError(f"{where}: expert activation built from {sorted(ops)} is not "
+                            "GELU or ReLU", remedy="use GELU (erf or tanh form) or ReLU experts")
+    return found.pop()
+
+
+def nodes_between(start: gs.Tensor, end: gs.Tensor) -> list[gs.Node]:
+    """Nodes on some path from `start` to `end` (walking back from `end`)."""
+    found: dict[int, gs.Node] = {}
+    stack = [end]
+    while stack:
+        tensor = stack.pop()
+        if tensor is start or len(tensor.inputs) != 1:
+            continue
+        node = tensor.inputs[0]
+        if id(node) in found:
+            continue
+        found[id(node)] = node
+        stack.extend(node.inputs)
+    return list(found.values())
+
+
+def task_tensor(graph: gs.Graph) -> tuple[gs.Tensor, str | None]:
+    """The graph's `task` input, or a constant 0 for single-task models."""
+    for tensor in graph.inputs:
+        if tensor.name == "task":
+            return tensor, tensor.name
+    return gs.Constant("m3c_task_zero", np.array(0, dtype=np.int64)), None
+
+
+def num_tasks(graph: gs.Graph) -> int:
+    """How many tasks the graph distinguishes: rows of the tables that `task` indexes."""
+    _, name = task_tensor(graph)
+    if name is None:
+        return 1
+    rows = [1]
+    for node in graph.nodes:
+        if node.op == "Gather" and len(node.inputs) == 2:
+            table = constant_value(node.inputs[0])
+            index = skip_shape_ops(node.inputs[1])
+            if table is not None and getattr(index, "name", None) == name:
+                rows.append(table.shape[0])
+    return max(rows)
+
+
+def replace_with_moe(graph: gs.Graph, match: MoEMatch, index: int) -> gs.Node:
+    """Put one m3c.MoE node in place of the matched subgraph (cleanup removes the rest)."""
+    prefix = f"moe{index}"
+    task, _ = task_tensor(graph)
+    weights = {
+        "router_w": match.router.weights, "router_b": match.router.bias,
+        "w1": match.w1, "b1": match.b1, "w2": match.w2, "b2": match.b2,
+    }
+    constants = [gs.Constant(f"{prefix}.{name}", np.ascontiguousarray(value, np.float32))
+                 for name, value in weights.items()]
+    match.output.inputs.clear()
+    node = gs.Node(
+        "MoE", name=f"{prefix}/MoE", domain="m3c",
+        attrs={"top_k": int(match.top_k), "num_experts": int(match.w1.shape[0]),
+               "activation": match.activation},
+        inputs=[match.router.tokens, task, *constants], outputs=[match.output],
+    )
+    graph.nodes.append(node)
+    return node
+
+
+def find_upstream(tensor: gs.Tensor, predicate, limit: int = 24) -> gs.Node | None:
+    """The nearest node above `tensor` (breadth first, at most `limit` nodes) matching."""
+    queue, seen = [tensor], set()
+    while queue and len(seen) < limit:
+        current = queue.pop(0)
+        node = producer(current)
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        if predicate(node):
+            return node
+        queue.extend(node.inputs)
+    return None
+
+
+def find_downstream(tensor: gs.Tensor, op: str, limit: int = 8) -> gs.Node | None:
+    """The nearest consumer of `tensor` with op `op`, looking through at most `limit` nodes."""
+    queue, seen = [tensor], set()
+    while queue and len(seen) < limit:
+        for node in queue.pop(0).outputs:
+            if id(node) in seen:
+                continue
+            seen.add(id(node))
+            if node.op == op:
+                return node
+            queue.extend(node.outputs)
+    return None
+
+
+def linear_with_constants(node: gs.Node | None) -> tuple[gs.Tensor, np.ndarray, np.ndarray] | None:
+    """(input, weight as x@W, bias) for Add(MatMul(x, W), b) or Gemm(x, W, b)."""
+    if node is None:
+        return None
+    if node.op == "Gemm" and len(node.inputs) == 3:
+        weight, bias = constant_value(node.inputs[1]), constant_value(node.inputs[2])
+        if weight is None or bias is None or node.attrs.get("transA", 0):
+            return None
+        weight = weight.T if node.attrs.get("transB", 0) else weight
+        return node.inputs[0], weight, bias
+    if node.op != "Add":
+        return None
+    for i, operand in enumerate(node.inputs):
+        bias = constant_value(operand)
+        matmul = producer(node.inputs[1 - i], "MatMul")
+        if bias is not None and matmul is not None:
+            weight = constant_value(matmul.inputs[1])
+            if weight is not None:
+                return matmul.inputs[0], weight, bias
+    return None

@@ -1,0 +1,105 @@
+"""`m3c verify`: push the same inputs through every stage and compare with onnxruntime.
+
+The oracle is onnxruntime on the original file. Inputs are seeded random images (several
+scales, so that tokens spread over experts) for every task id.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from m3c.errors import GraphImportError
+
+
+@dataclass
+class StageRow:
+    """One row of the verification table."""
+
+    index: int
+    stage: str
+    op_counts: dict[str, int]
+    errors: dict[str, float] = field(default_factory=dict)  # per task name
+
+    @property
+    def max_error(self) -> float:
+        return max(self.errors.values(), default=0.0)
+
+
+def task_names(model: onnx.ModelProto) -> list[str]:
+    """Task names from the export metadata, or the output names when absent."""
+    meta = {prop.key: prop.value for prop in model.metadata_props}
+    if "m3c.tasks" in meta:
+        return list(json.loads(meta["m3c.tasks"]))
+    return [output.name for output in model.graph.output]
+
+
+def sample_feeds(model: onnx.ModelProto, count: int = 2, seed: int = 0) -> list[dict]:
+    """`count` images for every task id (one feed dict each), reproducible from `seed`."""
+    inputs = {value.name: value for value in model.graph.input}
+    image_shape = [d.dim_value for d in inputs["image"].type.tensor_type.shape.dim]
+    rng = np.random.default_rng(seed)
+    images = [(rng.standard_normal(image_shape) * (1 + i)).astype(np.float32)
+              for i in range(count)]
+    if "task" not in inputs:
+        return [{"image": image} for image in images]
+    tasks = range(len(task_names(model)))
+    return [{"image": image, "task": np.array(t, dtype=np.int64)}
+            for t in tasks for image in images]
+
+
+def _oracle(model: onnx.ModelProto):
+    import onnxruntime as ort
+
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+def _task_of(feeds: dict, tasks: list[str]) -> str:
+    return tasks[int(feeds["task"])] if "task" in feeds else tasks[0]
+
+
+def verify(model_path: str | Path, count: int = 2, seed: int = 0, until: str | None = None):
+    """Run every stage of the lowering pipeline on the same inputs; one `StageRow` per stage."""
+    from m3c.ir import load_model
+    from m3c.pipeline import default_pipeline
+
+    original = load_model(model_path)
+    proto = original.to_onnx()
+    try:
+        oracle = _oracle(proto)
+    except Exception as error:  # onnxruntime rejects what it cannot run
+        raise GraphImportError(f"onnxruntime cannot run {model_path}: {error}") from error
+    tasks = task_names(proto)
+    feeds_list = sample_feeds(proto, count, seed)
+    names = [output.name for output in oracle.get_outputs()]
+    expected = [dict(zip(names, oracle.run(None, feeds), strict=True)) for feeds in feeds_list]
+    rows = []
+    for index, name, graph in default_pipeline().stages(original, until=until):
+        row = StageRow(index, name, dict(sorted(Counter(graph.op_types()).items())))
+        for feeds, want in zip(feeds_list, expected, strict=True):
+            got = graph.run_end_to_end(feeds)
+            task = _task_of(feeds, tasks)
+            error = max(float(np.abs(got[key] - want[key]).max()) for key in want)
+            row.errors[task] = max(row.errors.get(task, 0.0), error)
+        rows.append(row)
+    return rows
+
+
+def format_table(rows: list[StageRow]) -> str:
+    """The verification rows as an aligned text table."""
+    tasks = list(rows[0].errors) if rows else []
+    header = ["#", "stage", "nodes", "m3c ops", *[f"err[{t}]" for t in tasks]]
+    lines = [header]
+    for row in rows:
+        m3c_ops = ", ".join(f"{op}×{n}" for op, n in row.op_counts.items()
+                            if op.startswith("m3c.")) or "-"
+        lines.append([str(row.index), row.stage, str(sum(row.op_counts.values())), m3c_ops,
+                      *[f"{row.errors[t]:.2e}" for t in tasks]])
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True))
+                     for line in lines)
