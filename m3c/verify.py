@@ -53,25 +53,19 @@ def sample_feeds(model: onnx.ModelProto, count: int = 2, seed: int = 0) -> list[
             for t in tasks for image in images]
 
 
-def _oracle(model: onnx.ModelProto):
-    import onnxruntime as ort
-
-    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-
-
 def _task_of(feeds: dict, tasks: list[str]) -> str:
     return tasks[int(feeds["task"])] if "task" in feeds else tasks[0]
 
 
 def verify(model_path: str | Path, count: int = 2, seed: int = 0, until: str | None = None):
     """Run every stage of the lowering pipeline on the same inputs; one `StageRow` per stage."""
-    from m3c.ir import load_model
-    from m3c.pipeline import default_pipeline
+    from m3c.graph import load_model, ort_session
+    from m3c.passmanager import default_pipeline
 
     original = load_model(model_path)
     proto = original.to_onnx()
     try:
-        oracle = _oracle(proto)
+        oracle = ort_session(proto)
     except Exception as error:  # onnxruntime rejects what it cannot run
         raise GraphImportError(f"onnxruntime cannot run {model_path}: {error}") from error
     tasks = task_names(proto)

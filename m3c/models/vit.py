@@ -199,7 +199,7 @@ class Block(nn.Module):
 
 
 class TaskEmbedding(nn.Module):
-    """Task-conditioned routing: one-hot task -> 2-layer MLP -> embedding added to router input."""
+    """Task-conditioned routing: one-hot task -> 2-layer MLP + LayerNorm, concatenated to tokens."""
 
     def __init__(self, num_tasks: int, dim: int) -> None:
         super().__init__()
@@ -207,10 +207,11 @@ class TaskEmbedding(nn.Module):
         self.fc1 = nn.Linear(num_tasks, dim)
         self.act = nn.GELU()
         self.fc2 = nn.Linear(dim, dim)
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
 
     def forward(self, task) -> torch.Tensor:
         one_hot = torch.eye(self.num_tasks)[task]
-        return self.fc2(self.act(self.fc1(one_hot)))
+        return self.norm(self.fc2(self.act(self.fc1(one_hot))))
 
 
 class VisionTransformerMoE(nn.Module):

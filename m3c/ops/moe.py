@@ -16,7 +16,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from onnx.reference.op_run import OpRun
+
+from m3c.ops.base import M3COp
 
 _SQRT_HALF = 1.0 / math.sqrt(2.0)
 _erf = np.vectorize(math.erf, otypes=[np.float64])
@@ -53,8 +54,12 @@ def expert_mlp(x, w1, b1, w2, b2, act: str) -> np.ndarray:
     return activation(act, x @ w1 + b1) @ w2 + b2
 
 
-class MoE(OpRun):
-    op_domain = "m3c"
+class MoE(M3COp):
+    template = "hls/ops/expert_ffn.h.j2"
+
+    @staticmethod
+    def shape_rule(node):
+        return [(node.inputs[0].shape, np.float32)]
 
     def _run(self, x, task, router_w, router_b, w1, b1, w2, b2,
              top_k=None, num_experts=None, activation="gelu"):  # noqa: ARG002
@@ -72,15 +77,26 @@ def top_k_route(x, task, router_w, router_b, k):
     return top_k(router_probs(x, task, router_w, router_b), int(k))
 
 
-class Route(OpRun):
-    op_domain = "m3c"
+class Route(M3COp):
+    template = "hls/ops/route.h.j2"
+
+    @staticmethod
+    def shape_rule(node):
+        tokens, k = node.inputs[0].shape[0], node.attrs["top_k"]
+        return [([tokens, k], np.int64), ([tokens, k], np.float32)]
 
     def _run(self, x, task, router_w, router_b, top_k=None):
         return top_k_route(x, task, router_w, router_b, top_k)
 
 
-class ExpertQueues(OpRun):
-    op_domain = "m3c"
+class ExpertQueues(M3COp):
+    template = "hls/ops/route.h.j2"
+
+    @staticmethod
+    def shape_rule(node):
+        tokens, experts = node.inputs[0].shape[0], node.attrs["num_experts"]
+        return [([experts, tokens], np.int64), ([experts, tokens], np.float32),
+                ([experts], np.int64)]
 
     def _run(self, index, score, num_experts=None):
         tokens = index.shape[0]
@@ -95,16 +111,24 @@ class ExpertQueues(OpRun):
         return queue_tokens, queue_scores, queue_len
 
 
-class LoadExpert(OpRun):
-    op_domain = "m3c"
+class LoadExpert(M3COp):
+    template = "hls/ops/expert_ffn.h.j2"
+
+    @staticmethod
+    def shape_rule(node):
+        return [(list(t.shape[1:]), np.float32) for t in node.inputs[:4]]
 
     def _run(self, w1, b1, w2, b2, release=None, expert=None, slot=None):  # noqa: ARG002
         # `release` only orders the load after the slot's previous user; it carries no data.
         return w1[expert], b1[expert], w2[expert], b2[expert]
 
 
-class ExpertGather(OpRun):
-    op_domain = "m3c"
+class ExpertGather(M3COp):
+    template = "hls/ops/expert_ffn.h.j2"
+
+    @staticmethod
+    def shape_rule(node):
+        return [(node.inputs[0].shape, np.float32)]
 
     def _run(self, x, queue_tokens, queue_len, expert=None):
         count = int(queue_len[expert])
@@ -113,8 +137,12 @@ class ExpertGather(OpRun):
         return (gathered,)
 
 
-class ExpertMLP(OpRun):
-    op_domain = "m3c"
+class ExpertMLP(M3COp):
+    template = "hls/ops/expert_ffn.h.j2"
+
+    @staticmethod
+    def shape_rule(node):
+        return [([node.inputs[0].shape[0], node.inputs[3].shape[-1]], np.float32)]
 
     def _run(self, x, w1, b1, w2, b2, queue_len, expert=None, activation="gelu"):
         count = int(queue_len[expert])
@@ -123,8 +151,12 @@ class ExpertMLP(OpRun):
         return (out,)
 
 
-class ScatterAdd(OpRun):
-    op_domain = "m3c"
+class ScatterAdd(M3COp):
+    template = "hls/ops/expert_ffn.h.j2"
+
+    @staticmethod
+    def shape_rule(node):
+        return [(node.inputs[1].shape, np.float32)]
 
     def _run(self, acc, y, queue_tokens, queue_scores, queue_len, expert=None):
         count = int(queue_len[expert])

@@ -1,0 +1,162 @@
+"""The graph users hold: an onnx-graphsurgeon graph plus the model's metadata, executable.
+
+Standard-op graphs run in onnxruntime; graphs with `m3c` ops run in
+`onnx.reference.ReferenceEvaluator` with the numpy references from `m3c.ops`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+from google.protobuf.message import DecodeError
+
+from m3c.errors import GraphImportError
+
+M3C_DOMAIN = "m3c"
+OPSET = 17
+
+
+class Graph:
+    """An executable, saveable ONNX graph with m3c metadata (`m3c.tasks`, `m3c.config`)."""
+
+    def __init__(self, graph: gs.Graph, metadata: dict[str, str] | None = None,
+                 heads: dict[str, gs.Graph] | None = None) -> None:
+        self.graph = graph
+        self.metadata = dict(metadata or {})
+        self.heads = heads or {}  # per-task host graphs once partitioned
+
+    def copy(self) -> Graph:
+        return Graph(self.graph.copy(), self.metadata,
+                     {name: head.copy() for name, head in self.heads.items()})
+
+    def to_onnx(self, graph: gs.Graph | None = None) -> onnx.ModelProto:
+        graph = self.graph if graph is None else graph
+        model = gs.export_onnx(graph, do_type_check=False)
+        opsets = {entry.domain: entry for entry in model.opset_import}
+        if "" in opsets:
+            opsets[""].version = max(opsets[""].version, OPSET)
+        if any(node.domain == M3C_DOMAIN for node in graph.nodes) and M3C_DOMAIN not in opsets:
+            model.opset_import.append(onnx.helper.make_opsetid(M3C_DOMAIN, 1))
+        model.ir_version = min(model.ir_version, 10)
+        for key, value in sorted(self.metadata.items()):
+            prop = model.metadata_props.add()
+            prop.key, prop.value = key, value
+        model.producer_name = "m3c"
+        return model
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the graph (and its head graphs beside it, as `<stem>.head_<task>.onnx`)."""
+        path = Path(path)
+        onnx.save(self.to_onnx(), str(path))
+        for task, head in self.heads.items():
+            onnx.save(self.to_onnx(head), str(path.with_name(f"{path.stem}.head_{task}.onnx")))
+        return path
+
+    def op_types(self) -> list[str]:
+        """Every node's op type, `m3c.`-prefixed for m3c ops."""
+        return [_qualified(node) for node in self.graph.nodes]
+
+    def op_counts(self) -> dict[str, int]:
+        return dict(sorted(Counter(self.op_types()).items()))
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Execute this graph (the accelerator part once partitioned)."""
+        return run_graph(self.to_onnx(), feeds)
+
+    def run_end_to_end(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Outputs of the whole model: this graph, then every task head on its result."""
+        outputs = self.run(feeds)
+        if not self.heads:
+            return outputs
+        (features,) = outputs.values()
+        return {task: run_graph(self.to_onnx(head), {head.inputs[0].name: features})[task]
+                for task, head in self.heads.items()}
+
+    def __str__(self) -> str:
+        lines = [f"m3c.Graph {self.graph.name or ''}".rstrip()]
+        for tensor in self.graph.inputs:
+            lines.append(f"  input  {tensor.name}: {tensor.dtype} {tensor.shape}")
+        for tensor in self.graph.outputs:
+            lines.append(f"  output {tensor.name}: {tensor.dtype} {tensor.shape}")
+        counts = ", ".join(f"{op} x{n}" for op, n in self.op_counts().items())
+        lines.append(f"  {len(self.graph.nodes)} nodes: {counts}")
+        if self.heads:
+            lines.append(f"  host heads: {', '.join(self.heads)}")
+        return "\n".join(lines)
+
+
+def _qualified(node: gs.Node) -> str:
+    return f"m3c.{node.op}" if node.domain == M3C_DOMAIN else node.op
+
+
+def run_graph(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    names = [output.name for output in model.graph.output]
+    if any(node.domain == M3C_DOMAIN for node in model.graph.node):
+        from onnx.reference import ReferenceEvaluator
+
+        from m3c.ops import reference_ops
+
+        results = ReferenceEvaluator(model, new_ops=reference_ops()).run(None, feeds)
+    else:
+        results = ort_session(model).run(None, feeds)
+    return dict(zip(names, results, strict=True))
+
+
+def ort_session(model: onnx.ModelProto):
+    """An onnxruntime CPU session that reports only errors."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return ort.InferenceSession(model.SerializeToString(), options,
+                                providers=["CPUExecutionProvider"])
+
+
+def load_model(source) -> Graph:
+    """A `Graph` from a path, an `onnx.ModelProto`, a gs.Graph or a `Graph`."""
+    if isinstance(source, Graph):
+        return source.copy()
+    if isinstance(source, gs.Graph):
+        return Graph(source.copy())
+    if isinstance(source, (str, os.PathLike)):
+        source = _read(Path(source))
+    if not isinstance(source, onnx.ModelProto):
+        raise GraphImportError(f"cannot lower a {type(source).__name__}",
+                               remedy="pass a path, an onnx.ModelProto or a gs.Graph")
+    _check_static_inputs(source)
+    metadata = {prop.key: prop.value for prop in source.metadata_props}
+    return Graph(gs.import_onnx(source), metadata)
+
+
+def _read(path: Path) -> onnx.ModelProto:
+    if not path.is_file():
+        raise GraphImportError(f"{path}: no such file", remedy="check the path")
+    try:
+        model = onnx.load(str(path))
+    except (DecodeError, ValueError, OSError, onnx.onnx_cpp2py_export.checker.ValidationError) \
+            as error:
+        raise GraphImportError(f"{path}: not a readable ONNX model ({error})",
+                               remedy="re-export it; the file may be truncated") from error
+    if not model.graph.node:
+        raise GraphImportError(f"{path}: the ONNX graph is empty or truncated",
+                               remedy="re-export the model")
+    return model
+
+
+def _check_static_inputs(model: onnx.ModelProto) -> None:
+    initializers = {init.name for init in model.graph.initializer}
+    for value in model.graph.input:
+        if value.name in initializers:
+            continue
+        dims = value.type.tensor_type.shape.dim
+        dynamic = [d.dim_param or "?" for d in dims if not d.HasField("dim_value")]
+        if dynamic:
+            raise GraphImportError(
+                f"input {value.name!r} has dynamic dimensions {dynamic}",
+                remedy="export with static shapes (m3c export does), or fix them with "
+                       "onnxruntime.tools.make_dynamic_shape_fixed")

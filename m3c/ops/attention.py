@@ -1,0 +1,34 @@
+"""Attention(QKV[..., N, 3D]) -> [..., N, D]: multi-head softmax(q k^T * scale) v.
+
+QKV columns are [q | k | v], each D wide; head h reads columns h*hd .. (h+1)*hd of each third
+(the layout of timm's fused qkv Linear). Heads are concatenated along the last axis.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from m3c.ops.base import M3COp
+
+
+def attention(qkv: np.ndarray, num_heads: int, scale: float) -> np.ndarray:
+    *batch, tokens, width = qkv.shape
+    dim = width // 3
+    heads = qkv.reshape(*batch, tokens, 3, num_heads, dim // num_heads)
+    q, k, v = (np.moveaxis(heads[..., i, :, :], -2, -3) for i in range(3))  # [..., h, N, hd]
+    scores = (q @ np.swapaxes(k, -1, -2)) * np.float32(scale)
+    scores = np.exp(scores - scores.max(axis=-1, keepdims=True))
+    out = (scores / scores.sum(axis=-1, keepdims=True)) @ v
+    return np.moveaxis(out, -3, -2).reshape(*batch, tokens, dim).astype(qkv.dtype)
+
+
+class Attention(M3COp):
+    template = "hls/ops/attention.h.j2"
+
+    @staticmethod
+    def shape_rule(node):
+        qkv = node.inputs[0]
+        return [(list(qkv.shape[:-1]) + [qkv.shape[-1] // 3], qkv.dtype)] if qkv.shape else []
+
+    def _run(self, qkv, num_heads=None, scale=None):
+        return (attention(qkv, int(num_heads), float(scale)),)

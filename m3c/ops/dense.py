@@ -1,0 +1,23 @@
+"""Dense(X[..., K], W[K, M], B[M]) -> X @ W + B, optionally followed by GELU (erf form).
+
+Every Linear of the encoder (qkv, attention projection, dense MLP) runs on the linear unit.
+"""
+
+from __future__ import annotations
+
+from m3c.ops.base import M3COp
+from m3c.ops.moe import activation as apply_activation
+from m3c.ops.shapes import shape as _shape
+
+
+class Dense(M3COp):
+    template = "hls/ops/linear.h.j2"
+
+    @staticmethod
+    def shape_rule(node):
+        x, weight = node.inputs[:2]
+        return [(_shape(x)[:-1] + [weight.shape[-1]], x.dtype)] if x.shape else []
+
+    def _run(self, x, weight, bias, activation="none"):
+        y = (x @ weight + bias).astype(x.dtype)
+        return (y if activation == "none" else apply_activation(activation, y),)

@@ -1,0 +1,42 @@
+"""MoE recognition: each MoE layer, in any of the three forms m3c reads, -> one m3c.MoE.
+
+The forms (m3c's dense export, onnxruntime's com.microsoft::MoE, the sparse NonZero/ScatterND
+form of a traced token loop) are described in `m3c.moe_forms`. Routers become a task-indexed
+table (multi-gate) or shared weights with a per-task bias (task-conditioned, folded exactly),
+so switching tasks changes only which router row is read.
+"""
+
+from __future__ import annotations
+
+from m3c.graph import Graph
+from m3c.moe_forms import find_contrib_moes, find_dense_moes, find_sparse_moes
+from m3c.moe_match import replace_with_moe
+from m3c.passmanager import Pass
+
+FINDERS = {"dense": find_dense_moes, "contrib": find_contrib_moes, "sparse": find_sparse_moes}
+
+
+class RecognizeMoE(Pass):
+    name = "recognize_moe"
+    description = "MoE layers (dense export, com.microsoft::MoE, sparse token loop) -> m3c.MoE"
+
+    def apply(self, graph: Graph) -> tuple[Graph, bool]:
+        found = 0
+        for form, finder in FINDERS.items():
+            for match in finder(graph.graph):
+                match.check(f"MoE layer {found} ({form} form)")
+                replace_with_moe(graph.graph, match, found)
+                found += 1
+        if found:
+            graph.graph.cleanup().toposort()
+            _number_layers_in_order(graph)
+        return graph, found > 0
+
+
+def _number_layers_in_order(graph: Graph) -> None:
+    """Name layers moe0, moe1, ... in execution order whatever order the forms were found in."""
+    layers = [node for node in graph.graph.nodes if node.domain == "m3c" and node.op == "MoE"]
+    for index, node in enumerate(layers):
+        node.name = f"moe{index}/MoE"
+        for tensor in node.inputs[2:]:
+            tensor.name = f"moe{index}.{tensor.name.split('.', 1)[1]}"
