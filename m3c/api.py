@@ -1,13 +1,25 @@
-"""The public Python API: export, lower, compile. The CLI is a thin layer over these."""
+"""The public Python API: export, lower. The CLI is a thin layer over these."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-from m3c.export import export as _export
+from m3c.exporter import export as _export
+from m3c.graph import Graph, load_model
 
 
 def export(model, path: str | os.PathLike) -> Path:
     """Write an `m3c.models.M3ViT` to `path` as static ONNX (opset 17); return the path."""
     return _export(model, path)
+
+
+def lower(model, until: str | None = None, save_dir: str | os.PathLike | None = None) -> Graph:
+    """Run the lowering pipeline on a path, `onnx.ModelProto`, gs.Graph or `Graph`.
+
+    Returns the expert-major accelerator graph (task heads in `.heads`), or the graph after
+    pass `until`. With `save_dir`, every stage is saved there as `NN_<pass>.onnx`.
+    """
+    from m3c.passmanager import default_pipeline
+
+    return default_pipeline().run(load_model(model), until=until, save_dir=save_dir)

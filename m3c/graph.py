@@ -49,11 +49,11 @@ class Graph:
         model.producer_name = "m3c"
         return model
 
-    def save(self, path: str | os.PathLike) -> Path:
+    def save(self, path: str | os.PathLike, with_heads: bool = True) -> Path:
         """Write the graph (and its head graphs beside it, as `<stem>.head_<task>.onnx`)."""
         path = Path(path)
         onnx.save(self.to_onnx(), str(path))
-        for task, head in self.heads.items():
+        for task, head in (self.heads if with_heads else {}).items():
             onnx.save(self.to_onnx(head), str(path.with_name(f"{path.stem}.head_{task}.onnx")))
         return path
 
@@ -67,6 +67,17 @@ class Graph:
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Execute this graph (the accelerator part once partitioned)."""
         return run_graph(self.to_onnx(), feeds)
+
+    def run_output(self, feeds: dict[str, np.ndarray], name: str) -> np.ndarray:
+        """One model output (a task's), computing only what it needs."""
+        if self.heads:
+            features = next(iter(self.run(feeds).values()))
+            head = self.heads[name]
+            return run_graph(self.to_onnx(head), {head.inputs[0].name: features})[name]
+        pruned = self.graph.copy()
+        pruned.outputs = [pruned.tensors()[name]]
+        pruned.cleanup()
+        return run_graph(self.to_onnx(pruned), feeds)[name]
 
     def run_end_to_end(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Outputs of the whole model: this graph, then every task head on its result."""

@@ -78,9 +78,13 @@ class Pipeline:
         if save_dir is not None:
             save_dir = Path(save_dir)
             save_dir.mkdir(parents=True, exist_ok=True)
+        heads_saved = None
         for index, name, stage in self.stages(graph, until, snapshot=False):
             if save_dir is not None:
-                stage.save(save_dir / f"{index:02d}_{name}.onnx")
+                # Head graphs do not change after the partition: save them where they appear.
+                new_heads = stage.heads is not heads_saved
+                stage.save(save_dir / f"{index:02d}_{name}.onnx", with_heads=new_heads)
+                heads_saved = stage.heads
             graph = stage
         return graph
 

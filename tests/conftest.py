@@ -13,7 +13,7 @@ def export_model(tmp_path_factory):
     def get(preset: str, gate: str = "multi", seed: int = 0, **overrides):
         key = (preset, gate, seed, tuple(sorted(overrides.items())))
         if key not in cache:
-            from m3c.export import export
+            from m3c.exporter import export
             from m3c.models import build_model
 
             model = build_model(preset, seed=seed, gate=gate, **overrides)
@@ -22,3 +22,10 @@ def export_model(tmp_path_factory):
         return cache[key]
 
     return get
+
+
+def pytest_configure(config):
+    del config
+    import onnxruntime
+
+    onnxruntime.set_default_logger_severity(3)  # graph-optimiser notes are not test output

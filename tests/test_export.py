@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from m3c.errors import ExportError
-from m3c.export import export, read_metadata
+from m3c.exporter import export, read_metadata
 
 
 def _inputs(config, seed):

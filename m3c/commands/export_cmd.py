@@ -48,7 +48,7 @@ def run_export(args: argparse.Namespace) -> int:
         import torch  # noqa: F401
     except ModuleNotFoundError as error:
         raise ModelError("export needs PyTorch", remedy="pip install 'm3c[torch]'") from error
-    from m3c.export import export
+    from m3c.exporter import export
 
     model = _build(args)
     path = export(model, Path(args.output))

@@ -16,10 +16,11 @@ def reference_ops() -> list[type[OpRun]]:
     from m3c.ops.embed import Embed
     from m3c.ops.gelu import Gelu
     from m3c.ops.moe import OPS as MOE_OPS
+    from m3c.ops.ort_backed import ORT_BACKED
 
-    return [Attention, Dense, Embed, Gelu, *MOE_OPS]
+    return [Attention, Dense, Embed, Gelu, *MOE_OPS, *ORT_BACKED]
 
 
 def shape_rules() -> dict:
     """Op name -> rule giving [(shape, dtype)] of its outputs from a gs.Node."""
-    return {op.__name__: op.shape_rule for op in reference_ops()}
+    return {op.__name__: op.shape_rule for op in reference_ops() if op.op_domain == "m3c"}

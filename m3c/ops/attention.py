@@ -14,9 +14,9 @@ from m3c.ops.base import M3COp
 def attention(qkv: np.ndarray, num_heads: int, scale: float) -> np.ndarray:
     *batch, tokens, width = qkv.shape
     dim = width // 3
-    heads = qkv.reshape(*batch, tokens, 3, num_heads, dim // num_heads)
+    heads = qkv.astype(np.float64).reshape(*batch, tokens, 3, num_heads, dim // num_heads)
     q, k, v = (np.moveaxis(heads[..., i, :, :], -2, -3) for i in range(3))  # [..., h, N, hd]
-    scores = (q @ np.swapaxes(k, -1, -2)) * np.float32(scale)
+    scores = (q @ np.swapaxes(k, -1, -2)) * scale
     scores = np.exp(scores - scores.max(axis=-1, keepdims=True))
     out = (scores / scores.sum(axis=-1, keepdims=True)) @ v
     return np.moveaxis(out, -3, -2).reshape(*batch, tokens, dim).astype(qkv.dtype)

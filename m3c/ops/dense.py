@@ -5,6 +5,8 @@ Every Linear of the encoder (qkv, attention projection, dense MLP) runs on the l
 
 from __future__ import annotations
 
+import numpy as np
+
 from m3c.ops.base import M3COp
 from m3c.ops.moe import activation as apply_activation
 from m3c.ops.shapes import shape as _shape
@@ -19,5 +21,7 @@ class Dense(M3COp):
         return [(_shape(x)[:-1] + [weight.shape[-1]], x.dtype)] if x.shape else []
 
     def _run(self, x, weight, bias, activation="none"):
-        y = (x @ weight + bias).astype(x.dtype)
+        # float64 accumulation: closer to exact than any float32 order, so near-tied routing
+        # decisions downstream follow the oracle's.
+        y = (x.astype(np.float64) @ weight + bias).astype(x.dtype)
         return (y if activation == "none" else apply_activation(activation, y),)

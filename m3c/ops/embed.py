@@ -28,5 +28,5 @@ class Embed(M3COp):
         return [([1, pos.shape[0], weight.shape[1]], np.float32)]
 
     def _run(self, image, weight, bias, cls, pos, patch_size=None):
-        tokens = patches(image, int(patch_size)) @ weight + bias
+        tokens = patches(image, int(patch_size)).astype(np.float64) @ weight + bias
         return (np.concatenate([cls[None], tokens])[None] + pos[None]).astype(image.dtype),

@@ -38,7 +38,8 @@ def activation(name: str, x: np.ndarray) -> np.ndarray:
 def router_probs(x, task, router_w, router_b) -> np.ndarray:
     """Softmax over all experts of the task's router logits."""
     task = int(np.asarray(task).reshape(-1)[0])
-    logits = x @ router_w[min(task, len(router_w) - 1)] + router_b[min(task, len(router_b) - 1)]
+    logits = (x.astype(np.float64) @ router_w[min(task, len(router_w) - 1)]
+              + router_b[min(task, len(router_b) - 1)])
     logits = logits - logits.max(axis=-1, keepdims=True)
     exp = np.exp(logits)
     return exp / exp.sum(axis=-1, keepdims=True)
@@ -51,7 +52,8 @@ def top_k(probs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def expert_mlp(x, w1, b1, w2, b2, act: str) -> np.ndarray:
-    return activation(act, x @ w1 + b1) @ w2 + b2
+    hidden = activation(act, x.astype(np.float64) @ w1 + b1)
+    return (hidden @ w2 + b2).astype(x.dtype)
 
 
 class MoE(M3COp):
@@ -74,7 +76,8 @@ class MoE(M3COp):
 
 
 def top_k_route(x, task, router_w, router_b, k):
-    return top_k(router_probs(x, task, router_w, router_b), int(k))
+    index, score = top_k(router_probs(x, task, router_w, router_b), int(k))
+    return index, score.astype(x.dtype)
 
 
 class Route(M3COp):
