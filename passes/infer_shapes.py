@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
 from m3c.graph import Graph
 from m3c.ops import shape_rules
 from m3c.passmanager import Pass
+
+# Constants larger than this are weights: inference needs their shapes, not their values
+# (small ones, like Reshape targets, are kept for ONNX's data propagation).
+WEIGHT_ELEMENTS = 4096
 
 
 class InferShapes(Pass):
@@ -16,16 +21,40 @@ class InferShapes(Pass):
 
     def apply(self, graph: Graph) -> tuple[Graph, bool]:
         before = _known(graph.graph)
-        model = onnx.shape_inference.infer_shapes(graph.to_onnx(), data_prop=True)
-        inferred = gs.import_onnx(model)
+        inferred = _onnx_shapes(graph)
+        for name, tensor in graph.graph.tensors().items():
+            if isinstance(tensor, gs.Variable) and name in inferred:
+                tensor.shape, tensor.dtype = inferred[name]
         rules = shape_rules()
-        for node in inferred.nodes:
+        for node in graph.graph.nodes:
             rule = rules.get(node.op) if node.domain == "m3c" else None
             if rule is not None and _inputs_known(node):
                 for tensor, (shape, dtype) in zip(node.outputs, rule(node), strict=False):
                     tensor.shape, tensor.dtype = shape, dtype
-        graph.graph = inferred
-        return graph, _known(inferred) != before
+        return graph, _known(graph.graph) != before
+
+
+def _onnx_shapes(graph: Graph) -> dict[str, tuple[list, np.dtype]]:
+    """Run ONNX shape inference on a weight-free copy of the graph."""
+    light = graph.graph.copy()
+    stand_ins: dict[str, gs.Variable] = {}
+    for node in light.nodes:
+        for i, tensor in enumerate(node.inputs):
+            if isinstance(tensor, gs.Constant) and np.prod(tensor.shape) > WEIGHT_ELEMENTS:
+                if tensor.name not in stand_ins:
+                    stand_ins[tensor.name] = gs.Variable(tensor.name, tensor.dtype,
+                                                         list(tensor.shape))
+                node.inputs[i] = stand_ins[tensor.name]
+    light.inputs.extend(stand_ins.values())
+    model = onnx.shape_inference.infer_shapes(Graph(light).to_onnx(), data_prop=True)
+    found = {}
+    for info in list(model.graph.value_info) + list(model.graph.output):
+        kind = info.type.tensor_type
+        if kind.elem_type and kind.HasField("shape"):
+            dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+                    for d in kind.shape.dim]
+            found[info.name] = (dims, onnx.helper.tensor_dtype_to_np_dtype(kind.elem_type))
+    return found
 
 
 def _known(graph: gs.Graph) -> int:
