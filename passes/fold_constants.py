@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from m3c.passes.infer_shapes import InferShapes
-
 from m3c.graph import Graph
+from m3c.passes.infer_shapes import InferShapes
 from m3c.passmanager import Pass
 
 

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from m3c.passes.infer_shapes import InferShapes
-
 from m3c.expert_major import lower_moe_node
 from m3c.graph import Graph
+from m3c.passes.infer_shapes import InferShapes
 from m3c.passmanager import Pass
 
 
