@@ -91,8 +91,8 @@ def format_table(rows: list[StageRow]) -> str:
     header = ["#", "stage", "nodes", "m3c ops", *[f"err[{t}]" for t in tasks]]
     lines = [header]
     for row in rows:
-        m3c_ops = ", ".join(f"{op}×{n}" for op, n in row.op_counts.items()
-                            if op.startswith("m3c.")) or "-"
+        m3c_ops = " ".join(f"{op[4:]}×{n}" for op, n in row.op_counts.items()
+                           if op.startswith("m3c.")) or "-"
         lines.append([str(row.index), row.stage, str(sum(row.op_counts.values())), m3c_ops,
                       *[f"{row.errors[t]:.2e}" for t in tasks]])
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
