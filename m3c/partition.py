@@ -20,6 +20,7 @@ FEATURES = "features"
 class Partition:
     accelerator: gs.Graph
     heads: dict[str, gs.Graph]
+    boundary: str  # the encoder output's name in the original graph
 
 
 def find_encoder_output(graph: gs.Graph) -> gs.Variable:
@@ -86,4 +87,4 @@ def partition(graph: gs.Graph) -> Partition:
         features.name = FEATURES
         head.name = f"head_{output.name}"
         heads[output.name] = head
-    return Partition(accelerator, heads)
+    return Partition(accelerator, heads, boundary.name)

@@ -15,4 +15,6 @@ class Partition(Pass):
         if graph.heads:
             return graph, False
         parts = partition(graph.graph)
-        return Graph(parts.accelerator, graph.metadata, parts.heads), True
+        # The original model's name for the encoder output, so oracles can probe it.
+        metadata = {**graph.metadata, "m3c.features_tensor": parts.boundary}
+        return Graph(parts.accelerator, metadata, parts.heads), True

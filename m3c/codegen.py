@@ -1,0 +1,257 @@
+"""From the expert-major accelerator graph to the HLS top function's call sequence.
+
+Every tensor the accelerator computes lives in one DDR activation arena at a fixed offset;
+views (Reshape, Squeeze, ...) alias their input. Every constant lives in one packed weight blob.
+Each graph node becomes one call into the shared op library (templates/hls/kernel/m3c_ops.h.j2);
+an expert-major MoE layer (LoadExpert/ExpertGather/ExpertMLP/ScatterAdd per expert) becomes one
+`expert_ffn` call, whose loop runs the experts in the same order with ping-pong weight slots.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from m3c.errors import CodegenError
+
+VIEW_OPS = {"Reshape", "Squeeze", "Unsqueeze", "Identity", "Flatten"}
+EXPERT_OPS = {"LoadExpert", "ExpertGather", "ExpertMLP", "ScatterAdd"}
+ACTIVATIONS = {"none": "ACT_NONE", "gelu": "ACT_GELU", "gelu_tanh": "ACT_GELU_TANH",
+               "relu": "ACT_RELU"}
+ALIGN = 16  # elements: 64-byte aligned regions start whole AXI bursts
+
+
+def _aligned(size: int) -> int:
+    return -(-size // ALIGN) * ALIGN
+
+
+@dataclass
+class WeightBlob:
+    """Constants packed in first-use order; offsets in elements."""
+
+    offsets: dict[str, int] = field(default_factory=dict)
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    size: int = 0
+
+    def add(self, tensor: gs.Constant) -> int:
+        if tensor.name not in self.offsets:
+            values = np.ascontiguousarray(tensor.values, dtype=np.float32)
+            self.offsets[tensor.name] = self.size
+            self.arrays[tensor.name] = values
+            self.size += _aligned(values.size)
+        return self.offsets[tensor.name]
+
+    def packed(self) -> np.ndarray:
+        blob = np.zeros(self.size, np.float32)
+        for name, offset in self.offsets.items():
+            values = self.arrays[name].reshape(-1)
+            blob[offset:offset + values.size] = values
+        return blob
+
+
+@dataclass
+class Arena:
+    """Activation tensors in the DDR arena; offsets in elements."""
+
+    offsets: dict[str, int] = field(default_factory=dict)
+    size: int = 0
+
+    def place(self, tensor: gs.Variable, elements: int | None = None) -> int:
+        if tensor.name not in self.offsets:
+            self.offsets[tensor.name] = self.size
+            self.size += _aligned(elements if elements is not None else _elements(tensor))
+        return self.offsets[tensor.name]
+
+    def alias(self, view: gs.Variable, source: gs.Variable) -> None:
+        self.offsets[view.name] = self.offsets[source.name]
+
+
+def _elements(tensor: gs.Tensor) -> int:
+    if tensor.shape is None or any(not isinstance(d, int) for d in tensor.shape):
+        raise CodegenError(f"tensor {tensor.name!r} has no static shape",
+                           remedy="run m3c.lower on a model with static shapes")
+    return int(np.prod(tensor.shape, dtype=np.int64))
+
+
+@dataclass
+class KernelPlan:
+    """What the top-function template needs: calls in order, buffer sizes, capacities."""
+
+    calls: list[str]
+    weights: WeightBlob
+    arena: Arena
+    image_shape: list[int]
+    features_offset: int
+    features_elements: int
+    capacities: dict[str, int]
+    layers: list[dict]
+
+
+class _Planner:
+    def __init__(self, graph: gs.Graph) -> None:
+        self.graph = graph
+        self.weights = WeightBlob()
+        self.arena = Arena()
+        self.calls: list[str] = []
+        self.layers: list[dict] = []
+        self.capacity = {"max_tokens": 1, "max_dim": 1, "max_in": 1, "max_out": 1,
+                         "max_head_dim": 1, "max_experts": 1, "max_expert_hidden": 1,
+                         "max_top_k": 1}
+
+    def grow(self, **sizes: int) -> None:
+        for key, value in sizes.items():
+            self.capacity[key] = max(self.capacity[key], int(value))
+
+    def w(self, tensor: gs.Tensor) -> str:
+        if not isinstance(tensor, gs.Constant):
+            raise CodegenError(f"{tensor.name!r} should be a constant weight")
+        return f"weights + {self.weights.add(tensor)}"
+
+    def a(self, tensor: gs.Tensor, write: bool = False) -> str:
+        offset = self.arena.place(tensor) if write else self.arena.offsets[tensor.name]
+        return f"{'act_out' if write else 'act_in'} + {offset}"
+
+
+def plan_kernel(graph: gs.Graph) -> KernelPlan:
+    """Walk the accelerator graph in order and produce the op-library call sequence."""
+    planner = _Planner(graph)
+    image = graph.inputs[0]
+    for node in graph.nodes:
+        op = node.op
+        if node.domain == "m3c" and op in EXPERT_OPS:
+            # The whole layer becomes one call where its last scatter-add stands: by then
+            # its tokens and queues exist, whatever order the graph put its weight loads in.
+            users = node.outputs[0].outputs
+            if op == "ScatterAdd" and not any(user.op == "ScatterAdd" for user in users):
+                _expert_layer(planner, graph, node.name.split("/")[0])
+            continue
+        handler = _HANDLERS.get(op)
+        if handler is None:
+            raise CodegenError(f"no HLS implementation for node {node.name!r} ({op})",
+                               remedy="run the full m3c lowering pipeline first")
+        handler(planner, node, image)
+    (features,) = graph.outputs
+    return KernelPlan(
+        calls=planner.calls, weights=planner.weights, arena=planner.arena,
+        image_shape=list(image.shape), features_offset=planner.arena.offsets[features.name],
+        features_elements=_elements(features),
+        capacities=planner.capacity, layers=planner.layers,
+    )
+
+
+def _rows_and_width(tensor: gs.Tensor) -> tuple[int, int]:
+    return _elements(tensor) // tensor.shape[-1], int(tensor.shape[-1])
+
+
+def _embed(planner: _Planner, node: gs.Node, image: gs.Variable) -> None:
+    _, weight, bias, cls, pos = node.inputs
+    patch = int(node.attrs["patch_size"])
+    _, channels, height, width = image.shape
+    patches = (height // patch) * (width // patch)
+    patch_len = channels * patch * patch
+    dim = int(weight.shape[1])
+    scratch = gs.Variable(f"{node.name}/patches", np.float32, [patches, patch_len])
+    planner.calls += [
+        f"m3c::patchify(image, {planner.a(scratch, True)}, {channels}, {height}, {width}, "
+        f"{patch});",
+        f"m3c::linear({planner.a(scratch)}, {planner.w(weight)}, {planner.w(bias)}, "
+        f"{planner.a(node.outputs[0], True)} + {dim}, {patches}, {patch_len}, {dim}, "
+        "m3c::ACT_NONE);",
+        f"m3c::finish_embedding({planner.a(node.outputs[0], True)}, {planner.w(cls)}, "
+        f"{planner.w(pos)}, {patches + 1}, {dim});",
+    ]
+    planner.grow(max_tokens=patches + 1, max_in=patch_len, max_out=dim, max_dim=dim)
+
+
+def _dense(planner: _Planner, node: gs.Node, image) -> None:
+    del image
+    x, weight, bias = node.inputs
+    rows, in_dim = _rows_and_width(x)
+    out_dim = int(weight.shape[1])
+    act = ACTIVATIONS[node.attrs.get("activation", "none")]
+    planner.calls.append(
+        f"m3c::linear({planner.a(x)}, {planner.w(weight)}, {planner.w(bias)}, "
+        f"{planner.a(node.outputs[0], True)}, {rows}, {in_dim}, {out_dim}, m3c::{act});")
+    planner.grow(max_tokens=rows, max_in=in_dim, max_out=out_dim)
+
+
+def _layernorm(planner: _Planner, node: gs.Node, image) -> None:
+    del image
+    x, gamma, beta = node.inputs
+    rows, dim = _rows_and_width(x)
+    epsilon = float(node.attrs.get("epsilon", 1e-5))
+    planner.calls.append(
+        f"m3c::layernorm({planner.a(x)}, {planner.w(gamma)}, {planner.w(beta)}, "
+        f"{planner.a(node.outputs[0], True)}, {rows}, {dim}, {epsilon!r}f);")
+    planner.grow(max_tokens=rows, max_dim=dim)
+
+
+def _attention(planner: _Planner, node: gs.Node, image) -> None:
+    del image
+    (qkv,) = node.inputs
+    rows, width = _rows_and_width(qkv)
+    heads, dim = int(node.attrs["num_heads"]), width // 3
+    scale = float(node.attrs["scale"])
+    planner.calls.append(
+        f"m3c::attention({planner.a(qkv)}, {planner.a(node.outputs[0], True)}, {rows}, {dim}, "
+        f"{heads}, {scale!r}f);")
+    planner.grow(max_tokens=rows, max_dim=dim, max_head_dim=dim // heads)
+
+
+def _add(planner: _Planner, node: gs.Node, image) -> None:
+    del image
+    a, b = node.inputs
+    planner.calls.append(f"m3c::add({planner.a(a)}, {planner.a(b)}, "
+                         f"{planner.a(node.outputs[0], True)}, {_elements(node.outputs[0])});")
+
+
+def _view(planner: _Planner, node: gs.Node, image) -> None:
+    del image
+    planner.arena.alias(node.outputs[0], node.inputs[0])
+
+
+def _route(planner: _Planner, node: gs.Node, image) -> None:
+    del image
+    x, _, router_w, router_b = node.inputs
+    rows, dim = _rows_and_width(x)
+    experts = int(router_w.shape[-1])
+    top_k = int(node.attrs["top_k"])
+    planner.calls.append(
+        f"m3c::route({planner.a(x)}, {planner.w(router_w)}, {planner.w(router_b)}, task, "
+        f"{router_w.shape[0]}, {router_b.shape[0]}, {rows}, {dim}, {experts}, {top_k}, "
+        "queue_tokens, queue_scores, queue_len);")
+    planner.grow(max_tokens=rows, max_dim=dim, max_experts=experts, max_top_k=top_k)
+
+
+def _queues(planner: _Planner, node: gs.Node, image) -> None:
+    del planner, node, image  # the route call fills the queues
+
+
+def _expert_layer(planner: _Planner, graph: gs.Graph, layer: str) -> None:
+    nodes = [n for n in graph.nodes if n.name.split("/")[0] == layer]
+    load = next(n for n in nodes if n.op == "LoadExpert")
+    gather = next(n for n in nodes if n.op == "ExpertGather")
+    mlp = next(n for n in nodes if n.op == "ExpertMLP")
+    scatters = [n for n in nodes if n.op == "ScatterAdd"]
+    w1, b1, w2, b2 = load.inputs[:4]
+    experts, dim, hidden = (int(v) for v in w1.shape)
+    x = gather.inputs[0]
+    rows = _rows_and_width(x)[0]
+    out = scatters[-1].outputs[0]
+    act = ACTIVATIONS[mlp.attrs.get("activation", "gelu")]
+    planner.calls.append(
+        f"m3c::expert_ffn({planner.a(x)}, {planner.a(out, True)}, {planner.w(w1)}, "
+        f"{planner.w(b1)}, {planner.w(w2)}, {planner.w(b2)}, {rows}, {dim}, {hidden}, "
+        f"{experts}, m3c::{act}, queue_tokens, queue_scores, queue_len);")
+    planner.grow(max_tokens=rows, max_dim=dim, max_experts=experts, max_expert_hidden=hidden)
+    planner.layers.append({"name": layer, "experts": experts, "dim": dim, "hidden": hidden,
+                           "tokens": rows, "slots": 2})
+
+
+_HANDLERS = {
+    "Embed": _embed, "Dense": _dense, "LayerNormalization": _layernorm,
+    "Attention": _attention, "Add": _add, "Route": _route, "ExpertQueues": _queues,
+    **{op: _view for op in VIEW_OPS},
+}

@@ -1,0 +1,116 @@
+"""C-simulation with g++ alone: the generated kernel as a testbench binary or a shared library.
+
+The Xilinx ap_types headers come from the installed hls4ml wheel (Apache-2.0); they are
+included with -isystem so their warnings stay out of the way. Builds are cached by a hash of
+the sources and flags, so loading the same project twice compiles once.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import importlib.util
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+
+from m3c.errors import CodegenError
+
+CXXFLAGS = ["-std=c++14", "-O2", "-Wall", "-Wextra", "-fPIC"]
+KERNEL_SOURCES = ["hls/src/kernel.cpp", "hls/src/csim_api.cpp"]
+
+
+def ap_types_dir() -> Path:
+    """The ap_types headers shipped inside the hls4ml wheel (found without importing it)."""
+    spec = importlib.util.find_spec("hls4ml")
+    if spec is None or not spec.submodule_search_locations:
+        raise CodegenError("the Xilinx ap_types headers are missing",
+                           remedy="pip install hls4ml (they ship inside its wheel)")
+    path = Path(next(iter(spec.submodule_search_locations))) / "templates/vivado/ap_types"
+    if not (path / "ap_fixed.h").is_file():
+        raise CodegenError(f"no ap_fixed.h under {path}", remedy="reinstall hls4ml")
+    return path
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("M3C_CACHE_DIR") or Path.home() / ".cache" / "m3c"
+    path = Path(root) / "csim"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _compiler() -> str:
+    compiler = shutil.which(os.environ.get("CXX", "g++"))
+    if compiler is None:
+        raise CodegenError("g++ not found", remedy="install g++ (apt-get install g++)")
+    return compiler
+
+
+def compile_command(project: Path, sources: list[str], output: Path, shared: bool) -> list[str]:
+    return [_compiler(), *CXXFLAGS, *(["-shared"] if shared else []),
+            "-isystem", str(ap_types_dir()), "-I", str(project / "hls/src"),
+            *[str(project / s) for s in sources], "-o", str(output)]
+
+
+def _digest(project: Path, sources: list[str], shared: bool) -> str:
+    digest = hashlib.sha256(" ".join(CXXFLAGS + [str(shared)]).encode())
+    for path in sorted((project / "hls/src").iterdir()) + [project / s for s in sources]:
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:20]
+
+
+def build(project: str | os.PathLike, sources: list[str] | None = None,
+          shared: bool = True) -> Path:
+    """Compile (or reuse) the kernel; returns the shared library or executable."""
+    project = Path(project)
+    sources = sources or KERNEL_SOURCES
+    target = cache_dir() / f"m3c-{_digest(project, sources, shared)}{'.so' if shared else ''}"
+    if target.exists():
+        return target
+    partial = target.with_name(target.name + f".{os.getpid()}.partial")
+    result = subprocess.run(compile_command(project, sources, partial, shared),
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        raise CodegenError(f"g++ failed on {project}:\n{result.stderr[-2000:]}")
+    os.replace(partial, target)
+    return target
+
+
+class CSimKernel:
+    """The C-simulated accelerator: same arguments as the hardware kernel, in float."""
+
+    def __init__(self, library: Path, weights: np.ndarray) -> None:
+        self.library_path = library
+        self._lib = ctypes.CDLL(str(library))
+        self._lib.m3c_run.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
+                                      ctypes.c_int]
+        self.weights = np.ascontiguousarray(weights, np.float32)
+        expected = self._lib.m3c_weight_elements()
+        if self.weights.size != expected:
+            raise CodegenError(f"weight blob has {self.weights.size} elements, kernel expects "
+                               f"{expected}", remedy="recompile the project")
+        self.feature_elements = self._lib.m3c_feature_elements()
+        self.image_elements = self._lib.m3c_image_elements()
+
+    def run(self, image: np.ndarray, task: int) -> np.ndarray:
+        image = np.ascontiguousarray(image, np.float32)
+        if image.size != self.image_elements:
+            raise CodegenError(f"image has {image.size} values, kernel expects "
+                               f"{self.image_elements}")
+        features = np.zeros(self.feature_elements, np.float32)
+        status = self._lib.m3c_run(self.weights.ctypes.data, image.ctypes.data,
+                                   features.ctypes.data, int(task))
+        if status != 0:
+            raise CodegenError(f"kernel refused task {task}")
+        return features
+
+
+def load(project: str | os.PathLike) -> CSimKernel:
+    """Build (cached) and load a compiled project's kernel for calls from Python."""
+    project = Path(project)
+    weights = np.fromfile(project / "weights" / "weights_f32.bin", dtype=np.float32)
+    return CSimKernel(build(project), weights)
