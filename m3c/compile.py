@@ -167,6 +167,7 @@ def _write_manifest(project: Path, graph: Graph, plan: KernelPlan, board: Target
         "m3c_version": 1, "target": board.name, "precision": precision, "tasks": tasks,
         "config": json.loads(graph.metadata.get("m3c.config", "{}")),
         "image_shape": plan.image_shape, "features_shape": list(features.shape),
+        "features_tensor": graph.metadata["m3c.features_tensor"],
         "weight_elements": plan.weights.size, "arena_elements": plan.arena.size,
         "moe_layers": plan.layers,
     }

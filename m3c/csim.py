@@ -20,6 +20,11 @@ import numpy as np
 from m3c.errors import CodegenError
 
 CXXFLAGS = ["-std=c++14", "-O2", "-Wall", "-Wextra", "-fPIC"]
+# Several projects' kernels live in one Python process: keep each library's symbols (and the
+# static buffers of its inline units, which g++ would otherwise make process-wide "unique")
+# to itself; only the C API is exported.
+SHARED_FLAGS = ["-shared", "-fvisibility=hidden", "-fvisibility-inlines-hidden",
+                "-fno-gnu-unique"]
 KERNEL_SOURCES = ["hls/src/kernel.cpp", "hls/src/csim_api.cpp"]
 
 
@@ -50,13 +55,13 @@ def _compiler() -> str:
 
 
 def compile_command(project: Path, sources: list[str], output: Path, shared: bool) -> list[str]:
-    return [_compiler(), *CXXFLAGS, *(["-shared"] if shared else []),
+    return [_compiler(), *CXXFLAGS, *(SHARED_FLAGS if shared else []),
             "-isystem", str(ap_types_dir()), "-I", str(project / "hls/src"),
             *[str(project / s) for s in sources], "-o", str(output)]
 
 
 def _digest(project: Path, sources: list[str], shared: bool) -> str:
-    digest = hashlib.sha256(" ".join(CXXFLAGS + [str(shared)]).encode())
+    digest = hashlib.sha256(" ".join(CXXFLAGS + SHARED_FLAGS + [str(shared)]).encode())
     for path in sorted((project / "hls/src").iterdir()) + [project / s for s in sources]:
         digest.update(path.name.encode())
         digest.update(path.read_bytes())

@@ -98,3 +98,50 @@ def format_table(rows: list[StageRow]) -> str:
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True))
                      for line in lines)
+
+
+@dataclass
+class ProjectRow:
+    """C-simulation of a compiled project on one task's test vector."""
+
+    task: str
+    features_error: float
+    output_error: float
+
+    @property
+    def max_error(self) -> float:
+        return max(self.features_error, self.output_error)
+
+
+def verify_project(project: str | Path) -> list[ProjectRow]:
+    """Every task's test vector through the C-simulated kernel and the host head, compared
+    with onnxruntime's encoder output and task output on the original model."""
+    from m3c import csim
+    from m3c.graph import ort_session
+
+    project = Path(project)
+    manifest_path = project / "project.json"
+    if not manifest_path.is_file():
+        raise GraphImportError(f"{project} is not an m3c project (no project.json)",
+                               remedy="run m3c compile first, or pass an .onnx file")
+    manifest = json.loads(manifest_path.read_text())
+    kernel = csim.load(project)
+    rows = []
+    for index, task in enumerate(manifest["tasks"]):
+        image = np.fromfile(project / "data" / f"input_task{index}.bin", np.float32)
+        expected = np.fromfile(project / "data" / f"features_task{index}.bin", np.float32)
+        features = kernel.run(image, index)
+        head = ort_session(onnx.load(str(project / "host" / "heads" / f"{task}.onnx")))
+        shaped = features.reshape(manifest["features_shape"])
+        output = head.run(None, {head.get_inputs()[0].name: shaped})[0]
+        want = np.load(project / "data" / f"expected_{task}.npy")
+        rows.append(ProjectRow(task, float(np.abs(features - expected).max()),
+                               float(np.abs(output - want).max())))
+    return rows
+
+
+def format_project_table(rows: list[ProjectRow]) -> str:
+    lines = [f"{'task':<12} {'encoder (csim)':>15} {'task output':>12}"]
+    lines += [f"{row.task:<12} {row.features_error:>15.2e} {row.output_error:>12.2e}"
+              for row in rows]
+    return "\n".join(lines)

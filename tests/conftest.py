@@ -11,7 +11,7 @@ def export_model(tmp_path_factory):
     cache: dict = {}
 
     def get(preset: str, gate: str = "multi", seed: int = 0, **overrides):
-        key = (preset, gate, seed, tuple(sorted(overrides.items())))
+        key = (preset, gate, seed, repr(sorted(overrides.items())))
         if key not in cache:
             from m3c.exporter import export
             from m3c.models import build_model

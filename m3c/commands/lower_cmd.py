@@ -52,7 +52,7 @@ def run_lower(args: argparse.Namespace) -> int:
 
 
 def _configure_verify(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", help="ONNX model file")
+    parser.add_argument("model", help="ONNX model file, or a project made by m3c compile")
     parser.add_argument("--images", type=int, default=2, help="random images per task")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--until", help="stop after this pass")
@@ -62,11 +62,16 @@ def _configure_verify(parser: argparse.ArgumentParser) -> None:
 @command("verify", "run every stage on the same inputs and compare with onnxruntime",
          _configure_verify)
 def run_verify(args: argparse.Namespace) -> int:
-    from m3c.verify import format_table, verify
+    from m3c.verify import format_project_table, format_table, verify, verify_project
 
-    rows = verify(args.model, count=args.images, seed=args.seed, until=args.until)
-    print(format_table(rows))
-    worst = max(row.max_error for row in rows)
+    if Path(args.model).is_dir():
+        project_rows = verify_project(args.model)
+        print(format_project_table(project_rows))
+        worst = max(row.max_error for row in project_rows)
+    else:
+        rows = verify(args.model, count=args.images, seed=args.seed, until=args.until)
+        print(format_table(rows))
+        worst = max(row.max_error for row in rows)
     passed = worst <= args.tolerance
     print(f"worst error {worst:.2e} vs tolerance {args.tolerance:.0e}: "
           f"{'PASS' if passed else 'FAIL'}")

@@ -1,0 +1,43 @@
+"""`m3c compile` and `m3c targets`."""
+
+from __future__ import annotations
+
+import argparse
+
+from m3c.cli import command
+
+
+def _configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="ONNX model")
+    parser.add_argument("--target", default="zcu104", help="board (see `m3c targets`)")
+    parser.add_argument("-o", "--output", required=True, help="project directory to create")
+    parser.add_argument("--precision", default="float", help="hardware number format")
+    parser.add_argument("--force", action="store_true", help="replace a non-empty directory")
+
+
+@command("compile", "compile an ONNX model into an accelerator project", _configure)
+def run_compile(args: argparse.Namespace) -> int:
+    from m3c.compile import compile_model
+
+    project = compile_model(args.model, target=args.target, out=args.output,
+                            precision=args.precision, force=args.force)
+    if not args.quiet:
+        print(f"wrote {project}: `make -C {project} csim` simulates it with g++, "
+              f"`m3c verify {project}` checks it against onnxruntime")
+    return 0
+
+
+def _no_arguments(parser: argparse.ArgumentParser) -> None:
+    del parser
+
+
+@command("targets", "list the boards m3c generates for", _no_arguments)
+def run_targets(args: argparse.Namespace) -> int:
+    del args
+    from m3c.target import list_targets, load_target
+
+    for name in list_targets():
+        board = load_target(name)
+        print(f"{name:<8} {board.part:<22} {board.dsp:>5} DSP {board.lut:>7} LUT "
+              f"{board.bram36:>4} BRAM36 {board.uram:>3} URAM  {board.clock_mhz} MHz")
+    return 0

@@ -1,0 +1,172 @@
+"""Code generation: the C-simulated kernel (g++, ap_types headers) against onnxruntime."""
+
+from __future__ import annotations
+
+import filecmp
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from m3c import csim
+from m3c.compile import compile_model
+from m3c.errors import CodegenError
+from m3c.graph import ort_session
+
+
+@pytest.fixture(scope="module")
+def projects(tmp_path_factory):
+    cache: dict = {}
+
+    def get(export_model, preset, gate="multi", **overrides):
+        key = (preset, gate, repr(sorted(overrides.items())))
+        if key not in cache:
+            _, path = export_model(preset, gate, **overrides)
+            out = tmp_path_factory.mktemp("projects") / "build"
+            cache[key] = (path, compile_model(path, out=out))
+        return cache[key]
+
+    return get
+
+
+def _oracle(model_path: Path, project: Path):
+    """onnxruntime on the original model, also returning the encoder output tensor."""
+    proto = onnx.load(str(model_path))
+    boundary = json.loads((project / "project.json").read_text())["features_tensor"]
+    proto.graph.output.append(onnx.helper.make_tensor_value_info(boundary, 1, None))
+    return ort_session(proto), boundary
+
+
+def _check_against_onnxruntime(model_path: Path, project: Path, images: int) -> float:
+    manifest = json.loads((project / "project.json").read_text())
+    session, boundary = _oracle(model_path, project)
+    names = [o.name for o in session.get_outputs()]
+    kernel = csim.load(project)
+    rng = np.random.default_rng(7)
+    worst = 0.0
+    for index, task in enumerate(manifest["tasks"]):
+        head = ort_session(onnx.load(str(project / "host" / "heads" / f"{task}.onnx")))
+        for scale in range(1, images + 1):
+            image = (rng.standard_normal(manifest["image_shape"]) * scale).astype(np.float32)
+            feeds = {"image": image}
+            if len(manifest["tasks"]) > 1:
+                feeds["task"] = np.array(index, dtype=np.int64)
+            want = dict(zip(names, session.run(None, feeds), strict=True))
+            features = kernel.run(image, index).reshape(manifest["features_shape"])
+            output = head.run(None, {head.get_inputs()[0].name: features})[0]
+            worst = max(worst, float(np.abs(features - want[boundary]).max()),
+                        float(np.abs(output - want[task]).max()))
+    return worst
+
+
+@pytest.mark.parametrize("preset, gate", [("micro-nyud", "multi"), ("micro-nyud", "task"),
+                                          ("micro-pascal", "task"), ("tiny-cityscapes", "multi"),
+                                          ("tiny-cityscapes", "task")])
+def test_float_csim_matches_onnxruntime_for_every_task(export_model, projects, preset, gate):
+    model_path, project = projects(export_model, preset, gate)
+    assert _check_against_onnxruntime(model_path, project, images=2) <= 1e-4
+
+
+@pytest.mark.parametrize("overrides", [
+    {"num_experts": 1, "top_k": 1},
+    {"num_experts": 4, "top_k": 4},
+    {"num_experts": 6, "top_k": 1},
+    {"tasks": {"semseg": 40}, "task_embed_dim": 0},
+])
+def test_odd_shapes(export_model, projects, overrides):
+    model_path, project = projects(export_model, "micro-nyud", "multi", **overrides)
+    assert _check_against_onnxruntime(model_path, project, images=1) <= 1e-4
+
+
+def test_generated_cpp_is_warning_free(export_model, projects, tmp_path):
+    _, project = projects(export_model, "micro-pascal", "task")
+    for sources, shared in ((csim.KERNEL_SOURCES, True),
+                            (["hls/src/kernel.cpp", "hls/tb/testbench.cpp"], False)):
+        command = csim.compile_command(project, sources, tmp_path / "out", shared)
+        result = subprocess.run([*command, "-Werror"], capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+
+
+def test_project_makefile_runs_the_testbench(export_model, projects):
+    _, project = projects(export_model, "micro-nyud", "task")
+    result = subprocess.run(["make", "-s", "csim", f"PYTHON={sys.executable}"], cwd=project,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count("PASS") == 2
+
+
+def test_project_layout_and_interfaces(export_model, projects):
+    _, project = projects(export_model, "micro-pascal", "task")
+    for name in ["README.md", "Makefile", "hls/hls_config.cfg", "hls/run_hls.tcl",
+                 "vivado/block_design.tcl", "weights/weights.json", "host/heads/edge.onnx",
+                 "intermediate/12_lower_expert_major.onnx"]:
+        assert (project / name).is_file(), name
+    kernel = (project / "hls/src/kernel.cpp").read_text()
+    bundles = {line.split("bundle=")[1].split()[0] for line in kernel.splitlines()
+               if "INTERFACE m_axi" in line}
+    assert bundles == {"gmem_w", "gmem_ain", "gmem_aout", "gmem_in", "gmem_out"}
+    assert "INTERFACE s_axilite port=task" in kernel
+    assert kernel.count("m3c::expert_ffn(") == 2 and kernel.count("m3c::route(") == 2
+    config = (project / "hls/hls_config.cfg").read_text()
+    assert "part=xczu7ev-ffvc1156-2-e" in config and "syn.top=m3c_kernel" in config
+    layout = json.loads((project / "weights/weights.json").read_text())
+    router = [t for name, t in layout["tensors"].items() if name.endswith("router_b")]
+    assert router and all(t["shape"][0] == 5 for t in router)  # one row per task
+
+
+def test_same_input_gives_byte_identical_projects(export_model, tmp_path):
+    _, path = export_model("micro-nyud", "task")
+    first = compile_model(path, out=tmp_path / "a")
+    second = compile_model(path, out=tmp_path / "b")
+    compared = filecmp.dircmp(first, second)
+    stack = [compared]
+    while stack:
+        current = stack.pop()
+        assert not current.diff_files and not current.left_only and not current.right_only
+        _, mismatch, errors = filecmp.cmpfiles(current.left, current.right, current.common_files,
+                                               shallow=False)
+        assert not mismatch and not errors
+        stack.extend(current.subdirs.values())
+
+
+def test_existing_output_needs_force_and_failures_leave_nothing(export_model, tmp_path):
+    _, path = export_model("micro-nyud", "multi")
+    out = tmp_path / "build"
+    out.mkdir()
+    (out / "keep.txt").write_text("user data")
+    with pytest.raises(CodegenError, match="--force"):
+        compile_model(path, out=out)
+    assert (out / "keep.txt").exists()
+    compile_model(path, out=out, force=True)
+    assert not (out / "keep.txt").exists() and (out / "project.json").exists()
+    with pytest.raises(CodegenError):
+        compile_model(path, out=tmp_path / "other", precision="posit")
+    with pytest.raises(CodegenError, match="zcu104"):
+        compile_model(path, out=tmp_path / "other", target="vcu9000")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["build"]
+
+
+def test_csim_library_is_cached(export_model, projects):
+    _, project = projects(export_model, "micro-nyud", "multi")
+    first = csim.build(project)
+    stamp = first.stat().st_mtime_ns
+    assert csim.build(project) == first and first.stat().st_mtime_ns == stamp
+
+
+def test_cli_compile_and_verify(export_model, tmp_path):
+    _, path = export_model("micro-nyud", "task")
+    run = [sys.executable, "-m", "m3c"]
+    out = tmp_path / "build"
+    compiled = subprocess.run([*run, "compile", str(path), "--target", "zcu104", "-o", str(out)],
+                              capture_output=True, text=True)
+    assert compiled.returncode == 0, compiled.stderr
+    verified = subprocess.run([*run, "verify", str(out)], capture_output=True, text=True)
+    assert verified.returncode == 0 and "PASS" in verified.stdout
+    refused = subprocess.run([*run, "compile", str(path), "-o", str(out)], capture_output=True,
+                             text=True)
+    assert refused.returncode == 2 and "--force" in refused.stderr
+    assert "Traceback" not in refused.stderr
