@@ -49,12 +49,16 @@ class Graph:
         model.producer_name = "m3c"
         return model
 
-    def save(self, path: str | os.PathLike, with_heads: bool = True) -> Path:
-        """Write the graph (and its head graphs beside it, as `<stem>.head_<task>.onnx`)."""
+    def save(self, path: str | os.PathLike, with_heads: bool = True, store=None) -> Path:
+        """Write the graph (and its head graphs beside it, as `<stem>.head_<task>.onnx`).
+
+        With a `StageStore`, large weights go to its shared external-data file.
+        """
         path = Path(path)
-        onnx.save(self.to_onnx(), str(path))
+        write = store.save if store is not None else (lambda m, p: onnx.save(m, str(p)))
+        write(self.to_onnx(), path)
         for task, head in (self.heads if with_heads else {}).items():
-            onnx.save(self.to_onnx(head), str(path.with_name(f"{path.stem}.head_{task}.onnx")))
+            write(self.to_onnx(head), path.with_name(f"{path.stem}.head_{task}.onnx"))
         return path
 
     def op_types(self) -> list[str]:

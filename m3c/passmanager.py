@@ -15,6 +15,7 @@ import onnx_graphsurgeon as gs
 
 from m3c.errors import LoweringError
 from m3c.graph import Graph
+from m3c.stage_store import StageStore
 
 
 class Pass:
@@ -75,15 +76,18 @@ class Pipeline:
     def run(self, graph: Graph, until: str | None = None,
             save_dir: str | os.PathLike | None = None) -> Graph:
         """The graph after every pass (or after `until`); stages saved as NN_<name>.onnx."""
+        store = None
         if save_dir is not None:
             save_dir = Path(save_dir)
             save_dir.mkdir(parents=True, exist_ok=True)
+            store = StageStore(save_dir)
         heads_saved = None
         for index, name, stage in self.stages(graph, until, snapshot=False):
             if save_dir is not None:
                 # Head graphs do not change after the partition: save them where they appear.
                 new_heads = stage.heads is not heads_saved
-                stage.save(save_dir / f"{index:02d}_{name}.onnx", with_heads=new_heads)
+                stage.save(save_dir / f"{index:02d}_{name}.onnx", with_heads=new_heads,
+                           store=store)
                 heads_saved = stage.heads
             graph = stage
         return graph

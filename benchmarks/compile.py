@@ -1,0 +1,65 @@
+"""`m3c compile` on small-nyud (wall time, peak memory; targets <= 20 s, <= 3 GB) and the
+C-simulated kernel's time per image on tiny-cityscapes beside onnxruntime on the same model.
+
+Usage: python benchmarks/compile.py [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from common import emit, exported, timed_runs
+
+from m3c import csim
+from m3c.compile import compile_model
+from m3c.graph import ort_session
+
+
+def compile_figures(repeats: int) -> dict:
+    model = exported("small-nyud")
+    with tempfile.TemporaryDirectory() as scratch:
+        command = [sys.executable, "-m", "m3c", "--quiet", "compile", str(model), "--target",
+                   "zcu104", "-o", str(Path(scratch) / "build"), "--force"]
+        return {"preset": "small-nyud", **timed_runs(command, repeats),
+                "target_wall_s": 20, "target_peak_mib": 3072}
+
+
+def csim_figures(repeats: int) -> dict:
+    import onnx
+
+    model = exported("tiny-cityscapes")
+    session = ort_session(onnx.load(str(model)))
+    with tempfile.TemporaryDirectory() as scratch:
+        project = compile_model(model, out=Path(scratch) / "build")
+        kernel = csim.load(project)
+        image = np.random.default_rng(0).standard_normal((1, 3, 128, 256)).astype(np.float32)
+        feeds = {"image": image, "task": np.array(0, dtype=np.int64)}
+        csim_times, ort_times = [], []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            kernel.run(image, 0)
+            csim_times.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            session.run(None, feeds)
+            ort_times.append(time.perf_counter() - start)
+    return {"preset": "tiny-cityscapes", "precision": "float",
+            "csim_s_per_image_median": round(statistics.median(csim_times), 3),
+            "onnxruntime_s_per_image_median": round(statistics.median(ort_times), 4),
+            "note": "C-sim covers the encoder; onnxruntime runs encoder and both heads"}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    emit({"compile": compile_figures(args.repeats), "csim": csim_figures(args.repeats)})
+
+
+if __name__ == "__main__":
+    main()
