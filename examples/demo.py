@@ -19,24 +19,32 @@ def _step(message: str) -> float:
     return time.perf_counter()
 
 
-def held_out_table(model, graph, count: int = 8) -> str:
-    """Per task: the quality of torch and of the lowered graph, and how well they agree."""
-    import numpy as np
+def held_out_table(model, project, count: int = 8) -> str:
+    """Per task: torch vs the C-simulated accelerator (+ host head) on held-out scenes."""
+    import json
+
+    import onnx
     import torch
 
+    from m3c import csim
+    from m3c.graph import ort_session
     from m3c.models.data import make_dataset
     from m3c.models.train import depth_metrics, mean_iou
 
+    manifest = json.loads((project / "project.json").read_text())
+    kernel = csim.load(project)
     data = make_dataset(model.config, count, seed=424242)
-    rows = [f"    {'task':<8} {'torch':>14} {'lowered':>14}  agreement"]
+    rows = [f"    {'task':<8} {'torch':>14} {'accelerator':>14}  agreement"]
     for task_id, (task, channels) in enumerate(model.config.tasks.items()):
-        torch_out, lowered_out = [], []
+        head = ort_session(onnx.load(str(project / "host" / "heads" / f"{task}.onnx")))
+        torch_out, accel_out = [], []
         for image in data["image"]:
             with torch.no_grad():
                 torch_out.append(model(torch.from_numpy(image[None]), task_id)[task_id])
-            feeds = {"image": image[None], "task": np.array(task_id, dtype=np.int64)}
-            lowered_out.append(torch.from_numpy(graph.run_output(feeds, task)))
-        ours, theirs = torch.cat(torch_out), torch.cat(lowered_out)
+            features = kernel.run(image, task_id).reshape(manifest["features_shape"])
+            output = head.run(None, {head.get_inputs()[0].name: features})[0]
+            accel_out.append(torch.from_numpy(output))
+        ours, theirs = torch.cat(torch_out), torch.cat(accel_out)
         target = torch.from_numpy(data[task])
         if channels > 1:
             a, b = ours.argmax(1), theirs.argmax(1)
@@ -68,21 +76,22 @@ def main() -> int:
     onnx_path = m3c.export(model, out / "model.onnx")
     print(f"    {onnx_path} in {time.perf_counter() - start:.1f} s")
 
-    start = _step("lowering: import, canonicalise, recognise MoE, expert-major rewrite")
-    graph = m3c.lower(onnx_path, save_dir=out / "intermediate")
-    graph.save(out / "lowered.onnx")
-    print(graph)
-    print(f"    stages saved under {out / 'intermediate'} in {time.perf_counter() - start:.1f} s")
+    start = _step("compiling for zcu104: lower, expert-major rewrite, HLS project, C-sim build")
+    project = m3c.compile(onnx_path, target="zcu104", out=out / "build", force=True)
+    print(f"    {project} in {time.perf_counter() - start:.1f} s; "
+          f"`make -C {project} csim` re-runs its testbench")
 
-    _step("held-out synthetic scenes: torch model vs the lowered expert-major graph")
-    print(held_out_table(model, graph))
+    _step("held-out synthetic scenes: torch vs the C-simulated accelerator + host heads")
+    print(held_out_table(model, project))
 
-    _step("verifying every stage against onnxruntime on the original model")
-    from m3c.verify import format_table, verify
+    _step("verifying every lowering stage and the C-simulation against onnxruntime")
+    from m3c.verify import format_project_table, format_table, verify, verify_project
 
     rows = verify(onnx_path)
     print(format_table(rows))
-    worst = max(row.max_error for row in rows)
+    project_rows = verify_project(project)
+    print(format_project_table(project_rows))
+    worst = max(row.max_error for row in [*rows, *project_rows])
     verdict = "PASS" if worst <= 1e-4 else "FAIL"
     print(f"\nworst stage error {worst:.2e} (tolerance 1e-4): {verdict}")
     return 0 if worst <= 1e-4 else 1

@@ -23,3 +23,11 @@ def lower(model, until: str | None = None, save_dir: str | os.PathLike | None = 
     from m3c.passmanager import default_pipeline
 
     return default_pipeline().run(load_model(model), until=until, save_dir=save_dir)
+
+
+def compile(model, target: str = "zcu104", out: str | os.PathLike = "build",  # noqa: A001
+            precision: str = "float", force: bool = False) -> Path:
+    """Compile an ONNX model into an accelerator project directory; return its path."""
+    from m3c.compile import compile_model
+
+    return compile_model(model, target=target, out=out, precision=precision, force=force)
