@@ -1,7 +1,9 @@
 """timm-style multi-head attention between the qkv and proj Linears -> m3c.Attention.
 
-What torch exports for: qkv.reshape(B,N,3,h,hd).permute(2,0,3,1,4) -> q,k,v;
-softmax(q @ kᵀ · scale) @ v -> transpose(1,2).reshape(B,N,D). The Linears stay m3c.Dense.
+What torch exports for: qkv.reshape(B,N,3,h,hd).permute(2,0,3,1,4) -> q,k,v (unbind: Split +
+Squeeze, or Gather); softmax(q @ kᵀ · scale) @ v -> transpose(1,2).reshape(B,N,D). The Linears
+stay m3c.Dense. Every step is checked (permutations, which slice is q, k and v, softmax axis),
+because a near miss fused anyway would silently compute something else.
 """
 
 from __future__ import annotations
@@ -9,16 +11,12 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from m3c.moe_match import find_downstream, find_upstream, nodes_between
 from m3c.passmanager import RewritePass
-from m3c.routing import constant_value
+from m3c.routing import constant_value, producer
 
-
-def _head_split(node: gs.Node) -> bool:
-    if node.op != "Reshape":
-        return False
-    shape = constant_value(node.inputs[1])
-    return shape is not None and shape.size == 5 and int(shape[2]) == 3
+HEAD_SPLIT_PERM = [2, 0, 3, 1, 4]  # [B,N,3,h,hd] -> [3,B,h,N,hd]
+KEY_PERM = [0, 1, 3, 2]
+MERGE_PERM = [0, 2, 1, 3]
 
 
 class FuseAttention(RewritePass):
@@ -27,16 +25,10 @@ class FuseAttention(RewritePass):
 
     def rewrite_once(self, graph: gs.Graph) -> bool:
         for softmax in [n for n in graph.nodes if n.op == "Softmax"]:
-            split = find_upstream(softmax.inputs[0], _head_split, limit=16)
-            merge = find_downstream(softmax.outputs[0], "Reshape", limit=3)
-            if split is None or merge is None:
+            found = _match(softmax)
+            if found is None:
                 continue
-            qkv = split.inputs[0]
-            scale = _scale(nodes_between(qkv, softmax.inputs[0]))
-            if scale is None:
-                continue
-            num_heads = int(constant_value(split.inputs[1])[3])
-            output = merge.outputs[0]
+            qkv, num_heads, scale, output = found
             output.inputs.clear()
             graph.nodes.append(gs.Node(
                 "Attention", name=f"{softmax.name.rsplit('/', 1)[0]}/Attention", domain="m3c",
@@ -46,16 +38,98 @@ class FuseAttention(RewritePass):
         return False
 
 
-def _scale(nodes: list[gs.Node]) -> float | None:
-    """The product of the constant factors applied to the scores (1.0 when none)."""
+def _match(softmax: gs.Node) -> tuple[gs.Tensor, int, float, gs.Tensor] | None:
+    if softmax.attrs.get("axis", -1) not in (-1, 3):
+        return None
+    scores, score_scale = _unscaled(softmax.inputs[0])
+    qk = producer(scores, "MatMul")
+    key_t = qk and producer(qk.inputs[1], "Transpose")
+    if key_t is None or list(key_t.attrs.get("perm", [])) != KEY_PERM:
+        return None
+    (q, q_scale), (k, k_scale) = _unscaled(qk.inputs[0]), _unscaled(key_t.inputs[0])
+    pv = _sole_consumer(softmax.outputs[0], "MatMul")
+    if pv is None or pv.inputs[0] is not softmax.outputs[0]:
+        return None
+    sources = [_head_slice(t) for t in (q, k, pv.inputs[1])]
+    if any(s is None for s in sources) or [s[1] for s in sources] != [0, 1, 2]:
+        return None
+    heads = sources[0][0]
+    if any(s[0] is not heads for s in sources):
+        return None
+    split = _head_split(heads)
+    output = _merged_output(pv)
+    if split is None or output is None:
+        return None
+    qkv, num_heads = split
+    return qkv, num_heads, score_scale * q_scale * k_scale, output
+
+
+def _unscaled(tensor: gs.Tensor) -> tuple[gs.Tensor, float]:
+    """Walk back through Mul/Div by scalar constants: (the unscaled tensor, the factor)."""
     scale = 1.0
-    for node in nodes:
-        if node.op not in ("Mul", "Div"):
-            continue
+    while (node := producer(tensor, "Mul", "Div")) is not None:
         values = [constant_value(t) for t in node.inputs]
-        factor = next((v for v in values if v is not None and v.size == 1), None)
-        if factor is None:
+        if node.op == "Mul" and values[0] is not None and values[0].size == 1:
+            scale, tensor = scale * float(values[0].reshape(-1)[0]), node.inputs[1]
+        elif values[1] is not None and values[1].size == 1:
+            factor = float(values[1].reshape(-1)[0])
+            scale *= factor if node.op == "Mul" else 1.0 / factor
+            tensor = node.inputs[0]
+        else:
+            break
+    return tensor, scale
+
+
+def _sole_consumer(tensor: gs.Tensor, op: str) -> gs.Node | None:
+    return tensor.outputs[0] if len(tensor.outputs) == 1 and tensor.outputs[0].op == op else None
+
+
+def _head_slice(tensor: gs.Tensor) -> tuple[gs.Tensor, int] | None:
+    """(T, i) when tensor = T[i] along axis 0: Squeeze(Split(T)[i]) or Gather(T, i)."""
+    node = producer(tensor, "Squeeze", "Gather")
+    if node is None:
+        return None
+    if node.op == "Gather":
+        index = constant_value(node.inputs[1])
+        if node.attrs.get("axis", 0) != 0 or index is None or index.size != 1 or index.ndim:
             return None
-        value = float(np.asarray(factor).reshape(-1)[0])
-        scale *= value if node.op == "Mul" else 1.0 / value
-    return scale
+        return node.inputs[0], int(index)
+    axes = constant_value(node.inputs[1]) if len(node.inputs) > 1 else node.attrs.get("axes")
+    split = producer(node.inputs[0], "Split")
+    if split is None or axes is None or list(np.asarray(axes).reshape(-1)) != [0]:
+        return None
+    if split.attrs.get("axis", 0) != 0 or len(split.outputs) != 3:
+        return None
+    return split.inputs[0], split.outputs.index(node.inputs[0])
+
+
+def _head_split(heads: gs.Tensor) -> tuple[gs.Tensor, int] | None:
+    """(qkv, num_heads) for heads = Reshape(qkv, [B,N,3,h,hd]).permute(2,0,3,1,4)."""
+    permute = producer(heads, "Transpose")
+    if permute is None or list(permute.attrs.get("perm", [])) != HEAD_SPLIT_PERM:
+        return None
+    reshape = producer(permute.inputs[0], "Reshape")
+    shape = reshape and constant_value(reshape.inputs[1])
+    if shape is None or shape.size != 5 or int(shape[2]) != 3 or min(shape[3:]) <= 0:
+        return None
+    qkv = reshape.inputs[0]
+    if qkv.shape is None or qkv.shape[-1] != 3 * int(shape[3]) * int(shape[4]):
+        return None  # the reshape must split the channels only, not mix in tokens
+    return qkv, int(shape[3])
+
+
+def _merged_output(pv: gs.Node) -> gs.Tensor | None:
+    """The [B,N,D] tensor after transpose(1,2).reshape, or None."""
+    merge_t = _sole_consumer(pv.outputs[0], "Transpose")
+    if merge_t is None or list(merge_t.attrs.get("perm", [])) != MERGE_PERM:
+        return None
+    merge = _sole_consumer(merge_t.outputs[0], "Reshape")
+    if merge is None or merge.inputs[0] is not merge_t.outputs[0]:
+        return None
+    shape = constant_value(merge.inputs[1])
+    heads = merge_t.outputs[0].shape
+    if shape is None or heads is None or len(shape) < 1:
+        return None
+    if int(shape[-1]) != heads[-1] * heads[-2] or len(shape) != len(heads) - 1:
+        return None
+    return merge.outputs[0]
