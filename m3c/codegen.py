@@ -75,11 +75,72 @@ def _elements(tensor: gs.Tensor) -> int:
     return int(np.prod(tensor.shape, dtype=np.int64))
 
 
+# Argument kinds of the op-library calls: where a pointer points, or how a scalar is spelled.
+ACT_IN, ACT_OUT, WEIGHT, IMAGE, INT, FLOAT, ACT_FN, TASK, QUEUES = (
+    "act_in", "act_out", "weight", "image", "int", "float", "activation", "task", "queues")
+
+# Signature of each op-library function (templates/hls/kernel/m3c_ops.h.j2), argument order.
+SIGNATURES: dict[str, list[tuple[str, str]]] = {
+    "patchify": [("image", IMAGE), ("patches", ACT_OUT), ("channels", INT), ("height", INT),
+                 ("width", INT), ("patch", INT)],
+    "linear": [("x", ACT_IN), ("w", WEIGHT), ("b", WEIGHT), ("y", ACT_OUT), ("tokens", INT),
+               ("in_dim", INT), ("out_dim", INT), ("activation", ACT_FN)],
+    "finish_embedding": [("tokens", ACT_OUT), ("cls", WEIGHT), ("pos", WEIGHT), ("count", INT),
+                         ("dim", INT)],
+    "layernorm": [("x", ACT_IN), ("gamma", WEIGHT), ("beta", WEIGHT), ("y", ACT_OUT),
+                  ("tokens", INT), ("dim", INT), ("epsilon", FLOAT)],
+    "attention": [("qkv", ACT_IN), ("out", ACT_OUT), ("tokens", INT), ("dim", INT),
+                  ("heads", INT), ("scale", FLOAT)],
+    "add": [("a", ACT_IN), ("b", ACT_IN), ("y", ACT_OUT), ("count", INT)],
+    "route": [("x", ACT_IN), ("router_w", WEIGHT), ("router_b", WEIGHT), ("task", TASK),
+              ("weight_rows", INT), ("bias_rows", INT), ("tokens", INT), ("dim", INT),
+              ("experts", INT), ("top_k", INT), ("queues", QUEUES)],
+    "expert_ffn": [("x", ACT_IN), ("out", ACT_OUT), ("w1", WEIGHT), ("b1", WEIGHT),
+                   ("w2", WEIGHT), ("b2", WEIGHT), ("tokens", INT), ("dim", INT),
+                   ("hidden", INT), ("experts", INT), ("activation", ACT_FN),
+                   ("queues", QUEUES)],
+}
+
+_POINTER_BASES = {ACT_IN: "act_in", ACT_OUT: "act_out", WEIGHT: "weights"}
+
+
+@dataclass
+class Call:
+    """One call into the op library: pointers are element offsets into their buffer."""
+
+    op: str
+    layer: str
+    args: dict[str, int | float | str]
+
+    def to_cpp(self) -> str:
+        rendered = [_render_arg(kind, self.args.get(name)) for name, kind in SIGNATURES[self.op]]
+        return f"m3c::{self.op}({', '.join(rendered)});"
+
+    def to_json(self) -> dict:
+        return {"op": self.op, "layer": self.layer, **self.args}
+
+
+def _render_arg(kind: str, value) -> str:
+    if kind in _POINTER_BASES:
+        return f"{_POINTER_BASES[kind]} + {value}"
+    if kind == FLOAT:
+        return f"{value!r}f"
+    if kind == ACT_FN:
+        return f"m3c::{ACTIVATIONS[value]}"
+    if kind == TASK:
+        return "task"
+    if kind == QUEUES:
+        return "queue_tokens, queue_scores, queue_len"
+    if kind == IMAGE:
+        return "image"
+    return str(value)
+
+
 @dataclass
 class KernelPlan:
     """What the top-function template needs: calls in order, buffer sizes, capacities."""
 
-    calls: list[str]
+    calls: list[Call]
     weights: WeightBlob
     arena: Arena
     image_shape: list[int]
@@ -88,13 +149,20 @@ class KernelPlan:
     capacities: dict[str, int]
     layers: list[dict]
 
+    def to_json(self) -> dict:
+        """The call sequence as data: what the numpy emulator and the estimators replay."""
+        return {"calls": [call.to_json() for call in self.calls],
+                "weight_elements": self.weights.size, "arena_elements": self.arena.size,
+                "image_shape": self.image_shape, "features_offset": self.features_offset,
+                "features_elements": self.features_elements, "capacities": self.capacities}
+
 
 class _Planner:
     def __init__(self, graph: gs.Graph) -> None:
         self.graph = graph
         self.weights = WeightBlob()
         self.arena = Arena()
-        self.calls: list[str] = []
+        self.calls: list[Call] = []
         self.layers: list[dict] = []
         self.capacity = {"max_tokens": 1, "max_dim": 1, "max_in": 1, "max_out": 1,
                          "max_head_dim": 1, "max_experts": 1, "max_expert_hidden": 1,
@@ -104,14 +172,18 @@ class _Planner:
         for key, value in sizes.items():
             self.capacity[key] = max(self.capacity[key], int(value))
 
-    def w(self, tensor: gs.Tensor) -> str:
+    def call(self, op: str, layer: str, **args) -> None:
+        missing = {name for name, kind in SIGNATURES[op] if kind not in (TASK, QUEUES)} - set(args)
+        assert not missing, f"{op} call lacks {missing}"
+        self.calls.append(Call(op, layer, args))
+
+    def w(self, tensor: gs.Tensor) -> int:
         if not isinstance(tensor, gs.Constant):
             raise CodegenError(f"{tensor.name!r} should be a constant weight")
-        return f"weights + {self.weights.add(tensor)}"
+        return self.weights.add(tensor)
 
-    def a(self, tensor: gs.Tensor, write: bool = False) -> str:
-        offset = self.arena.place(tensor) if write else self.arena.offsets[tensor.name]
-        return f"{'act_out' if write else 'act_in'} + {offset}"
+    def a(self, tensor: gs.Tensor, write: bool = False) -> int:
+        return self.arena.place(tensor) if write else self.arena.offsets[tensor.name]
 
 
 def plan_kernel(graph: gs.Graph) -> KernelPlan:
@@ -153,15 +225,14 @@ def _embed(planner: _Planner, node: gs.Node, image: gs.Variable) -> None:
     patch_len = channels * patch * patch
     dim = int(weight.shape[1])
     scratch = gs.Variable(f"{node.name}/patches", np.float32, [patches, patch_len])
-    planner.calls += [
-        f"m3c::patchify(image, {planner.a(scratch, True)}, {channels}, {height}, {width}, "
-        f"{patch});",
-        f"m3c::linear({planner.a(scratch)}, {planner.w(weight)}, {planner.w(bias)}, "
-        f"{planner.a(node.outputs[0], True)} + {dim}, {patches}, {patch_len}, {dim}, "
-        "m3c::ACT_NONE);",
-        f"m3c::finish_embedding({planner.a(node.outputs[0], True)}, {planner.w(cls)}, "
-        f"{planner.w(pos)}, {patches + 1}, {dim});",
-    ]
+    tokens = planner.a(node.outputs[0], True)
+    planner.call("patchify", node.name, image=0, patches=planner.a(scratch, True),
+                 channels=channels, height=height, width=width, patch=patch)
+    planner.call("linear", node.name, x=planner.a(scratch), w=planner.w(weight),
+                 b=planner.w(bias), y=tokens + dim, tokens=patches, in_dim=patch_len,
+                 out_dim=dim, activation="none")
+    planner.call("finish_embedding", node.name, tokens=tokens, cls=planner.w(cls),
+                 pos=planner.w(pos), count=patches + 1, dim=dim)
     planner.grow(max_tokens=patches + 1, max_in=patch_len, max_out=dim, max_dim=dim)
 
 
@@ -170,10 +241,9 @@ def _dense(planner: _Planner, node: gs.Node, image) -> None:
     x, weight, bias = node.inputs
     rows, in_dim = _rows_and_width(x)
     out_dim = int(weight.shape[1])
-    act = ACTIVATIONS[node.attrs.get("activation", "none")]
-    planner.calls.append(
-        f"m3c::linear({planner.a(x)}, {planner.w(weight)}, {planner.w(bias)}, "
-        f"{planner.a(node.outputs[0], True)}, {rows}, {in_dim}, {out_dim}, m3c::{act});")
+    planner.call("linear", node.name, x=planner.a(x), w=planner.w(weight), b=planner.w(bias),
+                 y=planner.a(node.outputs[0], True), tokens=rows, in_dim=in_dim,
+                 out_dim=out_dim, activation=node.attrs.get("activation", "none"))
     planner.grow(max_tokens=rows, max_in=in_dim, max_out=out_dim)
 
 
@@ -181,10 +251,9 @@ def _layernorm(planner: _Planner, node: gs.Node, image) -> None:
     del image
     x, gamma, beta = node.inputs
     rows, dim = _rows_and_width(x)
-    epsilon = float(node.attrs.get("epsilon", 1e-5))
-    planner.calls.append(
-        f"m3c::layernorm({planner.a(x)}, {planner.w(gamma)}, {planner.w(beta)}, "
-        f"{planner.a(node.outputs[0], True)}, {rows}, {dim}, {epsilon!r}f);")
+    planner.call("layernorm", node.name, x=planner.a(x), gamma=planner.w(gamma),
+                 beta=planner.w(beta), y=planner.a(node.outputs[0], True), tokens=rows, dim=dim,
+                 epsilon=float(node.attrs.get("epsilon", 1e-5)))
     planner.grow(max_tokens=rows, max_dim=dim)
 
 
@@ -193,18 +262,16 @@ def _attention(planner: _Planner, node: gs.Node, image) -> None:
     (qkv,) = node.inputs
     rows, width = _rows_and_width(qkv)
     heads, dim = int(node.attrs["num_heads"]), width // 3
-    scale = float(node.attrs["scale"])
-    planner.calls.append(
-        f"m3c::attention({planner.a(qkv)}, {planner.a(node.outputs[0], True)}, {rows}, {dim}, "
-        f"{heads}, {scale!r}f);")
+    planner.call("attention", node.name, qkv=planner.a(qkv), out=planner.a(node.outputs[0], True),
+                 tokens=rows, dim=dim, heads=heads, scale=float(node.attrs["scale"]))
     planner.grow(max_tokens=rows, max_dim=dim, max_head_dim=dim // heads)
 
 
 def _add(planner: _Planner, node: gs.Node, image) -> None:
     del image
     a, b = node.inputs
-    planner.calls.append(f"m3c::add({planner.a(a)}, {planner.a(b)}, "
-                         f"{planner.a(node.outputs[0], True)}, {_elements(node.outputs[0])});")
+    planner.call("add", node.name, a=planner.a(a), b=planner.a(b),
+                 y=planner.a(node.outputs[0], True), count=_elements(node.outputs[0]))
 
 
 def _view(planner: _Planner, node: gs.Node, image) -> None:
@@ -218,10 +285,10 @@ def _route(planner: _Planner, node: gs.Node, image) -> None:
     rows, dim = _rows_and_width(x)
     experts = int(router_w.shape[-1])
     top_k = int(node.attrs["top_k"])
-    planner.calls.append(
-        f"m3c::route({planner.a(x)}, {planner.w(router_w)}, {planner.w(router_b)}, task, "
-        f"{router_w.shape[0]}, {router_b.shape[0]}, {rows}, {dim}, {experts}, {top_k}, "
-        "queue_tokens, queue_scores, queue_len);")
+    planner.call("route", node.name, x=planner.a(x), router_w=planner.w(router_w),
+                 router_b=planner.w(router_b), weight_rows=int(router_w.shape[0]),
+                 bias_rows=int(router_b.shape[0]), tokens=rows, dim=dim, experts=experts,
+                 top_k=top_k)
     planner.grow(max_tokens=rows, max_dim=dim, max_experts=experts, max_top_k=top_k)
 
 
@@ -240,11 +307,10 @@ def _expert_layer(planner: _Planner, graph: gs.Graph, layer: str) -> None:
     x = gather.inputs[0]
     rows = _rows_and_width(x)[0]
     out = scatters[-1].outputs[0]
-    act = ACTIVATIONS[mlp.attrs.get("activation", "gelu")]
-    planner.calls.append(
-        f"m3c::expert_ffn({planner.a(x)}, {planner.a(out, True)}, {planner.w(w1)}, "
-        f"{planner.w(b1)}, {planner.w(w2)}, {planner.w(b2)}, {rows}, {dim}, {hidden}, "
-        f"{experts}, m3c::{act}, queue_tokens, queue_scores, queue_len);")
+    planner.call("expert_ffn", layer, x=planner.a(x), out=planner.a(out, True),
+                 w1=planner.w(w1), b1=planner.w(b1), w2=planner.w(w2), b2=planner.w(b2),
+                 tokens=rows, dim=dim, hidden=hidden, experts=experts,
+                 activation=mlp.attrs.get("activation", "gelu"))
     planner.grow(max_tokens=rows, max_dim=dim, max_experts=experts, max_expert_hidden=hidden)
     planner.layers.append({"name": layer, "experts": experts, "dim": dim, "hidden": hidden,
                            "tokens": rows, "slots": 2})

@@ -128,7 +128,8 @@ def _context(graph: Graph, plan: KernelPlan, board: Target, precision: str,
         "model_name": config.get("name", graph.graph.name or "model"),
         "gate": config.get("gate", "multi"), "tasks": tasks, "num_tasks": len(tasks),
         "precision": precision, "types": PRECISIONS[precision], "target": board,
-        "clock_mhz": board.clock_mhz, "tolerance": FLOAT_TOLERANCE, "calls": plan.calls,
+        "clock_mhz": board.clock_mhz, "tolerance": FLOAT_TOLERANCE,
+        "calls": [call.to_cpp() for call in plan.calls],
         "weight_elements": plan.weights.size, "arena_elements": plan.arena.size,
         "image_elements": int(np.prod(plan.image_shape)),
         "feature_elements": plan.features_elements, "features_offset": plan.features_offset,
@@ -172,3 +173,4 @@ def _write_manifest(project: Path, graph: Graph, plan: KernelPlan, board: Target
         "moe_layers": plan.layers,
     }
     (project / "project.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    (project / "kernel.json").write_text(json.dumps(plan.to_json(), indent=1) + "\n")
