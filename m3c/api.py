@@ -26,8 +26,10 @@ def lower(model, until: str | None = None, save_dir: str | os.PathLike | None = 
 
 
 def compile(model, target: str = "zcu104", out: str | os.PathLike = "build",  # noqa: A001
-            precision: str = "float", force: bool = False) -> Path:
+            precision: str = "fixed", force: bool = False, calib=None,
+            precision_config: str | os.PathLike | None = None) -> Path:
     """Compile an ONNX model into an accelerator project directory; return its path."""
     from m3c.compile import compile_model
 
-    return compile_model(model, target=target, out=out, precision=precision, force=force)
+    return compile_model(model, target=target, out=out, precision=precision, force=force,
+                         calib=calib, precision_config=precision_config)

@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import jinja2
@@ -19,11 +20,29 @@ import onnx
 from m3c.codegen import KernelPlan, plan_kernel
 from m3c.errors import CodegenError
 from m3c.graph import Graph, load_model, ort_session
+from m3c.precision import (
+    ROLES,
+    calibrate,
+    choose_types,
+    float_types,
+    layer_weight_types,
+    load_config,
+    quantize_blob,
+)
+from m3c.runtime.emulator import KernelEmulator
+from m3c.runtime.fixed import (
+    EXP_TABLE_BITS,
+    GELU_RANGE,
+    FixedType,
+    exp2_table,
+    gelu_step_bits,
+    gelu_table,
+)
 from m3c.target import Target, load_target
 from m3c.verify import sample_feeds, task_names
 
-PRECISIONS = {"float": {"data": "float", "weight": "float", "acc": "float", "prob": "float"}}
-FLOAT_TOLERANCE = 1e-4
+PRECISIONS = ("fixed", "float")
+FLOAT_TOLERANCE = 1e-4  # float C-simulation vs onnxruntime; fixed must equal the emulation
 HP_BUNDLES = ["gmem_w", "gmem_ain", "gmem_aout", "gmem_in", "gmem_out"]
 
 
@@ -47,8 +66,14 @@ def _check_output(out: Path, force: bool) -> None:
 
 
 def compile_model(model, target: str = "zcu104", out: str | os.PathLike = "build",
-                  precision: str = "float", force: bool = False) -> Path:
-    """Compile an ONNX model (path, ModelProto, gs.Graph or Graph) into a project at `out`."""
+                  precision: str = "fixed", force: bool = False,
+                  calib: str | os.PathLike | np.ndarray | None = None,
+                  precision_config: str | os.PathLike | None = None) -> Path:
+    """Compile an ONNX model (path, ModelProto, gs.Graph or Graph) into a project at `out`.
+
+    Fixed precision calibrates on `calib` (images [N,3,H,W] or a .npy of them; by default the
+    project's own test vectors) and applies the overrides of `precision_config` (JSON/YAML).
+    """
     if precision not in PRECISIONS:
         raise CodegenError(f"precision {precision!r} is not available",
                            remedy="use --precision " + " or ".join(PRECISIONS))
@@ -56,9 +81,11 @@ def compile_model(model, target: str = "zcu104", out: str | os.PathLike = "build
     _check_output(out, force)
     board = load_target(target)
     original = load_model(model)
+    settings = {"precision": precision, "calib": _calibration_images(calib),
+                "config": load_config(precision_config)}
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.m3c-", dir=out.parent or "."))
     try:
-        _build(original, board, precision, staging)
+        _build(original, board, settings, staging)
         if out.exists():
             shutil.rmtree(out)
         os.replace(staging, out)
@@ -67,49 +94,123 @@ def compile_model(model, target: str = "zcu104", out: str | os.PathLike = "build
     return out
 
 
-def _build(original: Graph, board: Target, precision: str, project: Path) -> None:
+def _calibration_images(calib) -> np.ndarray | None:
+    if calib is None or isinstance(calib, np.ndarray):
+        return calib
+    try:
+        return np.load(calib)
+    except (OSError, ValueError) as error:
+        raise CodegenError(f"cannot read calibration images {calib}: {error}",
+                           remedy="give a .npy array of images shaped [N,3,H,W]") from None
+
+
+def _build(original: Graph, board: Target, settings: dict, project: Path) -> None:
     from m3c.passmanager import default_pipeline
 
     proto = original.to_onnx()
     graph = default_pipeline().run(original.copy(), save_dir=project / "intermediate")
     plan = plan_kernel(graph.graph)
     tasks = task_names(proto)
-    data_files = _write_data(project / "data", proto, graph, tasks)
-    _write_weights(project / "weights", plan)
+    vectors = _test_vectors(proto, graph, tasks)
+    typing = _typing(plan, settings, vectors, tasks)
+    emulator = KernelEmulator(plan.to_json(), typing.weights, typing.types)
+    data_files = _write_data(project / "data", vectors, tasks, typing, emulator)
+    _write_weights(project / "weights", plan, typing)
     _write_heads(project / "host" / "heads", graph)
-    context = _context(graph, plan, board, precision, tasks, data_files)
+    context = _context(graph, plan, board, typing, tasks, data_files)
     _render_all(project, context)
-    _write_manifest(project, graph, plan, board, precision, tasks)
+    _write_manifest(project, graph, plan, board, typing, tasks)
 
 
-def _write_data(folder: Path, proto: onnx.ModelProto, graph: Graph, tasks: list[str]):
-    """One test image per task; expected encoder output and task outputs from onnxruntime."""
-    folder.mkdir(parents=True)
+@dataclass
+class Typing:
+    """The precision pass's result: class types (None in float) and the kernel's weights."""
+
+    precision: str
+    types: dict[str, FixedType] | None
+    weights: np.ndarray
+    activation_max: float | None = None
+
+    @property
+    def tolerance(self) -> float:
+        return 0.0 if self.types else FLOAT_TOLERANCE
+
+    def types_json(self) -> dict:
+        if self.types is None:
+            return float_types()
+        return {name: {**kind.to_json(), "role": ROLES[name]} for name, kind in self.types.items()}
+
+
+def _typing(plan: KernelPlan, settings: dict, vectors: list[dict], tasks: list[str]) -> Typing:
+    blob = plan.weights.packed()
+    if settings["precision"] == "float":
+        return Typing("float", None, blob)
+    images = settings["calib"]
+    if images is None:
+        images = np.stack([vector["image"] for vector in vectors])
+    images = np.asarray(images, np.float32).reshape(-1, *plan.image_shape[1:])
+    samples = [(image, task) for image in images for task in range(len(tasks))]
+    plan_json = plan.to_json()
+    activation_max = calibrate(plan_json, blob, samples)
+    types = choose_types(plan_json, blob, activation_max, settings["config"])
+    sizes = {name: array.size for name, array in plan.weights.arrays.items()}
+    narrowed = layer_weight_types(plan_json, settings["config"])
+    weights = quantize_blob(blob, plan.weights.offsets, sizes, types["weight"], narrowed)
+    return Typing("fixed", types, weights.astype(np.float32), activation_max)
+
+
+def _test_vectors(proto: onnx.ModelProto, graph: Graph, tasks: list[str]) -> list[dict]:
+    """One test image per task with onnxruntime's encoder and task outputs."""
     boundary = graph.metadata["m3c.features_tensor"]
     probe = onnx.ModelProto()
     probe.CopyFrom(proto)
     probe.graph.output.append(onnx.helper.make_tensor_value_info(boundary, onnx.TensorProto.FLOAT,
                                                                  None))
     session = ort_session(probe)
-    feeds_per_task = sample_feeds(proto, count=1, seed=2024)
-    names = []
-    for index, (task, feeds) in enumerate(zip(tasks, feeds_per_task, strict=True)):
+    vectors = []
+    for task, feeds in zip(tasks, sample_feeds(proto, count=1, seed=2024), strict=True):
         outputs = dict(zip([o.name for o in session.get_outputs()], session.run(None, feeds),
                            strict=True))
-        feeds["image"].astype(np.float32).tofile(folder / f"input_task{index}.bin")
-        outputs[boundary].astype(np.float32).tofile(folder / f"features_task{index}.bin")
-        np.save(folder / f"expected_{task}.npy", outputs[task])
+        vectors.append({"image": feeds["image"].astype(np.float32),
+                        "features": outputs[boundary].astype(np.float32),
+                        "output": outputs[task]})
+    return vectors
+
+
+def _write_data(folder: Path, vectors: list[dict], tasks: list[str], typing: Typing,
+                emulator: KernelEmulator) -> list[str]:
+    """Test vectors; the kernel's expected features are onnxruntime's in float and the
+    bit-exact emulation's in fixed point."""
+    folder.mkdir(parents=True)
+    names = []
+    for index, (task, vector) in enumerate(zip(tasks, vectors, strict=True)):
+        expected = vector["features"]
+        if typing.types is not None:
+            expected = emulator.run(vector["image"], index)
+        vector["image"].tofile(folder / f"input_task{index}.bin")
+        expected.tofile(folder / f"features_task{index}.bin")
+        vector["features"].tofile(folder / f"features_onnxruntime_task{index}.bin")
+        np.save(folder / f"expected_{task}.npy", vector["output"])
         names += [f"data/input_task{index}.bin", f"data/features_task{index}.bin"]
     names.append("weights/weights_f32.bin")
     return names
 
 
-def _write_weights(folder: Path, plan: KernelPlan) -> None:
+def _write_weights(folder: Path, plan: KernelPlan, typing: Typing) -> None:
+    """weights_f32.bin: the kernel's weight values; weights.bin: the DDR words."""
     folder.mkdir(parents=True)
-    plan.weights.packed().tofile(folder / "weights_f32.bin")
+    typing.weights.astype(np.float32).tofile(folder / "weights_f32.bin")
+    if typing.types is None:
+        ddr, ddr_dtype = typing.weights.astype(np.float32), "float32"
+    else:
+        ddr_dtype = f"int{typing.types['weight'].width}" if typing.types["weight"].width in (
+            8, 16, 32) else "int32"
+        ddr = typing.types["weight"].from_float(typing.weights).astype(ddr_dtype)
+    ddr.tofile(folder / "weights.bin")
     table = {name: {"offset": offset, "shape": list(plan.weights.arrays[name].shape)}
              for name, offset in plan.weights.offsets.items()}
-    layout = {"dtype": "float32", "elements": plan.weights.size, "tensors": table}
+    layout = {"dtype": "float32", "ddr_dtype": ddr_dtype, "elements": plan.weights.size,
+              "tensors": table}
     (folder / "weights.json").write_text(json.dumps(layout, indent=1, sort_keys=True) + "\n")
 
 
@@ -119,7 +220,7 @@ def _write_heads(folder: Path, graph: Graph) -> None:
         onnx.save(graph.to_onnx(head), str(folder / f"{task}.onnx"))
 
 
-def _context(graph: Graph, plan: KernelPlan, board: Target, precision: str,
+def _context(graph: Graph, plan: KernelPlan, board: Target, typing: Typing,
              tasks: list[str], data_files: list[str]) -> dict:
     config = json.loads(graph.metadata.get("m3c.config", "{}"))
     hp_ports = [{"bundle": bundle, "gp": 2 + i % 4, "slave": f"S_AXI_HP{i % 4}_FPD",
@@ -127,8 +228,9 @@ def _context(graph: Graph, plan: KernelPlan, board: Target, precision: str,
     return {
         "model_name": config.get("name", graph.graph.name or "model"),
         "gate": config.get("gate", "multi"), "tasks": tasks, "num_tasks": len(tasks),
-        "precision": precision, "types": PRECISIONS[precision], "target": board,
-        "clock_mhz": board.clock_mhz, "tolerance": FLOAT_TOLERANCE,
+        "precision": typing.precision, "types": typing.types_json(),
+        "type_classes": sorted(typing.types_json().items()), **_tables(typing),
+        "target": board, "clock_mhz": board.clock_mhz, "tolerance": typing.tolerance,
         "calls": [call.to_cpp() for call in plan.calls],
         "weight_elements": plan.weights.size, "arena_elements": plan.arena.size,
         "image_elements": int(np.prod(plan.image_shape)),
@@ -136,6 +238,21 @@ def _context(graph: Graph, plan: KernelPlan, board: Target, precision: str,
         "data_files": data_files, "hp_ports": hp_ports,
         "tile_in": 16, "tile_out": 16, **plan.capacities,
     }
+
+
+def _tables(typing: Typing) -> dict:
+    if typing.types is None:
+        return {}
+    data, prob = typing.types["data"], typing.types["prob"]
+
+    def literals(raw: np.ndarray) -> list[str]:
+        return [repr(float(value)) for value in prob.to_float(raw)]
+
+    return {"exp2_table": literals(exp2_table(prob)),
+            "gelu_table": literals(gelu_table(data, prob, "gelu")),
+            "gelu_tanh_table": literals(gelu_table(data, prob, "gelu_tanh")),
+            "exp_table_bits": EXP_TABLE_BITS, "gelu_step_bits": gelu_step_bits(data),
+            "gelu_range": GELU_RANGE}
 
 
 RENDERED = {
@@ -153,19 +270,25 @@ RENDERED = {
 }
 
 
+FIXED_ONLY = {"hls/kernel/m3c_tables.h.j2": "hls/src/m3c_tables.h"}
+
+
 def _render_all(project: Path, context: dict) -> None:
     environment = _templates()
-    for template, target in RENDERED.items():
+    rendered = {**RENDERED, **(FIXED_ONLY if context["precision"] == "fixed" else {})}
+    for template, target in rendered.items():
         path = project / target
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(environment.get_template(template).render(**context))
 
 
 def _write_manifest(project: Path, graph: Graph, plan: KernelPlan, board: Target,
-                    precision: str, tasks: list[str]) -> None:
+                    typing: Typing, tasks: list[str]) -> None:
     features = graph.graph.outputs[0]
     manifest = {
-        "m3c_version": 1, "target": board.name, "precision": precision, "tasks": tasks,
+        "m3c_version": 1, "target": board.name, "precision": typing.precision, "tasks": tasks,
+        "types": typing.types_json(), "tolerance": typing.tolerance,
+        "calibration_max_abs": typing.activation_max,
         "config": json.loads(graph.metadata.get("m3c.config", "{}")),
         "image_shape": plan.image_shape, "features_shape": list(features.shape),
         "features_tensor": graph.metadata["m3c.features_tensor"],

@@ -27,7 +27,7 @@ def projects(tmp_path_factory):
         if key not in cache:
             _, path = export_model(preset, gate, **overrides)
             out = tmp_path_factory.mktemp("projects") / "build"
-            cache[key] = (path, compile_model(path, out=out))
+            cache[key] = (path, compile_model(path, out=out, precision="float"))
         return cache[key]
 
     return get

@@ -11,7 +11,12 @@ def _configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="ONNX model")
     parser.add_argument("--target", default="zcu104", help="board (see `m3c targets`)")
     parser.add_argument("-o", "--output", required=True, help="project directory to create")
-    parser.add_argument("--precision", default="float", help="hardware number format")
+    parser.add_argument("--precision", default="fixed", choices=["fixed", "float"],
+                        help="ap_fixed types from calibration (default), or fp32 everywhere")
+    parser.add_argument("--calib", metavar="FILE.npy",
+                        help="calibration images [N,3,H,W] (default: the test vectors)")
+    parser.add_argument("--precision-config", metavar="FILE",
+                        help="JSON/YAML overrides: types per class, weight types per layer")
     parser.add_argument("--force", action="store_true", help="replace a non-empty directory")
 
 
@@ -20,7 +25,8 @@ def run_compile(args: argparse.Namespace) -> int:
     from m3c.compile import compile_model
 
     project = compile_model(args.model, target=args.target, out=args.output,
-                            precision=args.precision, force=args.force)
+                            precision=args.precision, force=args.force, calib=args.calib,
+                            precision_config=args.precision_config)
     if not args.quiet:
         print(f"wrote {project}: `make -C {project} csim` simulates it with g++, "
               f"`m3c verify {project}` checks it against onnxruntime")

@@ -67,11 +67,12 @@ def run_verify(args: argparse.Namespace) -> int:
     if Path(args.model).is_dir():
         project_rows = verify_project(args.model)
         print(format_project_table(project_rows))
-        worst = max(row.max_error for row in project_rows)
-    else:
-        rows = verify(args.model, count=args.images, seed=args.seed, until=args.until)
-        print(format_table(rows))
-        worst = max(row.max_error for row in rows)
+        passed = all(row.passed for row in project_rows)
+        print("PASS" if passed else "FAIL")
+        return 0 if passed else 1
+    rows = verify(args.model, count=args.images, seed=args.seed, until=args.until)
+    print(format_table(rows))
+    worst = max(row.max_error for row in rows)
     passed = worst <= args.tolerance
     print(f"worst error {worst:.2e} vs tolerance {args.tolerance:.0e}: "
           f"{'PASS' if passed else 'FAIL'}")

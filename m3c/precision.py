@@ -1,0 +1,190 @@
+"""The precision pass: a hardware type for every tensor class of the kernel.
+
+`float` is fp32 everywhere (exact verification). `fixed` gives activations and weights 16-bit
+ap_fixed types whose integer bits come from calibration: the largest magnitude any activation
+reaches on the calibration images (through the float emulation of the same call sequence) and the
+largest weight. Those two round to nearest even and saturate, because they are where values are
+narrowed; accumulators truncate and wrap, because they are sized (from the two) so that no
+product or sum is ever rounded or overflows, which also makes them order-independent. Softmax,
+reciprocal and normalisation scalars have fixed formats chosen for their value ranges.
+
+A JSON or YAML config overrides any class (`types:`) and, per layer, the weight type its
+tensors are quantized to (`layers: {name: {weight: ap_fixed<8,2>}}`).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import math
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from m3c.errors import CodegenError
+from m3c.runtime.emulator import KernelEmulator
+from m3c.runtime.fixed import EXP_TABLE_BITS, FixedType
+
+ROLES = {
+    "data": "activations: the DDR arena, on-chip rows",
+    "weight": "weights, biases, norm parameters",
+    "acc": "accumulators: exact sums of products",
+    "var": "layernorm: exact sums of squared deviations",
+    "logit": "softmax inputs: attention scores, router logits",
+    "exp_arg": "exp argument x log2(e)",
+    "prob": "softmax outputs, exp values, combine weights",
+    "recip": "reciprocals of softmax sums",
+    "norm": "layernorm 1/std, attention scale",
+}
+NARROWED = ("AP_RND_CONV", "AP_SAT")
+EXACT = ("AP_TRN", "AP_WRAP")
+FIXED_DEFAULTS = {
+    "logit": FixedType(32, 16, True, *NARROWED),
+    "exp_arg": FixedType(32, 16, True, "AP_TRN", "AP_SAT"),
+    "prob": FixedType(18, 1, False, *NARROWED),
+    "recip": FixedType(24, 1, False, *NARROWED),
+    "norm": FixedType(24, 10, False, *NARROWED),
+}
+DEFAULT_WIDTH = 16
+MAX_EXACT_WIDTH = 63  # raw values must fit int64 in the emulation
+CLASS_MODES = {"data": NARROWED, "weight": NARROWED, "acc": EXACT, "var": EXACT,
+               **{name: (t.quant, t.overflow) for name, t in FIXED_DEFAULTS.items()}}
+
+
+def float_types() -> dict[str, dict]:
+    return {name: {"cpp": "float", "width": 32, "role": role} for name, role in ROLES.items()}
+
+
+def integer_bits(max_abs: float) -> int:
+    """Integer bits (sign included) of a signed type holding +-max_abs."""
+    if max_abs <= 0 or not math.isfinite(max_abs):
+        return 1
+    return max(1, math.floor(math.log2(max_abs)) + 2)
+
+
+def load_config(path: str | Path | None) -> dict:
+    if path is None:
+        return {}
+    path = Path(path)
+    try:
+        text = path.read_text()
+        config = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (OSError, ValueError, yaml.YAMLError) as error:
+        raise CodegenError(f"cannot read precision config {path}: {error}",
+                           remedy="give a JSON or YAML file with 'types' and/or 'layers'") from None
+    if not isinstance(config, dict) or set(config) - {"types", "layers"}:
+        raise CodegenError(f"precision config {path} must be a mapping with 'types' and/or "
+                           "'layers'", remedy='e.g. {"types": {"data": "ap_fixed<18,8>"}}')
+    return config
+
+
+def _parse(spelling: str, name: str, where: str) -> FixedType:
+    try:
+        return FixedType.parse(str(spelling), *CLASS_MODES[name])
+    except ValueError as error:
+        raise CodegenError(f"{where}: {error}", remedy="write ap_fixed<W,I> or "
+                           "ap_fixed<W,I,AP_RND_CONV|AP_TRN,AP_SAT|AP_WRAP>") from None
+
+
+def calibrate(plan: dict, weights: np.ndarray,
+              samples: Iterable[tuple[np.ndarray, int]]) -> float:
+    """The largest activation magnitude the float kernel reaches on the samples."""
+    emulator = KernelEmulator(plan, weights)
+    largest = 0.0
+
+    def observe(call: dict, what: str, values: np.ndarray) -> None:
+        nonlocal largest
+        if what != "queue_lengths":
+            largest = max(largest, float(np.abs(values).max(initial=0.0)))
+
+    for image, task in samples:
+        largest = max(largest, float(np.abs(image).max()))
+        emulator.run(image, task, observe)
+    return largest
+
+
+def choose_types(plan: dict, weights: np.ndarray, activation_max: float,
+                 config: dict | None = None) -> dict[str, FixedType]:
+    """Every class's ap_fixed type: calibrated data/weight, derived exact accumulators."""
+    overrides = (config or {}).get("types", {})
+    unknown = set(overrides) - (set(ROLES) - {"acc", "var"})
+    if unknown:
+        raise CodegenError(f"precision config names unknown or derived classes {sorted(unknown)}",
+                           remedy="override data, weight, logit, exp_arg, prob, recip or norm")
+    types = dict(FIXED_DEFAULTS)
+    types["data"] = FixedType(DEFAULT_WIDTH, integer_bits(activation_max), True, *NARROWED)
+    types["weight"] = FixedType(DEFAULT_WIDTH, integer_bits(float(np.abs(weights).max())), True,
+                                *NARROWED)
+    for name, spelling in overrides.items():
+        types[name] = _parse(spelling, name, f"precision config types.{name}")
+    types["acc"], types["var"] = _accumulators(types, plan["capacities"])
+    _check(types)
+    return types
+
+
+def _accumulators(types: dict[str, FixedType], capacities: dict) -> tuple[FixedType, FixedType]:
+    data, weight, prob = types["data"], types["weight"], types["prob"]
+    terms = max(capacities["max_in"], capacities["max_dim"], capacities["max_tokens"],
+                capacities["max_expert_hidden"])
+    growth = math.ceil(math.log2(max(terms, 2))) + 1
+    frac = max(data.frac + weight.frac, 2 * data.frac, prob.frac + data.frac, weight.frac)
+    integer = max(data.integer + weight.integer, 2 * data.integer, prob.integer + data.integer,
+                  weight.integer) + growth
+    var_integer = 2 * (data.integer + 1) + math.ceil(math.log2(max(capacities["max_dim"], 2)))
+    _check_exact("acc", integer + frac)
+    _check_exact("var", var_integer + 2 * data.frac)
+    acc = FixedType(integer + frac, integer, True, *EXACT)
+    var = FixedType(var_integer + 2 * data.frac, var_integer, True, *EXACT)
+    return acc, var
+
+
+def _check_exact(name: str, width: int) -> None:
+    if width > MAX_EXACT_WIDTH:
+        raise CodegenError(f"the {name} type would need {width} bits",
+                           remedy="narrow the data or weight type in the precision config")
+
+
+def _check(types: dict[str, FixedType]) -> None:
+    if not types["data"].signed or types["exp_arg"].frac < EXP_TABLE_BITS:
+        raise CodegenError("data must be signed and exp_arg needs at least "
+                           f"{EXP_TABLE_BITS} fractional bits")
+    for name, limit in (("logit", 32), ("norm", 32), ("recip", 32), ("prob", 24)):
+        if types[name].width > limit:
+            raise CodegenError(f"{name} wider than {limit} bits is not supported")
+
+
+def layer_weight_types(plan: dict, config: dict) -> dict[int, FixedType]:
+    """Weight-blob offset -> the narrower type a per-layer override quantizes it to."""
+    narrowed: dict[int, FixedType] = {}
+    for pattern, spec in (config.get("layers") or {}).items():
+        matched = [call for call in plan["calls"] if fnmatch.fnmatchcase(call["layer"], pattern)]
+        if not matched:
+            raise CodegenError(f"precision config layer {pattern!r} matches no layer",
+                               remedy="use names from kernel.json (glob patterns allowed)")
+        if set(spec) - {"weight"}:
+            raise CodegenError(f"precision config layer {pattern!r}: only 'weight' can be set")
+        kind = _parse(spec["weight"], "weight", f"precision config layers.{pattern}")
+        for call in matched:
+            for name in _weight_arguments(call["op"]):
+                narrowed[call[name]] = kind
+    return narrowed
+
+
+def _weight_arguments(op: str) -> list[str]:
+    from m3c.codegen import SIGNATURES, WEIGHT
+
+    return [name for name, kind in SIGNATURES[op] if kind == WEIGHT]
+
+
+def quantize_blob(blob: np.ndarray, offsets: dict[str, int], sizes: dict[str, int],
+                  weight: FixedType, narrowed: dict[int, FixedType]) -> np.ndarray:
+    """The weight blob's values as the kernel sees them (float values of the raw codes)."""
+    values = blob.astype(np.float64)
+    for name, offset in offsets.items():
+        kind = narrowed.get(offset)
+        if kind is not None:
+            span = slice(offset, offset + sizes[name])
+            values[span] = kind.to_float(kind.from_float(values[span]))
+    return weight.to_float(weight.from_float(values))

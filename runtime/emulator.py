@@ -1,0 +1,334 @@
+"""The accelerator's call sequence (kernel.json) executed in numpy, in the project's types.
+
+In fixed point this reproduces the C++ kernel bit for bit: every op below mirrors its
+counterpart in templates/hls/kernel/m3c_ops.h.j2 cast for cast (raw integers, runtime/fixed.py).
+Integer matrix products go through float64 BLAS, which is exact because every operand is an
+integer below 2^18 and every partial sum stays below 2^53. In float precision the same ops run in
+float64: a reference for the float kernel to within rounding, used for calibration.
+
+Numpy only: this module also ships inside generated projects (host/m3c_runtime).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from .fixed import (
+    EXP_TABLE_BITS,
+    GELU_RANGE,
+    FixedType,
+    exp2_table,
+    gelu_step_bits,
+    gelu_table,
+)
+
+Observer = Callable[[dict, str, np.ndarray], None]
+LOG2E = 1.4426950408889634
+
+
+class FloatArithmetic:
+    """Float64 semantics of the kernel's ops: values are plain floats."""
+
+    fixed = False
+
+    def __init__(self) -> None:
+        self._erf = np.vectorize(math.erf, otypes=[np.float64])
+
+    def data_in(self, values: np.ndarray) -> np.ndarray:
+        return np.asarray(values, np.float64)
+
+    weight_in = data_in
+
+    def data_out(self, values: np.ndarray) -> np.ndarray:
+        return np.asarray(values, np.float64)
+
+    def linear(self, x, w, b, activation):
+        return self.activate(x @ w + b, activation)
+
+    def activate(self, pre, activation):
+        if activation == "gelu":
+            return 0.5 * pre * (1.0 + self._erf(pre / math.sqrt(2.0)))
+        if activation == "gelu_tanh":
+            inner = math.sqrt(2.0 / math.pi) * (pre + 0.044715 * pre ** 3)
+            return 0.5 * pre * (1.0 + np.tanh(inner))
+        if activation == "relu":
+            return np.maximum(pre, 0.0)
+        return pre
+
+    def layernorm(self, x, gamma, beta, epsilon):
+        mean = x.mean(axis=-1, keepdims=True)
+        variance = ((x - mean) ** 2).mean(axis=-1, keepdims=True)
+        return (x - mean) / np.sqrt(variance + np.float32(epsilon)) * gamma + beta
+
+    def softmax_rows(self, logits):
+        weights = np.exp(logits - logits.max(axis=-1, keepdims=True))
+        return weights, 1.0 / weights.sum(axis=-1, keepdims=True)
+
+    def attention_head(self, q, k, v, scale):
+        weights, inverse = self.softmax_rows((q @ k.T) * np.float32(scale))
+        return (weights @ v) * inverse
+
+    def route_probs(self, x, w, b):
+        weights, inverse = self.softmax_rows(x @ w + b)
+        return weights * inverse
+
+    def add(self, a, b):
+        return a + b
+
+    def scatter_add(self, out_rows, scores, result):
+        return out_rows + scores[:, None] * result
+
+    def finish_embedding(self, tokens, cls, pos):
+        return np.concatenate([cls[None], tokens[1:]]) + pos
+
+
+class FixedArithmetic:
+    """ap_fixed semantics: values are raw integers of the classes in `types`."""
+
+    fixed = True
+
+    def __init__(self, types: dict[str, FixedType]) -> None:
+        self.t = types
+        self.data, self.weight, self.acc = types["data"], types["weight"], types["acc"]
+        self.logit, self.prob, self.recip = types["logit"], types["prob"], types["recip"]
+        self.norm, self.exp_arg = types["norm"], types["exp_arg"]
+        self.exp2 = exp2_table(self.prob)
+        self.gelu_tables = {kind: gelu_table(self.data, self.prob, kind)
+                            for kind in ("gelu", "gelu_tanh")}
+        self.log2e = int(self.prob.from_float(LOG2E))
+
+    def data_in(self, values: np.ndarray) -> np.ndarray:
+        return self.data.from_float(values)
+
+    def weight_in(self, values: np.ndarray) -> np.ndarray:
+        return self.weight.from_float(values)
+
+    def data_out(self, raw: np.ndarray) -> np.ndarray:
+        return self.data.to_float(raw)
+
+    def _acc(self, raw, frac):
+        """acc_t(value with `frac` fractional bits): exact shift, then the wrap of acc_t."""
+        return self.acc.cast(raw, frac)
+
+    def _matmul(self, a, b):
+        return np.rint(a.astype(np.float64) @ b.astype(np.float64)).astype(np.int64)
+
+    def linear(self, x, w, b, activation):
+        pre = self._acc(self._matmul(x, w), self.data.frac + self.weight.frac)
+        pre = self.acc.overflowed(pre + self._acc(b, self.weight.frac))
+        return self.activate(pre, activation)
+
+    def activate(self, pre, activation):
+        x = self.data.cast(pre, self.acc.frac)
+        if activation == "none":
+            return x
+        if activation == "relu":
+            return np.maximum(x, 0)
+        fd, bits = self.data.frac, gelu_step_bits(self.data)
+        limit = GELU_RANGE << fd
+        inside = (x >= -limit) & (x < limit)
+        index = np.where(inside, x + limit, 0) >> (fd - bits)
+        g = self.gelu_tables[activation][index]
+        y = self.data.cast(x * g, fd + self.prob.frac)
+        return np.where(x >= limit, x, np.where(inside, y, 0))
+
+    def layernorm(self, x, gamma, beta, epsilon):
+        fd, dim = self.data.frac, x.shape[-1]
+        total = self._acc(x.sum(axis=-1, keepdims=True), fd)
+        mean = self.data.from_float(self.acc.to_float(total) / dim)
+        centred = x - mean
+        squares = (centred * centred).sum(axis=-1, keepdims=True)
+        variance = np.ldexp(squares.astype(np.float64), -2 * fd) / dim
+        inv_std = self.norm.from_float(1.0 / np.sqrt(variance + float(np.float32(epsilon))))
+        normed = self.data.cast(centred * inv_std, fd + self.norm.frac)
+        scaled = self._acc(normed * gamma, fd + self.weight.frac)
+        return self.data.cast(scaled + self._acc(beta, self.weight.frac), self.acc.frac)
+
+    def exp_neg(self, x):
+        """exp(x) for logit_t x <= 0, as 2^(x log2 e) with a table (m3c::exp_neg)."""
+        fe = self.exp_arg.frac
+        t = self.exp_arg.cast(x * self.log2e, self.logit.frac + self.prob.frac)
+        whole = t >> fe
+        index = (t & ((1 << fe) - 1)) >> (fe - EXP_TABLE_BITS)
+        shift = np.minimum(-whole, 63)
+        return np.where(-whole >= self.prob.width, 0, self.exp2[index] >> shift)
+
+    def softmax_rows(self, logits):
+        """(exp weights, recip_t of their sum) per row, as attention and route compute them."""
+        best = logits.max(axis=-1, keepdims=True)
+        weights = self.exp_neg(self.logit.cast(logits - best, self.logit.frac))
+        total = self._acc(weights.sum(axis=-1, keepdims=True), self.prob.frac)
+        return weights, self.recip.from_float(1.0 / self.acc.to_float(total))
+
+    def attention_head(self, q, k, v, scale):
+        fd, fl = self.data.frac, self.logit.frac
+        dot = self.logit.cast(self._acc(self._matmul(q, k.T), 2 * fd), self.acc.frac)
+        scores = self.logit.cast(dot * int(self.norm.from_float(np.float32(scale))),
+                                 fl + self.norm.frac)
+        weights, inverse = self.softmax_rows(scores)
+        mixed = self._acc(self._matmul(weights, v), self.prob.frac + fd)
+        mixed = self.logit.cast(mixed, self.acc.frac)
+        return self.data.cast(mixed * inverse, fl + self.recip.frac)
+
+    def route_probs(self, x, w, b):
+        pre = self._acc(self._matmul(x, w), self.data.frac + self.weight.frac)
+        pre = self.acc.overflowed(pre + self._acc(b, self.weight.frac))
+        weights, inverse = self.softmax_rows(self.logit.cast(pre, self.acc.frac))
+        return self.prob.cast(weights * inverse, self.prob.frac + self.recip.frac)
+
+    def add(self, a, b):
+        return self.data.cast(a + b, self.data.frac)
+
+    def scatter_add(self, out_rows, scores, result):
+        fd, fa = self.data.frac, self.acc.frac
+        weighted = self._acc(scores[:, None] * result, self.prob.frac + fd)
+        return self.data.cast(self._acc(out_rows, fd) + weighted, fa)
+
+    def finish_embedding(self, tokens, cls, pos):
+        fw, fa = self.weight.frac, self.acc.frac
+        first = self.data.cast(self._acc(cls, fw) + self._acc(pos[0], fw), fa)
+        rest = self.data.cast(self._acc(tokens[1:], self.data.frac) + self._acc(pos[1:], fw), fa)
+        return np.concatenate([first[None], rest])
+
+
+class KernelEmulator:
+    """Runs kernel.json on numpy buffers shaped like the kernel's DDR buffers."""
+
+    def __init__(self, plan: dict, weights: np.ndarray,
+                 types: dict[str, FixedType] | None = None) -> None:
+        self.plan = plan
+        self.ops = FixedArithmetic(types) if types else FloatArithmetic()
+        self.weights = self.ops.weight_in(np.asarray(weights, np.float64))
+
+    @classmethod
+    def from_project(cls, project: str | Path) -> KernelEmulator:
+        project = Path(project)
+        plan = json.loads((project / "kernel.json").read_text())
+        manifest = json.loads((project / "project.json").read_text())
+        weights = np.fromfile(project / "weights" / "weights_f32.bin", dtype=np.float32)
+        types = None
+        if manifest.get("precision") == "fixed":
+            types = {name: FixedType.from_json(spec) for name, spec in manifest["types"].items()}
+        return cls(plan, weights, types)
+
+    def run(self, image: np.ndarray, task: int, observer: Observer | None = None) -> np.ndarray:
+        """Features (float32, flat) for one image and task; `observer` sees every result."""
+        arena = np.zeros(self.plan["arena_elements"],
+                         np.int64 if self.ops.fixed else np.float64)
+        state = _State(self, arena, self.ops.data_in(np.asarray(image).reshape(-1)), task,
+                       observer)
+        for call in self.plan["calls"]:
+            _OPS[call["op"]](state, call)
+        start = self.plan["features_offset"]
+        features = arena[start:start + self.plan["features_elements"]]
+        return self.ops.data_out(features).astype(np.float32)
+
+
+class _State:
+    def __init__(self, emulator: KernelEmulator, arena, image, task, observer) -> None:
+        self.ops, self.weights, self.arena = emulator.ops, emulator.weights, arena
+        self.image, self.task, self.observer = image, task, observer
+        self.queues: list[np.ndarray] = []
+        self.scores: np.ndarray | None = None
+
+    def act(self, offset: int, shape: tuple[int, ...]) -> np.ndarray:
+        return self.arena[offset:offset + int(np.prod(shape))].reshape(shape)
+
+    def weight(self, offset: int, shape: tuple[int, ...]) -> np.ndarray:
+        return self.weights[offset:offset + int(np.prod(shape))].reshape(shape)
+
+    def store(self, call: dict, offset: int, values: np.ndarray, what: str = "output") -> None:
+        flat = np.asarray(values).reshape(-1)
+        self.arena[offset:offset + flat.size] = flat
+        self.observe(call, what, flat)
+
+    def observe(self, call: dict, what: str, values: np.ndarray) -> None:
+        if self.observer is not None:
+            self.observer(call, what, values)
+
+
+def _patchify(state: _State, c: dict) -> None:
+    channels, height, width, patch = c["channels"], c["height"], c["width"], c["patch"]
+    image = state.image.reshape(channels, height // patch, patch, width // patch, patch)
+    patches = image.transpose(1, 3, 0, 2, 4).reshape(-1, channels * patch * patch)
+    state.store(c, c["patches"], patches)
+
+
+def _linear(state: _State, c: dict) -> None:
+    n, k, m = c["tokens"], c["in_dim"], c["out_dim"]
+    y = state.ops.linear(state.act(c["x"], (n, k)), state.weight(c["w"], (k, m)),
+                         state.weight(c["b"], (m,)), c["activation"])
+    state.store(c, c["y"], y)
+
+
+def _finish_embedding(state: _State, c: dict) -> None:
+    count, dim = c["count"], c["dim"]
+    tokens = state.ops.finish_embedding(state.act(c["tokens"], (count, dim)),
+                                        state.weight(c["cls"], (dim,)),
+                                        state.weight(c["pos"], (count, dim)))
+    state.store(c, c["tokens"], tokens)
+
+
+def _layernorm(state: _State, c: dict) -> None:
+    n, dim = c["tokens"], c["dim"]
+    y = state.ops.layernorm(state.act(c["x"], (n, dim)), state.weight(c["gamma"], (dim,)),
+                            state.weight(c["beta"], (dim,)), c["epsilon"])
+    state.store(c, c["y"], y)
+
+
+def _attention(state: _State, c: dict) -> None:
+    n, dim, heads = c["tokens"], c["dim"], c["heads"]
+    qkv = state.act(c["qkv"], (n, 3, heads, dim // heads))
+    out = np.concatenate([state.ops.attention_head(qkv[:, 0, h], qkv[:, 1, h], qkv[:, 2, h],
+                                                   c["scale"]) for h in range(heads)], axis=1)
+    state.store(c, c["out"], out)
+
+
+def _add(state: _State, c: dict) -> None:
+    count = c["count"]
+    state.store(c, c["y"], state.ops.add(state.act(c["a"], (count,)), state.act(c["b"], (count,))))
+
+
+def _route(state: _State, c: dict) -> None:
+    n, dim, experts, top_k = c["tokens"], c["dim"], c["experts"], c["top_k"]
+    w_row = min(state.task, c["weight_rows"] - 1)
+    b_row = min(state.task, c["bias_rows"] - 1)
+    w = state.weight(c["router_w"] + w_row * dim * experts, (dim, experts))
+    b = state.weight(c["router_b"] + b_row * experts, (experts,))
+    probs = state.ops.route_probs(state.act(c["x"], (n, dim)), w, b)
+    chosen = np.zeros(probs.shape, bool)
+    for _ in range(top_k):  # the highest untaken probability, ties to the lower expert
+        masked = np.where(chosen, -np.inf, probs.astype(np.float64))
+        chosen[np.arange(n), masked.argmax(axis=1)] = True
+    state.queues = [np.flatnonzero(chosen[:, e]) for e in range(experts)]
+    state.scores = probs
+    state.observe(c, "queue_lengths", np.array([len(q) for q in state.queues]))
+
+
+def _expert_ffn(state: _State, c: dict) -> None:
+    n, dim, hidden, experts = c["tokens"], c["dim"], c["hidden"], c["experts"]
+    x = state.act(c["x"], (n, dim))
+    out = np.zeros((n, dim), x.dtype)
+    w1 = state.weight(c["w1"], (experts, dim, hidden))
+    b1 = state.weight(c["b1"], (experts, hidden))
+    w2 = state.weight(c["w2"], (experts, hidden, dim))
+    b2 = state.weight(c["b2"], (experts, dim))
+    for expert, tokens in enumerate(state.queues):
+        if tokens.size == 0:
+            continue
+        hidden_rows = state.ops.linear(x[tokens], w1[expert], b1[expert], c["activation"])
+        state.observe(c, "hidden", hidden_rows)
+        result = state.ops.linear(hidden_rows, w2[expert], b2[expert], "none")
+        state.observe(c, "expert_output", result)
+        out[tokens] = state.ops.scatter_add(out[tokens], state.scores[tokens, expert], result)
+    state.store(c, c["out"], out)
+
+
+_OPS = {"patchify": _patchify, "linear": _linear, "finish_embedding": _finish_embedding,
+        "layernorm": _layernorm, "attention": _attention, "add": _add, "route": _route,
+        "expert_ffn": _expert_ffn}

@@ -1,0 +1,190 @@
+"""Fixed point: the C-simulated kernel equals the numpy emulation bit for bit; fixed vs float
+accuracy on the synthetic-trained model; calibration and per-class / per-layer overrides."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from m3c import csim
+from m3c.compile import compile_model
+from m3c.errors import CodegenError
+from m3c.graph import ort_session
+from m3c.runtime.emulator import KernelEmulator
+from m3c.runtime.fixed import FixedType
+
+
+@pytest.fixture(scope="module")
+def fixed_projects(tmp_path_factory):
+    cache: dict = {}
+
+    def get(export_model, preset, gate="multi", **overrides):
+        key = (preset, gate, repr(sorted(overrides.items())))
+        if key not in cache:
+            _, path = export_model(preset, gate, **overrides)
+            out = tmp_path_factory.mktemp("fixed") / "build"
+            cache[key] = compile_model(path, out=out, precision="fixed")
+        return cache[key]
+
+    return get
+
+
+def _assert_bit_exact(project: Path, scales=(1.0, 4.0, 60.0)) -> None:
+    manifest = json.loads((project / "project.json").read_text())
+    kernel, emulator = csim.load(project), KernelEmulator.from_project(project)
+    rng = np.random.default_rng(11)
+    for task in range(len(manifest["tasks"])):
+        for scale in scales:  # 60x drives activations into saturation
+            image = (rng.standard_normal(manifest["image_shape"]) * scale).astype(np.float32)
+            hardware, emulated = kernel.run(image, task), emulator.run(image, task)
+            mismatches = int((hardware != emulated).sum())
+            assert mismatches == 0, f"task {task} scale {scale}: {mismatches} values differ"
+
+
+@pytest.mark.parametrize("preset, gate", [("micro-nyud", "multi"), ("micro-nyud", "task"),
+                                          ("micro-pascal", "task"),
+                                          ("tiny-cityscapes", "multi")])
+def test_fixed_csim_equals_emulation(export_model, fixed_projects, preset, gate):
+    _assert_bit_exact(fixed_projects(export_model, preset, gate))
+
+
+@pytest.mark.parametrize("overrides", [
+    {"num_experts": 1, "top_k": 1},
+    {"num_experts": 4, "top_k": 4},
+    {"tasks": {"semseg": 40}, "task_embed_dim": 0},
+])
+def test_fixed_odd_shapes(export_model, fixed_projects, overrides):
+    _assert_bit_exact(fixed_projects(export_model, "micro-nyud", "multi", **overrides),
+                      scales=(1.0,))
+
+
+def test_project_testbench_checks_the_emulation_exactly(export_model, fixed_projects):
+    project = fixed_projects(export_model, "micro-nyud", "task")
+    result = subprocess.run(["make", "-s", "csim", f"PYTHON={sys.executable}"], cwd=project,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count("max abs error 0.000e+00") == 2
+
+
+def test_generated_fixed_cpp_is_warning_free(export_model, fixed_projects, tmp_path):
+    project = fixed_projects(export_model, "micro-nyud", "multi")
+    command = csim.compile_command(project, csim.KERNEL_SOURCES, tmp_path / "out", True)
+    result = subprocess.run([*command, "-Werror"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_fixed_vs_float_on_the_trained_model(tmp_path):
+    """Fixed point costs < 1 % of segmentation pixels and < 2 % relative depth RMSE."""
+    import m3c
+    from m3c.models.data import make_dataset
+    from m3c.models.train import load_or_train
+
+    model = load_or_train("micro-nyud", gate="multi", quiet=True)
+    path = m3c.export(model, tmp_path / "trained.onnx")
+    calibration = make_dataset(model.config, 8, seed=99)["image"]
+    project = compile_model(path, out=tmp_path / "build", calib=calibration)
+    manifest = json.loads((project / "project.json").read_text())
+    emulator, kernel = KernelEmulator.from_project(project), csim.load(project)
+    original = ort_session(onnx.load(str(path)))
+    scenes = make_dataset(model.config, 12, seed=424242)["image"]
+    for task_id, task in enumerate(manifest["tasks"]):
+        head = ort_session(onnx.load(str(project / "host" / "heads" / f"{task}.onnx")))
+        floats, fixeds = [], []
+        for index, image in enumerate(scenes):
+            feeds = {"image": image[None], "task": np.array(task_id, dtype=np.int64)}
+            floats.append(original.run([task], feeds)[0])
+            features = emulator.run(image, task_id)
+            if index < 2:
+                assert np.array_equal(features, kernel.run(image, task_id))
+            shaped = features.reshape(manifest["features_shape"])
+            fixeds.append(head.run(None, {head.get_inputs()[0].name: shaped})[0])
+        ref, fixed = np.concatenate(floats), np.concatenate(fixeds)
+        if ref.shape[1] > 1:
+            assert (ref.argmax(1) == fixed.argmax(1)).mean() >= 0.99
+        else:
+            assert np.sqrt(((ref - fixed) ** 2).mean() / (ref ** 2).mean()) <= 0.02
+
+
+def test_calibration_sets_the_integer_bits(export_model, tmp_path):
+    _, path = export_model("micro-nyud", "multi")
+    quiet = np.random.default_rng(0).standard_normal((2, 3, 48, 64)).astype(np.float32) * 0.1
+    loud = quiet * 1000
+    bits = []
+    for name, images in (("quiet", quiet), ("loud", loud)):
+        project = compile_model(path, out=tmp_path / name, calib=images)
+        manifest = json.loads((project / "project.json").read_text())
+        assert manifest["calibration_max_abs"] >= float(np.abs(images).max())
+        data = manifest["types"]["data"]
+        assert 2.0 ** (data["integer"] - 1) >= manifest["calibration_max_abs"]
+        bits.append(data["integer"])
+    assert bits[1] > bits[0]
+
+
+def test_precision_config_overrides_a_class_and_a_layer(export_model, tmp_path):
+    _, path = export_model("micro-nyud", "multi")
+    probe = compile_model(path, out=tmp_path / "probe")
+    plan = json.loads((probe / "kernel.json").read_text())
+    expert_layer = next(c for c in plan["calls"] if c["op"] == "expert_ffn")
+    config = tmp_path / "precision.yaml"
+    config.write_text("types:\n  data: ap_fixed<18,8>\n"
+                      f"layers:\n  '{expert_layer['layer']}':\n    weight: ap_fixed<6,1>\n")
+    project = compile_model(path, out=tmp_path / "build", precision_config=config)
+    manifest = json.loads((project / "project.json").read_text())
+    assert manifest["types"]["data"]["cpp"] == "ap_fixed<18, 8, AP_RND_CONV, AP_SAT>"
+    assert "ap_fixed<18, 8, AP_RND_CONV, AP_SAT> data_t" in (
+        project / "hls/src/m3c_types.h").read_text()
+    weights = np.fromfile(project / "weights" / "weights_f32.bin", np.float32)
+    w1 = expert_layer["w1"]
+    narrowed = weights[w1:w1 + expert_layer["dim"] * expert_layer["hidden"]]
+    assert np.all(narrowed * 32 == np.round(narrowed * 32))  # on the 2^-5 grid
+    assert np.abs(narrowed).max() <= 1.0
+    dense = next(c for c in plan["calls"] if c["op"] == "linear")
+    assert not np.all(weights[dense["w"]:dense["w"] + 64] * 32 ==
+                      np.round(weights[dense["w"]:dense["w"] + 64] * 32))
+    _assert_bit_exact(project, scales=(1.0,))
+
+
+@pytest.mark.parametrize("text, message", [
+    ('{"types": {"data": "ap_fixed<16>"}}', "ap_fixed<W,I>"),
+    ('{"types": {"acc": "ap_fixed<40,20>"}}', "derived"),
+    ('{"layers": {"no/such/layer": {"weight": "ap_fixed<8,2>"}}}', "matches no layer"),
+    ('{"types": {"data": "ap_fixed<40,20>", "weight": "ap_fixed<32,4>"}}', "bits"),
+    ("[1, 2]", "mapping"),
+])
+def test_bad_precision_config(export_model, tmp_path, text, message):
+    _, path = export_model("micro-nyud", "multi")
+    config = tmp_path / "bad.json"
+    config.write_text(text)
+    with pytest.raises(CodegenError, match=message):
+        compile_model(path, out=tmp_path / "build", precision_config=config)
+    assert not (tmp_path / "build").exists()
+
+
+def test_fixed_type_arithmetic_matches_ap_types(tmp_path):
+    """runtime/fixed.py against the Xilinx headers on random values, every mode pair."""
+    rng = np.random.default_rng(5)
+    values = np.concatenate([rng.standard_normal(200) * 40,
+                             np.array([2.5, -2.5, 1.5, -1.5, 0.5]) / 1024])
+    kinds = [FixedType(16, 6, True, q, o) for q in ("AP_TRN", "AP_RND_CONV")
+             for o in ("AP_WRAP", "AP_SAT")] + [FixedType(18, 1, False, "AP_RND_CONV", "AP_SAT")]
+    lines = ["#include <ap_fixed.h>", "#include <cstdio>", "int main() {",
+             f"  const double v[] = {{{', '.join(repr(float(x)) for x in values)}}};",
+             f"  for (int i = 0; i < {values.size}; ++i) {{"]
+    for kind in kinds:
+        lines.append(f"    {{ {kind.cpp()} x = v[i]; std::printf(\"%.17g\\n\", x.to_double()); }}")
+    lines += ["  }", "  return 0;", "}"]
+    source = tmp_path / "casts.cpp"
+    source.write_text("\n".join(lines))
+    binary = tmp_path / "casts"
+    subprocess.run(["g++", "-std=c++14", "-isystem", str(csim.ap_types_dir()), str(source), "-o",
+                    str(binary)], check=True, capture_output=True)
+    printed = np.array(subprocess.run([str(binary)], capture_output=True, text=True,
+                                      check=True).stdout.split(), dtype=np.float64)
+    expected = np.stack([kind.to_float(kind.from_float(values)) for kind in kinds], axis=1)
+    assert np.array_equal(printed.reshape(values.size, len(kinds)), expected)
