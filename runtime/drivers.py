@@ -61,16 +61,16 @@ class SimulatedDevice:
     registers: dict[int, int] = field(default_factory=dict)
     writes: list[tuple[int, int]] = field(default_factory=list)
     starts: int = 0
-    _next_address: int = 0x4000_0000
+    next_address: int = 0x4000_0000  # where the next buffer goes (above 4 GiB tests data_1)
 
     def __post_init__(self) -> None:
         self.registers[self.register_map["control"]["AP_CTRL"]] = AP_IDLE
 
     def allocate(self, elements: int, dtype: str) -> tuple[int, np.ndarray]:
-        address, array = self._next_address, np.zeros(elements, dtype)
+        address, array = self.next_address, np.zeros(elements, dtype)
         self.memory[address] = array
         # Page-aligned like the CMA allocator, so buffers never overlap.
-        self._next_address += (array.nbytes + 0xFFF) // 0x1000 * 0x1000 + 0x1000
+        self.next_address += (array.nbytes + 0xFFF) // 0x1000 * 0x1000 + 0x1000
         return address, array
 
     def release(self, address: int) -> None:
