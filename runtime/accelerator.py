@@ -23,8 +23,6 @@ from .preprocess import check_image, preprocess
 from .project import Project
 from .session import KernelSession
 
-BACKENDS = ("csim", "reference", "pynq")
-
 
 class CSimKernelFunction:
     """The C-simulated kernel called on the simulated DDR's words (through its C ABI)."""
@@ -67,19 +65,27 @@ class ReferenceEngine:
         """Nothing to release: the emulator holds only numpy arrays."""
 
 
-def _engine(project: Project, backend: str, timeout: float, options: dict[str, Any]):
-    if backend == "reference":
-        return ReferenceEngine(project)
-    if backend == "csim":
-        device = SimulatedDevice(project.register_map, CSimKernelFunction(project),
-                                 hang=options.get("hang", False))
-        return KernelSession(project, SimulatedDriver(device), timeout)
-    if backend == "pynq":
-        pynq = options.get("pynq") or _import_pynq()
-        bitstream = options.get("bitstream") or str(project.root / "overlay" / "m3c.bit")
-        ip_name = options.get("ip_name") or project.register_map["kernel"] + "_0"
-        return KernelSession(project, PynqDriver(pynq, bitstream, ip_name), timeout)
-    raise AcceleratorError(f"unknown backend {backend!r}", remedy="use " + ", ".join(BACKENDS))
+def _csim_engine(project: Project, timeout: float, options: dict[str, Any]) -> KernelSession:
+    del options
+    device = SimulatedDevice(project.register_map, CSimKernelFunction(project))
+    return KernelSession(project, SimulatedDriver(device), timeout)
+
+
+def _pynq_engine(project: Project, timeout: float, options: dict[str, Any]) -> KernelSession:
+    """Options: `bitstream` (default overlay/m3c.bit), `ip_name`, `pynq` (a stand-in module)."""
+    pynq = options.get("pynq") or _import_pynq()
+    bitstream = options.get("bitstream") or str(project.root / "overlay" / "m3c.bit")
+    ip_name = options.get("ip_name") or project.register_map["kernel"] + "_0"
+    return KernelSession(project, PynqDriver(pynq, bitstream, ip_name), timeout)
+
+
+def _reference_engine(project: Project, timeout: float, options: dict[str, Any]):
+    del timeout, options
+    return ReferenceEngine(project)
+
+
+ENGINES = {"csim": _csim_engine, "reference": _reference_engine, "pynq": _pynq_engine}
+BACKENDS = tuple(ENGINES)
 
 
 def _import_pynq():
@@ -107,7 +113,7 @@ class Accelerator:
             raise AcceleratorError(f"unknown backend {backend!r}",
                                    remedy="use " + ", ".join(BACKENDS))
         project = Project.load(project_dir)
-        engine = _engine(project, backend, timeout, options)
+        engine = ENGINES[backend](project, timeout, options)
         try:
             return cls(project, engine, backend)
         except BaseException:

@@ -210,8 +210,15 @@ def test_pynq_backend_register_writes_match_register_map(compiled):
 
 def test_kernel_that_never_finishes_times_out_cleanly(compiled):
     _, project = compiled("micro-nyud", "multi")
-    accelerator = Accelerator.open(project, backend="csim", timeout=0.05, hang=True)
-    device = accelerator.engine.driver.device
+    from m3c.runtime.accelerator import CSimKernelFunction
+    from m3c.runtime.drivers import SimulatedDriver
+    from m3c.runtime.project import Project
+    from m3c.runtime.session import KernelSession
+
+    loaded = Project.load(project)
+    device = SimulatedDevice(loaded.register_map, CSimKernelFunction(loaded), hang=True)
+    accelerator = Accelerator(loaded, KernelSession(loaded, SimulatedDriver(device), 0.05),
+                              "csim")
     with pytest.raises(M3CError, match="did not finish within 0.05 s"):
         accelerator.run(_image(project, 0), "semseg")
     with pytest.raises(M3CError, match="still busy"):
