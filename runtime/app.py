@@ -16,9 +16,12 @@ from .png import write_png
 from .preprocess import load_picture
 
 
-def add_arguments(parser: argparse.ArgumentParser, backend: str) -> None:
-    parser.add_argument("--image", required=True,
-                        help="a .png picture, a .npy array, or a raw float32 .bin tensor")
+def add_arguments(parser: argparse.ArgumentParser, backend: str, self_test: bool = False) -> None:
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--image", help="a .png picture, a .npy array, or a raw float32 .bin")
+    if self_test:
+        source.add_argument("--self-test", action="store_true",
+                            help="run data/input_task<i>.bin, compare with data/expected_*.npy")
     choice = parser.add_mutually_exclusive_group()
     choice.add_argument("--task", help="task name (default: the first)")
     choice.add_argument("--all-tasks", action="store_true",
@@ -67,13 +70,32 @@ def execute(project: str | Path, args: argparse.Namespace, quiet: bool = False) 
     return 0
 
 
+def self_test(project: str | Path, args: argparse.Namespace) -> int:
+    """Every task on its bundled test input against the compiler's expected output."""
+    data = Path(project) / "data"
+    print(f"{'task':<12} {'kernel ms':>10} {'max |diff|':>11} {'argmax agreement':>17}")
+    with Accelerator.open(project, backend=args.backend, timeout=args.timeout) as accelerator:
+        for index, task in enumerate(accelerator.tasks):
+            image = kernel_input(accelerator, data / f"input_task{index}.bin")
+            expected = data / f"expected_{task}.npy"
+            if not expected.is_file():
+                raise AcceleratorError(f"{expected} is missing",
+                                       remedy="copy the project's data/ folder to the board")
+            want, got = np.load(expected), accelerator.run(image, task)
+            agreement = (f"{float((want.argmax(1) == got.argmax(1)).mean()):.2%}"
+                         if want.shape[1] > 1 else "-")  # only class maps have an argmax
+            print(f"{task:<12} {accelerator.timing['kernel_s'] * 1e3:>10.2f} "
+                  f"{float(np.abs(want - got).max()):>11.2e} {agreement:>17}")
+    return 0
+
+
 def main(argv: Sequence[str] | None, project: Path, backend: str = "pynq") -> int:
     """Entry point of host/run_on_board.py: errors in one or two lines, exit code 2."""
     parser = argparse.ArgumentParser(description="Run the compiled M3ViT on one image.")
-    add_arguments(parser, backend)
+    add_arguments(parser, backend, self_test=True)
     args = parser.parse_args(argv)
     try:
-        return execute(project, args)
+        return self_test(project, args) if args.self_test else execute(project, args)
     except AcceleratorError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -380,6 +380,12 @@ def test_board_copy_imports_with_numpy_alone_and_runs(compiled, tmp_path):
     result = subprocess.run([sys.executable, str(host / "run_on_board.py"), "--image", "x.png"],
                             capture_output=True, text=True)
     assert result.returncode == 2 and "needs the pynq package" in result.stderr
+    result = subprocess.run([sys.executable, str(host / "run_on_board.py"), "--self-test",
+                             "--backend", "csim"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    rows = {line.split()[0]: line.split() for line in result.stdout.splitlines()[1:]}
+    assert set(rows) == {"semseg", "depth"}
+    assert max(float(row[2]) for row in rows.values()) <= FLOAT_TOLERANCE
 
 
 @pytest.mark.board
