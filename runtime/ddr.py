@@ -19,12 +19,14 @@ class WordFormat:
     spec: dict | None = None  # the fixed type's JSON (width, integer, frac, modes); None = float
 
     @classmethod
-    def from_types(cls, types: dict | None, role: str) -> WordFormat:
+    def from_types(cls, types: dict | None, role: str, dtype: str | None = None) -> WordFormat:
+        """`dtype` overrides the word size (weights.json names the weight blob's)."""
         entry = (types or {}).get(role)
         if not entry or entry.get("cpp", "float") == "float":
-            return cls("float32")
+            return cls(dtype or "float32")
+        # Like sizeof(ap_fixed<W>) in C-simulation: the next power-of-two number of bytes.
         width = int(entry["width"])
-        return cls(next(f"int{w}" for w in (8, 16, 32, 64) if width <= w), dict(entry))
+        return cls(dtype or next(f"int{w}" for w in (8, 16, 32, 64) if width <= w), dict(entry))
 
     @property
     def itemsize(self) -> int:

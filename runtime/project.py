@@ -6,7 +6,7 @@ Works on a full project directory and on the board package (overlay/, host/, wei
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +42,6 @@ class Project:
     weights_path: Path
     weight_word: WordFormat
     data_word: WordFormat
-    tasks: list[str] = field(default_factory=list)
 
     @classmethod
     def load(cls, root: str | Path) -> Project:
@@ -57,13 +56,17 @@ class Project:
         types = manifest.get("types")
         # Older float projects have only weights_f32.bin; its words are the DDR words.
         weights_path = _find(root, "weights/weights.bin", "weights/weights_f32.bin")
-        weight_word = WordFormat.from_types(types, "weight")
-        if np.dtype(layout.get("ddr_dtype", "float32")) != np.dtype(weight_word.dtype):
-            raise AcceleratorError(f"{root / 'weights/weights.json'} says ddr_dtype "
-                                   f"{layout.get('ddr_dtype')}, project.json types say "
-                                   f"{weight_word.dtype}", remedy=REMEDY)
+        weight_word = WordFormat.from_types(types, "weight", layout.get("ddr_dtype"))
+        if (weight_word.spec is None) != (np.dtype(weight_word.dtype).kind == "f"):
+            raise AcceleratorError(f"{root / 'weights/weights.json'}: DDR dtype "
+                                   f"{weight_word.dtype} does not fit the weight type in "
+                                   "project.json", remedy=REMEDY)
         return cls(root, manifest, register_map, weights_path, weight_word,
-                   WordFormat.from_types(types, "data"), list(manifest["tasks"]))
+                   WordFormat.from_types(types, "data"))
+
+    @property
+    def tasks(self) -> list[str]:
+        return list(self.manifest["tasks"])
 
     @property
     def image_shape(self) -> tuple[int, ...]:
