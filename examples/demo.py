@@ -29,8 +29,8 @@ def held_out_table(model, project, count: int = 8) -> str:
     from m3c.runtime import Accelerator
 
     data = make_dataset(model.config, count, seed=424242)
-    rows = [f"    {'task':<8} {'torch':>14} {'accelerator':>14}  agreement"
-            f"{'ms/image':>22}"]
+    rows = [f"    {'task':<8} {'torch':>14} {'accelerator':>14}  {'agreement':<18}"
+            f"{'ms/image':>12}"]
     with Accelerator.open(project, backend="csim") as accelerator:
         for task_id, task in enumerate(accelerator.tasks):
             accelerator.switch_task(task)  # one register write, no weight reload
@@ -58,6 +58,17 @@ def _quality_row(task, channels, ours, theirs, target, mean_iou, depth_metrics) 
         quality = [f"RMSE {depth_metrics(p, target)['rmse']:.3f}" for p in (ours, theirs)]
         agreement = f"max diff {float((ours - theirs).abs().max()):.1e}"
     return f"    {task:<8} {quality[0]:>14} {quality[1]:>14}  {agreement:<18}"
+
+
+def _write_scene(model, path: Path) -> Path:
+    """A held-out scene as an 8-bit PNG (undoing the training normalisation), for `m3c run`."""
+    from m3c.models.data import IMAGE_MEAN, IMAGE_STD, make_dataset
+    from m3c.runtime.png import write_png
+
+    image = make_dataset(model.config, 1, seed=424242)["image"][0]
+    pixels = (image * IMAGE_STD + IMAGE_MEAN).clip(0, 1).transpose(1, 2, 0) * 255
+    write_png(path, pixels.round().astype("uint8"))
+    return path
 
 
 def _write_report(out: Path, project: Path, table: str, worst: float, verdict: str) -> Path:
@@ -109,7 +120,8 @@ def main() -> int:
     report = _write_report(out, project, table, worst, verdict)
     print(f"project: {project}  (host/ is the board package; host/README.md has the steps)")
     print(f"report:  {report}")
-    print(f"try:     m3c run {project} --image scene.png --all-tasks -o maps/")
+    scene = _write_scene(model, out / "scene.png")
+    print(f"try:     m3c run {project} --image {scene} --all-tasks -o {out / 'maps'}")
     return 0 if worst <= 1e-4 else 1
 
 
