@@ -153,7 +153,10 @@ class Accelerator:
 
     def run_batch(self, images, task: int | str | None = None) -> np.ndarray:
         """Several images ([N,C,H,W] or a list of [C,H,W]) one after another, outputs stacked."""
-        return np.concatenate([self.run(image, task) for image in images])
+        outputs = [self.run(image, task) for image in images]
+        if not outputs:
+            raise AcceleratorError("run_batch got no images", remedy="pass [N,C,H,W] with N>=1")
+        return np.concatenate(outputs)
 
     def close(self) -> None:
         self.engine.close()
