@@ -120,6 +120,7 @@ def _build(original: Graph, board: Target, settings: dict, project: Path) -> Non
     context = _context(graph, plan, board, typing, tasks, data_files)
     _render_all(project, context)
     _write_manifest(project, graph, plan, board, typing, tasks)
+    _write_host(project)
 
 
 @dataclass
@@ -297,3 +298,28 @@ def _write_manifest(project: Path, graph: Graph, plan: KernelPlan, board: Target
     }
     (project / "project.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
     (project / "kernel.json").write_text(json.dumps(plan.to_json(), indent=1) + "\n")
+
+
+def _write_host(project: Path) -> None:
+    """The register map, and host/: runtime copy, project files, run_on_board.py, README."""
+    from m3c import runtime
+    from m3c.register_map import register_map_for
+    from m3c.runtime.preprocess import normalisation
+
+    registers = json.dumps(register_map_for(project), indent=1, sort_keys=True) + "\n"
+    host = project / "host"
+    for path in (project / "hls" / "register_map.json", host / "register_map.json"):
+        path.write_text(registers)
+    shutil.copyfile(project / "project.json", host / "project.json")
+    (host / "m3c_runtime").mkdir()
+    for source in sorted(Path(runtime.__file__).parent.glob("*.py")):
+        shutil.copyfile(source, host / "m3c_runtime" / source.name)
+    manifest = json.loads((project / "project.json").read_text())
+    mean, std = normalisation(manifest["config"])
+    context = {"model_name": manifest["config"].get("name", "model"), "tasks": manifest["tasks"],
+               "target": manifest["target"], "image_shape": manifest["image_shape"],
+               "image_mean": mean.ravel().tolist(), "image_std": std.ravel().tolist()}
+    environment = _templates()
+    for name in ("run_on_board.py", "README.md"):
+        text = environment.get_template(f"host/{name}.j2").render(**context)
+        (host / name).write_text(text)

@@ -1,0 +1,117 @@
+"""Image in, per-task maps and timing out: shared by `m3c run` and host/run_on_board.py."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from .accelerator import BACKENDS, Accelerator
+from .errors import AcceleratorError
+from .heads import map_to_pixels, output_map
+from .png import write_png
+from .preprocess import load_picture
+
+
+def add_arguments(parser: argparse.ArgumentParser, backend: str, self_test: bool = False) -> None:
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--image", help="a .png picture, a .npy array, or a raw float32 .bin")
+    if self_test:
+        source.add_argument("--self-test", action="store_true",
+                            help="run data/input_task<i>.bin, compare with data/expected_*.npy")
+    choice = parser.add_mutually_exclusive_group()
+    choice.add_argument("--task", help="task name (default: the first)")
+    choice.add_argument("--all-tasks", action="store_true",
+                        help="run every task on the image; switching costs one register write")
+    parser.add_argument("--backend", choices=BACKENDS, default=backend)
+    parser.add_argument("-o", "--output", default="outputs", help="folder for maps (.png/.npy)")
+    parser.add_argument("--timeout", type=float, default=10.0, help="seconds per kernel run")
+
+
+def kernel_input(accelerator: Accelerator, path: str | Path) -> np.ndarray:
+    """A picture is preprocessed; a float32 tensor of the compiled shape is used as it is."""
+    path = Path(path)
+    if path.suffix.lower() == ".bin":
+        image = np.fromfile(path, dtype=np.float32) if path.is_file() else None
+        if image is None or image.size != np.prod(accelerator.project.image_shape):
+            raise AcceleratorError(f"{path} is not a float32 tensor of shape "
+                                   f"{list(accelerator.project.image_shape)}",
+                                   remedy="pass a .png picture instead")
+        return image.reshape(accelerator.project.image_shape)
+    picture = load_picture(path)
+    if picture.dtype == np.float32 and picture.ndim == 4:
+        return picture
+    return accelerator.prepare(picture)
+
+
+def execute(project: str | Path, args: argparse.Namespace, quiet: bool = False) -> int:
+    """Run the chosen task(s) on one image; write <task>.png and <task>.npy; print timing."""
+    with Accelerator.open(project, backend=args.backend, timeout=args.timeout) as accelerator:
+        tasks = accelerator.tasks if args.all_tasks else [args.task or accelerator.tasks[0]]
+        for task in tasks:  # unknown names fail here, before anything runs
+            accelerator.project.task_index(task)
+        image = kernel_input(accelerator, args.image)
+        out = Path(args.output)
+        out.mkdir(parents=True, exist_ok=True)
+        print(f"{'task':<12} {'kernel ms':>10} {'head ms':>9}  output")
+        for task in tasks:
+            accelerator.switch_task(task)
+            values = output_map(accelerator.run(image))
+            np.save(out / f"{task}.npy", values)
+            write_png(out / f"{task}.png", map_to_pixels(values))
+            timing = accelerator.timing
+            print(f"{task:<12} {timing['kernel_s'] * 1e3:>10.2f} {timing['head_s'] * 1e3:>9.2f}"
+                  f"  {out / (task + '.png')}")
+    if not quiet:
+        print(f"backend {args.backend}; maps in {out}/ (class maps as colours, values as grey)")
+    return 0
+
+
+def self_test(project: str | Path, args: argparse.Namespace) -> int:
+    """Every task on its bundled input: the kernel against the compiler's expected features
+    (bit-exact emulation in fixed point, onnxruntime in float), the head against onnxruntime."""
+    data = Path(project) / "data"
+    print(f"{'task':<12} {'kernel ms':>10} {'features |diff|':>16} {'output |diff|':>14} "
+          f"{'argmax agreement':>17}  verdict")
+    failures = 0
+    with Accelerator.open(project, backend=args.backend, timeout=args.timeout) as accelerator:
+        tolerance = float(accelerator.project.manifest.get("tolerance", 1e-4))
+        for index, task in enumerate(accelerator.tasks):
+            image = kernel_input(accelerator, data / f"input_task{index}.bin")
+            want_features = _bundled(data / f"features_task{index}.bin", np.float32)
+            want = _bundled(data / f"expected_{task}.npy")
+            features = accelerator.features(image, task)
+            got = accelerator.run(image, task)
+            feature_error = float(np.abs(want_features - features.ravel()).max())
+            agreement = (f"{float((want.argmax(1) == got.argmax(1)).mean()):.2%}"
+                         if want.shape[1] > 1 else "-")  # only class maps have an argmax
+            passed = feature_error <= tolerance
+            failures += not passed
+            print(f"{task:<12} {accelerator.timing['kernel_s'] * 1e3:>10.2f} "
+                  f"{feature_error:>16.2e} {float(np.abs(want - got).max()):>14.2e} "
+                  f"{agreement:>17}  {'PASS' if passed else 'FAIL'}")
+    print(f"kernel features within {tolerance:g} of the compiler's expectation: "
+          f"{'all tasks' if not failures else f'{failures} task(s) FAIL'}")
+    return 1 if failures else 0
+
+
+def _bundled(path: Path, raw_dtype=None) -> np.ndarray:
+    if not path.is_file():
+        raise AcceleratorError(f"{path} is missing",
+                               remedy="copy the project's data/ folder to the board")
+    return np.fromfile(path, dtype=raw_dtype) if raw_dtype else np.load(path)
+
+
+def main(argv: Sequence[str] | None, project: Path, backend: str = "pynq") -> int:
+    """Entry point of host/run_on_board.py: errors in one or two lines, exit code 2."""
+    parser = argparse.ArgumentParser(description="Run the compiled M3ViT on one image.")
+    add_arguments(parser, backend, self_test=True)
+    args = parser.parse_args(argv)
+    try:
+        return self_test(project, args) if args.self_test else execute(project, args)
+    except AcceleratorError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2

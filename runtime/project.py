@@ -1,0 +1,104 @@
+"""A compiled project as the runtime sees it: manifest, register map, DDR weight words.
+
+Works on a full project directory and on the board package (overlay/, host/, weights/, data/).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .ddr import WordFormat
+from .errors import AcceleratorError
+
+REMEDY = "recompile with `m3c compile model.onnx -o DIR` (or copy the whole host/ folder)"
+
+
+def _find(root: Path, *candidates: str) -> Path:
+    for name in candidates:
+        if (root / name).is_file():
+            return root / name
+    raise AcceleratorError(f"{root / candidates[0]} is missing: not a compiled m3c project",
+                           remedy=REMEDY)
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise AcceleratorError(f"cannot read {path}: {error}", remedy=REMEDY) from error
+
+
+@dataclass
+class Project:
+    """Everything a backend needs from the compiled project directory."""
+
+    root: Path
+    manifest: dict
+    register_map: dict
+    weights_path: Path
+    weight_word: WordFormat
+    data_word: WordFormat
+
+    @classmethod
+    def load(cls, root: str | Path) -> Project:
+        root = Path(root)
+        if not root.is_dir():
+            raise AcceleratorError(f"project directory {root} does not exist", remedy=REMEDY)
+        # The board package (`make package`) carries these two as copies in host/.
+        manifest = _read_json(_find(root, "project.json", "host/project.json"))
+        register_map = _read_json(_find(root, "hls/register_map.json",
+                                        "host/register_map.json"))
+        layout = _read_json(_find(root, "weights/weights.json"))
+        types = manifest.get("types")
+        # Older float projects have only weights_f32.bin; its words are the DDR words.
+        weights_path = _find(root, "weights/weights.bin", "weights/weights_f32.bin")
+        weight_word = WordFormat.from_types(types, "weight", layout.get("ddr_dtype"))
+        if (weight_word.spec is None) != (np.dtype(weight_word.dtype).kind == "f"):
+            raise AcceleratorError(f"{root / 'weights/weights.json'}: DDR dtype "
+                                   f"{weight_word.dtype} does not fit the weight type in "
+                                   "project.json", remedy=REMEDY)
+        return cls(root, manifest, register_map, weights_path, weight_word,
+                   WordFormat.from_types(types, "data"))
+
+    @property
+    def tasks(self) -> list[str]:
+        return list(self.manifest["tasks"])
+
+    @property
+    def image_shape(self) -> tuple[int, ...]:
+        return tuple(self.manifest["image_shape"])
+
+    @property
+    def features_shape(self) -> tuple[int, ...]:
+        return tuple(self.manifest["features_shape"])
+
+    @property
+    def elements(self) -> dict[str, int]:
+        """Elements of each kernel pointer argument's buffer."""
+        features = int(np.prod(self.features_shape))
+        arena = int(self.manifest["arena_elements"])
+        return {"weights": int(self.manifest["weight_elements"]), "act_in": arena,
+                "act_out": arena, "image": int(np.prod(self.image_shape)),
+                "features": features}
+
+    def weight_words(self) -> np.ndarray:
+        words = np.fromfile(self.weights_path, dtype=self.weight_word.dtype)
+        if words.size != self.elements["weights"]:
+            raise AcceleratorError(f"{self.weights_path} holds {words.size} weights, "
+                                   f"project.json expects {self.elements['weights']}",
+                                   remedy=REMEDY)
+        return words
+
+    def task_index(self, task: int | str) -> int:
+        """A task by name or index; unknown tasks name the ones that exist."""
+        if isinstance(task, str) and task in self.tasks:
+            return self.tasks.index(task)
+        if isinstance(task, int | np.integer) and not isinstance(task, bool) and (
+                0 <= int(task) < len(self.tasks)):
+            return int(task)
+        raise AcceleratorError(f"unknown task {task!r} for {self.root}",
+                               remedy="use one of " + ", ".join(self.tasks))
