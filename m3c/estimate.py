@@ -9,11 +9,13 @@ Resources (per unit, UltraScale+ DSP48E2 fabric):
   2 for the adder); in fixed point ceil(a/27)*ceil(b/18) DSPs for an a x b-bit product (one
   DSP48E2 for 16 x 16), the accumulation riding in the DSP's post-adder;
 - linear: TILE_IN x TILE_OUT MACs plus TILE_OUT activation units (the store loop unrolls over
-  the tile's outputs); attention: MAX_HEAD_DIM MACs (the unrolled dot product) + 1;
+  the tile's outputs), divided by the loop's II (operators are shared within an iteration when
+  the port limits II above 1); attention: MAX_HEAD_DIM MACs (the unrolled dot product) + 1;
   layernorm, route: 1 MAC; expert_ffn: 3 MACs (two matrix loops, the scaled scatter-add);
 - arrays: each partition bank of depth d and width w takes the cheapest BRAM18 shape
-  (16K x 1 ... 512 x 36) or, from `URAM_MIN_BITS` up, URAM blocks of 4K x 72; banks under
-  `REGISTER_MAX_BITS` become flip-flops. Completely partitioned arrays are registers.
+  (16K x 1 ... 512 x 36, ceil(w / shape width) x ceil(d / shape depth) blocks) or, from
+  `URAM_MIN_BITS` up and while the target's URAMs last, URAM blocks of 4K x 72; banks up to
+  `REGISTER_MAX_BITS` become flip-flops (completely partitioned arrays are registers).
 
 Cycles: a pipelined loop of trip count n takes n * II + depth; II is the larger of the
 loop-carried recurrence (a float accumulation waits for the adder: II = `FADD_LATENCY`;
@@ -141,26 +143,54 @@ def capacity(target: Target) -> Resources:
                      uram=target.uram)
 
 
-def bank_memory(depth: int, width: int) -> Resources:
-    """One memory bank: registers, URAM or the cheapest BRAM18 shape."""
-    bits = depth * width
-    if bits <= REGISTER_MAX_BITS:
-        return Resources(ff=bits)
-    if bits >= URAM_MIN_BITS:
-        return Resources(uram=math.ceil(width / URAM_WIDTH) * math.ceil(depth / URAM_DEPTH))
-    blocks = min(math.ceil(width / w) * math.ceil(depth / d) for d, w in BRAM18_SHAPES)
-    return Resources(bram18=blocks)
+@dataclass(frozen=True)
+class Array:
+    """An on-chip array of a unit: `banks` partitions of `depth` x `width` bits each."""
+
+    unit: str
+    name: str
+    depth: int
+    width: int
+    banks: int = 1
+
+    @property
+    def bank_bits(self) -> int:
+        return self.depth * self.width
 
 
-def array_memory(depth: int, width: int, banks: int = 1) -> Resources:
-    """An array split into `banks` equal partitions (complete partition: registers)."""
-    per_bank = math.ceil(depth / banks)
-    if per_bank == 1:
-        return Resources(ff=banks * width)
-    total = Resources()
-    for _ in range(banks):
-        total = total + bank_memory(per_bank, width)
-    return total
+@dataclass(frozen=True)
+class Binding:
+    array: Array
+    storage: str  # "registers", "bram18" or "uram"
+    blocks: int  # flip-flops, BRAM18s or URAMs, all banks together
+
+
+def bram18_blocks(depth: int, width: int) -> int:
+    """BRAM18s for one bank in its cheapest aspect ratio (16K x 1 ... 512 x 36)."""
+    return min(math.ceil(width / w) * math.ceil(depth / d) for d, w in BRAM18_SHAPES)
+
+
+def uram_blocks(depth: int, width: int) -> int:
+    return math.ceil(width / URAM_WIDTH) * math.ceil(depth / URAM_DEPTH)
+
+
+def bind_memories(arrays: Sequence[Array], target: Target, budget: float = 1.0) -> list[Binding]:
+    """Storage of every array. Banks up to REGISTER_MAX_BITS are flip-flops; from URAM_MIN_BITS
+    up, the largest banks take URAM while `budget` x the target's URAMs last; the rest BRAM18."""
+    uram_left = math.floor(target.uram * budget)
+    bindings = []
+    for array in sorted(arrays, key=lambda a: (-a.bank_bits, a.unit, a.name)):
+        if array.bank_bits <= REGISTER_MAX_BITS:
+            bindings.append(Binding(array, "registers", array.banks * array.bank_bits))
+            continue
+        urams = array.banks * uram_blocks(array.depth, array.width)
+        if array.bank_bits >= URAM_MIN_BITS and urams <= uram_left:
+            uram_left -= urams
+            bindings.append(Binding(array, "uram", urams))
+        else:
+            bindings.append(Binding(array, "bram18",
+                                    array.banks * bram18_blocks(array.depth, array.width)))
+    return bindings
 
 
 def _macs(count: int, p: Precision) -> Resources:
@@ -180,28 +210,58 @@ def _control() -> Resources:
     return Resources(lut=UNIT_CONTROL[0], ff=UNIT_CONTROL[1])
 
 
-def unit_resources(design: Design) -> dict[str, Resources]:
-    """Each shared unit's resources from the capacities, tiles and element widths."""
-    c, p = design.capacities, design.precision
+def unit_logic(design: Design) -> dict[str, Resources]:
+    """Each shared unit's arithmetic and control (DSP, LUT, FF), without its arrays."""
+    p = design.precision
     ti, to = design.tiles
-    tokens, dim, hd = c["max_tokens"], c["max_dim"], c["max_head_dim"]
-    experts, hidden = c["max_experts"], c["max_expert_hidden"]
+    # Inside a pipeline of II > 1, HLS binds one operator to several operations of the same
+    # iteration: the MAC array needs TILE_IN*TILE_OUT/II multipliers, the store loop
+    # TILE_OUT/II activation units, where II is set by the gmem_ain / gmem_aout beats.
+    mac_ii, store_ii = design.beats(ti, p.data), design.beats(to, p.data)
     return {
-        "linear": _control() + _macs(ti * to, p) + _special("gelu", to)
-        + array_memory(tokens * to, p.acc, banks=to) + Resources(ff=ti * to * p.weight),
-        "layernorm": _control() + _macs(1, p) + _special("div") + _special("sqrt")
-        + array_memory(dim, p.acc),
-        "attention": _control() + _macs(hd + 1, p) + _special("exp") + _special("div")
-        + array_memory(tokens * hd, p.data) * 2 + array_memory(tokens, p.acc),
-        "route": _control() + _macs(1, p) + _special("exp") + _special("div")
-        + array_memory(experts * tokens, 32) + array_memory(experts * tokens, p.prob),
-        "expert_ffn": _control() + _macs(3, p) + _special("gelu")
-        + array_memory(2 * dim * hidden, p.weight) * 2
-        + array_memory(2 * hidden, p.weight) + array_memory(2 * dim, p.weight)
-        + array_memory(hidden, p.acc) + array_memory(dim, p.data),
+        "linear": _control() + _macs(math.ceil(ti * to / mac_ii), p)
+        + _special("gelu", math.ceil(to / store_ii)) + Resources(ff=ti * to * p.weight),
+        "layernorm": _control() + _macs(1, p) + _special("div") + _special("sqrt"),
+        "attention": _control() + _macs(design.capacities["max_head_dim"] + 1, p)
+        + _special("exp") + _special("div"),
+        "route": _control() + _macs(1, p) + _special("exp") + _special("div"),
+        "expert_ffn": _control() + _macs(3, p) + _special("gelu"),
         "elementwise": _control() + _macs(1, p),  # add, patchify, finish_embedding
         "interfaces": Resources(lut=BUNDLES * MAXI_BUNDLE[0], ff=BUNDLES * MAXI_BUNDLE[1]),
     }
+
+
+def unit_arrays(design: Design) -> list[Array]:
+    """The static and local arrays of the op library, sized by the capacities."""
+    c, p = design.capacities, design.precision
+    to = design.tiles[1]
+    tokens, dim, hd = c["max_tokens"], c["max_dim"], c["max_head_dim"]
+    experts, hidden = c["max_experts"], c["max_expert_hidden"]
+    return [
+        Array("linear", "acc", tokens, p.acc, banks=to),  # partitioned on its TILE_OUT axis
+        Array("layernorm", "row", dim, p.acc),
+        Array("attention", "keys", tokens * hd, p.data),
+        Array("attention", "values", tokens * hd, p.data),
+        Array("attention", "scores", tokens, p.acc),
+        Array("route", "queue_tokens", experts * tokens, 32),
+        Array("route", "queue_scores", experts * tokens, p.prob),
+        Array("expert_ffn", "w1_buf", 2 * dim * hidden, p.weight),
+        Array("expert_ffn", "w2_buf", 2 * hidden * dim, p.weight),
+        Array("expert_ffn", "b1_buf", 2 * hidden, p.weight),
+        Array("expert_ffn", "b2_buf", 2 * dim, p.weight),
+        Array("expert_ffn", "hidden_row", hidden, p.acc),
+        Array("expert_ffn", "row", dim, p.data),
+    ]
+
+
+def unit_resources(design: Design, budget: float = 1.0) -> dict[str, Resources]:
+    """Each unit's logic plus its arrays as bound by `bind_memories`."""
+    units = unit_logic(design)
+    for binding in bind_memories(unit_arrays(design), design.target, budget):
+        field_name = "ff" if binding.storage == "registers" else binding.storage
+        units[binding.array.unit] = units[binding.array.unit] + Resources(
+            **{field_name: binding.blocks})
+    return units
 
 
 def total_resources(units: dict[str, Resources]) -> Resources:
@@ -222,15 +282,26 @@ def overflows(used: Resources, target: Target, budget: float = 1.0) -> list[dict
     return rows
 
 
+def overflow_table(design: Design, budget: float) -> str:
+    """What overflows, one line per resource, with the units that use most of it."""
+    units = unit_resources(design, budget)
+    lines = []
+    for row in overflows(total_resources(units), design.target, budget):
+        kind = row["resource"]
+        users = sorted(units, key=lambda unit: -getattr(units[unit], kind))[:2]
+        top = ", ".join(f"{unit} {getattr(units[unit], kind)}" for unit in users)
+        lines.append(f"{kind:<7} {row['used']:>8} used > {row['available']:>8} available "
+                     f"(most: {top})")
+    return "\n".join(lines)
+
+
 def check_fit(design: Design, budget: float = 1.0) -> Resources:
     """Total resources of `design`; raises EstimateError with a table if it does not fit."""
-    used = total_resources(unit_resources(design))
-    rows = overflows(used, design.target, budget)
-    if rows:
-        table = "; ".join(f"{r['resource']} {r['used']} > {r['available']}" for r in rows)
+    used = total_resources(unit_resources(design, budget))
+    if overflows(used, design.target, budget):
         raise EstimateError(
             f"tiles {design.tiles[0]}x{design.tiles[1]} do not fit {design.target.name} "
-            f"at {budget:.0%} of its resources: {table}",
+            f"({budget:.0%} of its resources):\n{overflow_table(design, budget)}",
             remedy="choose smaller --tiles, or let m3c pick them (omit --tiles)")
     return used
 
@@ -464,3 +535,50 @@ def summarize(estimates: Sequence[CallEstimate], clock_mhz: float) -> dict:
     return {"cycles": cycles, "ms": ms(cycles), "macs": sum(e.macs for e in estimates),
             "parts": grouped(lambda e: e.part), "ops": grouped(lambda e: e.op),
             "blocks": grouped(lambda e: "embed" if e.block is None else e.block)}
+
+
+def calls_for_config(config: dict) -> tuple[list[dict], dict]:
+    """The kernel's call list and capacities for a model config (project.json["config"]), in
+    the order m3c.codegen emits them, without compiling: estimates for models too big to lower
+    quickly. Pointer offsets are omitted; the estimates do not read them."""
+    d, heads, patch = config["embed_dim"], config["num_heads"], config["patch_size"]
+    height, width = config["image_size"]
+    patches = (height // patch) * (width // patch)
+    n, patch_len = patches + 1, config["in_chans"] * patch * patch
+    mlp, hidden = int(d * config["mlp_ratio"]), int(d * config["moe_mlp_ratio"])
+    experts, top_k = config["num_experts"], config["top_k"]
+    calls = [{"op": "patchify", "layer": "embed/Embed", "channels": config["in_chans"],
+              "height": height, "width": width, "patch": patch},
+             _linear_call("embed/Embed", patches, patch_len, d),
+             {"op": "finish_embedding", "layer": "embed/Embed", "count": n, "dim": d}]
+    for block in range(config["depth"]):
+        name = f"/model/backbone/blocks.{block}"
+        calls += [{"op": "layernorm", "layer": f"{name}/norm1", "tokens": n, "dim": d},
+                  _linear_call(f"{name}/attn/qkv", n, d, 3 * d),
+                  {"op": "attention", "layer": f"{name}/attn", "tokens": n, "dim": d,
+                   "heads": heads},
+                  _linear_call(f"{name}/attn/proj", n, d, d),
+                  {"op": "add", "layer": f"{name}/Add", "count": n * d},
+                  {"op": "layernorm", "layer": f"{name}/norm2", "tokens": n, "dim": d}]
+        if block in config["moe_blocks"]:
+            layer = f"moe{list(config['moe_blocks']).index(block)}"
+            calls += [{"op": "route", "layer": f"{layer}/Route", "tokens": n, "dim": d,
+                       "experts": experts, "top_k": top_k},
+                      {"op": "expert_ffn", "layer": layer, "tokens": n, "dim": d,
+                       "hidden": hidden, "experts": experts, "activation": "gelu"}]
+        else:
+            calls += [_linear_call(f"{name}/mlp/fc1", n, d, mlp, "gelu"),
+                      _linear_call(f"{name}/mlp/fc2", n, mlp, d)]
+        calls.append({"op": "add", "layer": f"{name}/Add_1", "count": n * d})
+    moe = bool(config["moe_blocks"])
+    capacities = {"max_tokens": n, "max_dim": d, "max_in": max(patch_len, d, mlp),
+                  "max_out": max(3 * d, mlp, d), "max_head_dim": d // heads,
+                  "max_experts": experts if moe else 1,
+                  "max_expert_hidden": hidden if moe else 1, "max_top_k": top_k if moe else 1}
+    return calls, capacities
+
+
+def _linear_call(layer: str, tokens: int, in_dim: int, out_dim: int,
+                 activation: str = "none") -> dict:
+    return {"op": "linear", "layer": layer, "tokens": tokens, "in_dim": in_dim,
+            "out_dim": out_dim, "activation": activation}
