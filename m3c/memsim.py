@@ -261,3 +261,29 @@ def load_images(paths: Sequence[str | Path], shape: Sequence[int]) -> list[np.nd
         images.append(image.reshape(shape).astype(np.float32))
     return images
 
+
+
+def simulate_project(project: str | Path, images: int | Sequence[str | Path] = 4,
+                     seed: int = 0, slots: int = 2) -> dict:
+    """`m3c simulate`: capture the routing of `images` (a count of synthetic scenes or .npy
+    files) for every task, replay it, save report/simulation.json and refresh the report."""
+    from m3c.report import REPORT_DIR, SIMULATION_FILE, project_design, read_project
+
+    if slots < 1:
+        raise EstimateError(f"the cache needs at least one slot, not {slots}")
+    project, manifest, kernel = read_project(project)
+    if isinstance(images, int):
+        if images < 1:
+            raise EstimateError(f"--images {images}: simulate at least one image")
+        pixels = list(synthetic_images(manifest["config"], images, seed))
+    else:
+        pixels = load_images(images, manifest["image_shape"][-3:])
+    runs = capture_routing(project, pixels, range(max(1, len(manifest["tasks"]))))
+    design = project_design(manifest, kernel).design
+    simulation = {"inputs": len(runs), "images": len(pixels), "slots": slots,
+                  "designs": simulate(kernel["calls"], design, runs, slots),
+                  "routing": routing_json(runs)}
+    folder = project / REPORT_DIR
+    folder.mkdir(exist_ok=True)
+    (folder / SIMULATION_FILE).write_text(json.dumps(simulation, indent=1, sort_keys=True))
+    return simulation
