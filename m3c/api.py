@@ -26,8 +26,15 @@ def lower(model, until: str | None = None, save_dir: str | os.PathLike | None = 
 
 
 def compile(model, target: str = "zcu104", out: str | os.PathLike = "build",  # noqa: A001
-            precision: str = "float", force: bool = False) -> Path:
-    """Compile an ONNX model into an accelerator project directory; return its path."""
+            precision: str = "float", force: bool = False, tiles=None,
+            budget: float = 0.8) -> Path:
+    """Compile an ONNX model into an accelerator project directory; return its path.
+
+    `tiles` = (TILE_IN, TILE_OUT) forces the linear unit's size; otherwise the fastest that
+    fits `budget` x the target's resources is chosen. The project's report/ holds the
+    resource, latency and energy estimates.
+    """
     from m3c.compile import compile_model
 
-    return compile_model(model, target=target, out=out, precision=precision, force=force)
+    return compile_model(model, target=target, out=out, precision=precision, force=force,
+                         tiles=tiles, budget=budget)

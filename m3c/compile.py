@@ -17,8 +17,11 @@ import numpy as np
 import onnx
 
 from m3c.codegen import KernelPlan, plan_kernel
+from m3c.dse import DEFAULT_BUDGET, Choice, check_budget, choose_design, parse_tiles
 from m3c.errors import CodegenError
+from m3c.estimate import Precision
 from m3c.graph import Graph, load_model, ort_session
+from m3c.report import build_report, write_report
 from m3c.target import Target, load_target
 from m3c.verify import sample_feeds, task_names
 
@@ -47,8 +50,15 @@ def _check_output(out: Path, force: bool) -> None:
 
 
 def compile_model(model, target: str = "zcu104", out: str | os.PathLike = "build",
-                  precision: str = "float", force: bool = False) -> Path:
-    """Compile an ONNX model (path, ModelProto, gs.Graph or Graph) into a project at `out`."""
+                  precision: str = "float", force: bool = False, tiles=None,
+                  budget: float = DEFAULT_BUDGET) -> Path:
+    """Compile an ONNX model (path, ModelProto, gs.Graph or Graph) into a project at `out`.
+
+    `tiles` (TILE_IN, TILE_OUT) force the linear unit's size; by default m3c.dse picks the
+    fastest that fits `budget` x the target's resources.
+    """
+    tiles = parse_tiles(tiles)
+    check_budget(budget)
     if precision not in PRECISIONS:
         raise CodegenError(f"precision {precision!r} is not available",
                            remedy="use --precision " + " or ".join(PRECISIONS))
@@ -58,7 +68,7 @@ def compile_model(model, target: str = "zcu104", out: str | os.PathLike = "build
     original = load_model(model)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.m3c-", dir=out.parent or "."))
     try:
-        _build(original, board, precision, staging)
+        _build(original, board, precision, staging, tiles, budget)
         if out.exists():
             shutil.rmtree(out)
         os.replace(staging, out)
@@ -67,19 +77,23 @@ def compile_model(model, target: str = "zcu104", out: str | os.PathLike = "build
     return out
 
 
-def _build(original: Graph, board: Target, precision: str, project: Path) -> None:
+def _build(original: Graph, board: Target, precision: str, project: Path, tiles, budget) -> None:
     from m3c.passmanager import default_pipeline
 
     proto = original.to_onnx()
     graph = default_pipeline().run(original.copy(), save_dir=project / "intermediate")
     plan = plan_kernel(graph.graph)
+    kernel = plan.to_json()
+    choice = choose_design(kernel["calls"], plan.capacities, board,
+                           Precision.from_types(PRECISIONS[precision]), budget, tiles)
     tasks = task_names(proto)
     data_files = _write_data(project / "data", proto, graph, tasks)
     _write_weights(project / "weights", plan)
     _write_heads(project / "host" / "heads", graph)
-    context = _context(graph, plan, board, precision, tasks, data_files)
+    context = _context(graph, plan, board, precision, tasks, data_files, choice.design.tiles)
     _render_all(project, context)
-    _write_manifest(project, graph, plan, board, precision, tasks)
+    manifest = _write_manifest(project, graph, plan, board, precision, tasks, choice)
+    write_report(project, build_report(manifest, kernel, choice))
 
 
 def _write_data(folder: Path, proto: onnx.ModelProto, graph: Graph, tasks: list[str]):
@@ -120,7 +134,7 @@ def _write_heads(folder: Path, graph: Graph) -> None:
 
 
 def _context(graph: Graph, plan: KernelPlan, board: Target, precision: str,
-             tasks: list[str], data_files: list[str]) -> dict:
+             tasks: list[str], data_files: list[str], tiles: tuple[int, int]) -> dict:
     config = json.loads(graph.metadata.get("m3c.config", "{}"))
     hp_ports = [{"bundle": bundle, "gp": 2 + i % 4, "slave": f"S_AXI_HP{i % 4}_FPD",
                  "width": board.hp_port_bits} for i, bundle in enumerate(HP_BUNDLES)]
@@ -134,7 +148,7 @@ def _context(graph: Graph, plan: KernelPlan, board: Target, precision: str,
         "image_elements": int(np.prod(plan.image_shape)),
         "feature_elements": plan.features_elements, "features_offset": plan.features_offset,
         "data_files": data_files, "hp_ports": hp_ports,
-        "tile_in": 16, "tile_out": 16, **plan.capacities,
+        "tile_in": tiles[0], "tile_out": tiles[1], **plan.capacities,
     }
 
 
@@ -162,7 +176,7 @@ def _render_all(project: Path, context: dict) -> None:
 
 
 def _write_manifest(project: Path, graph: Graph, plan: KernelPlan, board: Target,
-                    precision: str, tasks: list[str]) -> None:
+                    precision: str, tasks: list[str], choice: Choice) -> dict:
     features = graph.graph.outputs[0]
     manifest = {
         "m3c_version": 1, "target": board.name, "precision": precision, "tasks": tasks,
@@ -170,7 +184,9 @@ def _write_manifest(project: Path, graph: Graph, plan: KernelPlan, board: Target
         "image_shape": plan.image_shape, "features_shape": list(features.shape),
         "features_tensor": graph.metadata["m3c.features_tensor"],
         "weight_elements": plan.weights.size, "arena_elements": plan.arena.size,
-        "moe_layers": plan.layers,
+        "moe_layers": plan.layers, "tiles": list(choice.design.tiles),
+        "tiles_forced": choice.forced, "budget": choice.budget,
     }
     (project / "project.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
     (project / "kernel.json").write_text(json.dumps(plan.to_json(), indent=1) + "\n")
+    return manifest

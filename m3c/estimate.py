@@ -71,14 +71,15 @@ class Precision:
 
     @classmethod
     def from_types(cls, types: dict | None) -> Precision:
-        """From project.json["types"] ({"data": {"width": 16, ...}, ...}); fp32 if absent."""
+        """From project.json["types"]: per class ("data", "weight", "acc", "prob") either a
+        dict with "width" (and "kind": "float" or "fixed") or a C type name ("float",
+        "ap_fixed<16,6>"); fp32 for what is absent."""
         if not types:
             return cls()
-        widths = {name: int(types.get(name, {}).get("width", 32)) for name in
+        parsed = {name: _type_width(types.get(name, "float")) for name in
                   ("data", "weight", "acc", "prob")}
-        floating = all(str(types.get(name, {}).get("kind", "fixed")) == "float"
-                       for name in ("data", "weight"))
-        return cls(**widths, floating=floating)
+        return cls(**{name: width for name, (width, _) in parsed.items()},
+                   floating=parsed["data"][1] and parsed["weight"][1])
 
     @property
     def mac_dsp(self) -> int:
@@ -95,6 +96,19 @@ class Precision:
     @property
     def mac_latency(self) -> int:
         return FMUL_LATENCY + FADD_LATENCY if self.floating else 3
+
+
+def _type_width(spec) -> tuple[int, bool]:
+    """(bits, is_float) of one hardware type description."""
+    if isinstance(spec, dict):
+        return int(spec.get("width", 32)), spec.get("kind", "fixed") == "float"
+    text = str(spec).replace(" ", "")
+    if text.startswith(("ap_fixed<", "ap_ufixed<", "ap_int<", "ap_uint<")):
+        return int(text.split("<", 1)[1].split(",")[0].rstrip(">")), False
+    if text in ("float", "double", "half"):
+        return {"float": 32, "double": 64, "half": 16}[text], True
+    raise EstimateError(f"cannot estimate hardware type {spec!r}",
+                        remedy="describe it as {'width': bits, 'kind': 'fixed' | 'float'}")
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,10 @@ def _configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", required=True, help="project directory to create")
     parser.add_argument("--precision", default="float", help="hardware number format")
     parser.add_argument("--force", action="store_true", help="replace a non-empty directory")
+    parser.add_argument("--tiles", help="force the linear unit's TILE_INxTILE_OUT, e.g. 32x16 "
+                        "(default: the fastest that fits --budget)")
+    parser.add_argument("--budget", type=float, default=0.8,
+                        help="fraction of the target's resources the design may use (0, 1]")
 
 
 @command("compile", "compile an ONNX model into an accelerator project", _configure)
@@ -20,7 +24,8 @@ def run_compile(args: argparse.Namespace) -> int:
     from m3c.compile import compile_model
 
     project = compile_model(args.model, target=args.target, out=args.output,
-                            precision=args.precision, force=args.force)
+                            precision=args.precision, force=args.force, tiles=args.tiles,
+                            budget=args.budget)
     if not args.quiet:
         print(f"wrote {project}: `make -C {project} csim` simulates it with g++, "
               f"`m3c verify {project}` checks it against onnxruntime")
