@@ -561,6 +561,10 @@ def calls_for_config(config: dict) -> tuple[list[dict], dict]:
     n, patch_len = patches + 1, config["in_chans"] * patch * patch
     mlp, hidden = int(d * config["mlp_ratio"]), int(d * config["moe_mlp_ratio"])
     experts, top_k = config["num_experts"], config["top_k"]
+    # multi-gate: one router table per task; task-conditioned: one table, a bias per task
+    tasks = len(config["tasks"])
+    multi = config.get("gate", "multi") == "multi"
+    router_rows = {"weight_rows": tasks if multi else 1, "bias_rows": 1 if multi else tasks}
     calls = [{"op": "patchify", "layer": "embed/Embed", "channels": config["in_chans"],
               "height": height, "width": width, "patch": patch},
              _linear_call("embed/Embed", patches, patch_len, d),
@@ -577,7 +581,7 @@ def calls_for_config(config: dict) -> tuple[list[dict], dict]:
         if block in config["moe_blocks"]:
             layer = f"moe{list(config['moe_blocks']).index(block)}"
             calls += [{"op": "route", "layer": f"{layer}/Route", "tokens": n, "dim": d,
-                       "experts": experts, "top_k": top_k},
+                       "experts": experts, "top_k": top_k, **router_rows},
                       {"op": "expert_ffn", "layer": layer, "tokens": n, "dim": d,
                        "hidden": hidden, "experts": experts, "activation": "gelu"}]
         else:
