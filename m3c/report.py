@@ -57,8 +57,9 @@ def project_design(manifest: dict, kernel: dict, tiles=None,
     recorded = parse_tiles(manifest.get("tiles"))
     choice = choose_design(kernel["calls"], kernel["capacities"], target, precision, budget,
                            parse_tiles(tiles) or recorded, routing)
-    if tiles is None and recorded is not None:
+    if tiles is None and recorded is not None:  # describe the choice made at compile time
         choice.forced = bool(manifest.get("tiles_forced"))
+        choice.candidates = int(manifest.get("tile_candidates", 1))
     return choice
 
 
