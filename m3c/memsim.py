@@ -68,9 +68,10 @@ def _last_stage(project: Path) -> Path:
     return stages[-1]
 
 
-def _queue_model(project: Path) -> tuple[onnx.ModelProto, list[tuple[str, list[str]]]]:
-    """The expert-major graph with every ExpertQueues output added as a graph output."""
-    model = onnx.load(str(_last_stage(project)))
+def _queue_model(source: Path) -> tuple[onnx.ModelProto, list[tuple[str, list[str]]]]:
+    """The expert-major graph (a project's last stage, or an .onnx file) with every
+    ExpertQueues output added as a graph output."""
+    model = onnx.load(str(_last_stage(source) if source.is_dir() else source))
     layers = []
     existing = {o.name for o in model.graph.output}
     for node in model.graph.node:
@@ -80,13 +81,14 @@ def _queue_model(project: Path) -> tuple[onnx.ModelProto, list[tuple[str, list[s
                 if name not in existing:
                     model.graph.output.append(onnx.ValueInfoProto(name=name))
     if not layers:
-        raise EstimateError(f"{project} has no MoE layers to simulate")
+        raise EstimateError(f"{source} has no MoE layers to simulate")
     return model, layers
 
 
 def capture_routing(project: str | Path, images: Sequence[np.ndarray],
                     tasks: Sequence[int]) -> list[list[LayerRouting]]:
-    """Routing of every (image, task) pair: one list of LayerRouting per inference."""
+    """Routing of every (image, task) pair: one list of LayerRouting per inference.
+    `project` is a compiled project or a saved expert-major graph (m3c.lower(...).save)."""
     from onnx.reference import ReferenceEvaluator
 
     from m3c.ops import reference_ops
