@@ -37,9 +37,9 @@ FIXED16 = Precision(data=16, weight=16, acc=32, prob=16, floating=False)
 ZCU104 = load_target("zcu104")
 
 
-@pytest.fixture(scope="module")
-def micro_project(export_model, tmp_path_factory):
-    _, path = export_model("micro-nyud")
+@pytest.fixture(scope="module", params=["multi", "task"])
+def micro_project(request, export_model, tmp_path_factory):
+    _, path = export_model("micro-nyud", request.param)
     return compile_model(path, out=tmp_path_factory.mktemp("estimate") / "build")
 
 
