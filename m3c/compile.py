@@ -185,7 +185,8 @@ def _write_manifest(project: Path, graph: Graph, plan: KernelPlan, board: Target
         "features_tensor": graph.metadata["m3c.features_tensor"],
         "weight_elements": plan.weights.size, "arena_elements": plan.arena.size,
         "moe_layers": plan.layers, "tiles": list(choice.design.tiles),
-        "tiles_forced": choice.forced, "tile_candidates": choice.candidates,
+        "types": PRECISIONS[precision], "tiles_forced": choice.forced,
+        "tile_candidates": choice.candidates,
         "budget": choice.budget,
     }
     (project / "project.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")

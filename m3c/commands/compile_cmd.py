@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 
 from m3c.cli import command
 
@@ -27,8 +28,12 @@ def run_compile(args: argparse.Namespace) -> int:
                             precision=args.precision, force=args.force, tiles=args.tiles,
                             budget=args.budget)
     if not args.quiet:
+        from m3c.commands.report_cmd import summary_line
+
+        report = json.loads((project / "report" / "report.json").read_text())
         print(f"wrote {project}: `make -C {project} csim` simulates it with g++, "
               f"`m3c verify {project}` checks it against onnxruntime")
+        print(f"estimate ({project / 'report' / 'report.md'}): {summary_line(report)}")
     return 0
 
 

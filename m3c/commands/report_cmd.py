@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 
 from m3c.cli import command
+from m3c.estimate import KINDS
 
 
 def _configure_report(parser: argparse.ArgumentParser) -> None:
@@ -33,7 +34,7 @@ def summary_line(report: dict) -> str:
     return (f"{report['target']}: {report['latency']['ms']:.3f} ms/inference, "
             f"{report['energy']['joules_per_inference']:.4f} J, tiles "
             f"{tiles['tile_in']}x{tiles['tile_out']}, "
-            + ", ".join(f"{kind} {100 * share:.0f}%" for kind, share in used.items()))
+            + ", ".join(f"{kind} {100 * used[kind]:.0f}%" for kind in KINDS))
 
 
 def _images(text: str) -> int | list[str]:
