@@ -89,7 +89,14 @@ def _ratios(stage: Path, config: dict, images: int, budget: float) -> dict:
     results = simulate(calls, choice.design, runs)
     moe = {kind: sum(layer["cycles"] for layer in r["layers"].values())
            for kind, r in results.items()}
+    sweep = {slots: round(simulate(calls, choice.design, runs, slots)["cache"]
+                          ["latency_vs_expert_major"], 3) for slots in (1, 2, 4, 8, 16)}
+    route = next(c for c in calls if c["op"] == "route")
+    visits = len(runs[0]) * route["tokens"] * route["top_k"]  # token-expert pairs
+
     return {"inferences": len(runs), "tiles": list(choice.design.tiles),
+            "cache_miss_rate": round(results["cache"]["loads"] / visits, 3),
+            "cache_over_expert_major_by_slots": sweep,
             "latency_ms": {k: round(r["ms"], 3) for k, r in results.items()},
             "stall_cycles": {k: r["stall_cycles"] for k, r in results.items()},
             "ddr_bytes": {k: r["ddr_bytes"] for k, r in results.items()},

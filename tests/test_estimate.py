@@ -176,3 +176,20 @@ def test_cli_refuses_impossible_designs(export_model, tmp_path, capsys, extra):
     assert main(["compile", str(path), "-o", str(out), *extra]) == 2
     assert "error" in capsys.readouterr().err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("types, expected", [
+    (None, Precision()),
+    ({"data": "float", "weight": "float", "acc": "float", "prob": "float"}, Precision()),
+    ({"data": "ap_fixed<16,6>", "weight": "ap_fixed<16,2>", "acc": "ap_fixed<40,16>",
+      "prob": "ap_ufixed<16,1>"}, Precision(16, 16, 40, 16, False)),
+    ({"data": {"width": 16}, "weight": {"width": 8}, "acc": {"width": 32},
+      "prob": {"width": 16}}, Precision(16, 8, 32, 16, False)),
+])
+def test_precision_from_project_types(types, expected):
+    assert Precision.from_types(types) == expected
+
+
+def test_unknown_type_is_refused():
+    with pytest.raises(EstimateError):
+        Precision.from_types({"data": "posit<16>"})
