@@ -27,9 +27,18 @@ def lower(model, until: str | None = None, save_dir: str | os.PathLike | None = 
 
 def compile(model, target: str = "zcu104", out: str | os.PathLike = "build",  # noqa: A001
             precision: str = "fixed", force: bool = False, calib=None,
-            precision_config: str | os.PathLike | None = None) -> Path:
-    """Compile an ONNX model into an accelerator project directory; return its path."""
+            precision_config: str | os.PathLike | None = None, tiles=None,
+            budget: float = 0.8) -> Path:
+    """Compile an ONNX model into an accelerator project directory; return its path.
+
+    Fixed precision (the default) calibrates its integer bits on `calib` (images or a .npy);
+    `precision_config` overrides types per class and weight types per layer. `tiles` =
+    (TILE_IN, TILE_OUT) forces the linear unit's size; otherwise the fastest that fits
+    `budget` x the target's resources is chosen. The project's report/ holds the resource,
+    latency and energy estimates.
+    """
     from m3c.compile import compile_model
 
     return compile_model(model, target=target, out=out, precision=precision, force=force,
-                         calib=calib, precision_config=precision_config)
+                         calib=calib, precision_config=precision_config, tiles=tiles,
+                         budget=budget)

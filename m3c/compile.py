@@ -18,7 +18,9 @@ import numpy as np
 import onnx
 
 from m3c.codegen import KernelPlan, plan_kernel
+from m3c.dse import DEFAULT_BUDGET, Choice, check_budget, choose_design, parse_tiles
 from m3c.errors import CodegenError
+from m3c.estimate import Precision
 from m3c.graph import Graph, load_model, ort_session
 from m3c.precision import (
     ROLES,
@@ -29,6 +31,7 @@ from m3c.precision import (
     load_config,
     quantize_blob,
 )
+from m3c.report import build_report, write_report
 from m3c.runtime.emulator import KernelEmulator
 from m3c.runtime.fixed import (
     EXP_TABLE_BITS,
@@ -68,12 +71,17 @@ def _check_output(out: Path, force: bool) -> None:
 def compile_model(model, target: str = "zcu104", out: str | os.PathLike = "build",
                   precision: str = "fixed", force: bool = False,
                   calib: str | os.PathLike | np.ndarray | None = None,
-                  precision_config: str | os.PathLike | None = None) -> Path:
+                  precision_config: str | os.PathLike | None = None, tiles=None,
+                  budget: float = DEFAULT_BUDGET) -> Path:
     """Compile an ONNX model (path, ModelProto, gs.Graph or Graph) into a project at `out`.
 
     Fixed precision calibrates on `calib` (images [N,3,H,W] or a .npy of them; by default the
     project's own test vectors) and applies the overrides of `precision_config` (JSON/YAML).
+    `tiles` (TILE_IN, TILE_OUT) force the linear unit's size; by default m3c.dse picks the
+    fastest that fits `budget` x the target's resources.
     """
+    tiles = parse_tiles(tiles)
+    check_budget(budget)
     if precision not in PRECISIONS:
         raise CodegenError(f"precision {precision!r} is not available",
                            remedy="use --precision " + " or ".join(PRECISIONS))
@@ -85,7 +93,7 @@ def compile_model(model, target: str = "zcu104", out: str | os.PathLike = "build
                 "config": load_config(precision_config)}
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.m3c-", dir=out.parent or "."))
     try:
-        _build(original, board, settings, staging)
+        _build(original, board, settings, staging, tiles, budget)
         if out.exists():
             shutil.rmtree(out)
         os.replace(staging, out)
@@ -104,22 +112,27 @@ def _calibration_images(calib) -> np.ndarray | None:
                            remedy="give a .npy array of images shaped [N,3,H,W]") from None
 
 
-def _build(original: Graph, board: Target, settings: dict, project: Path) -> None:
+def _build(original: Graph, board: Target, settings: dict, project: Path, tiles,
+           budget: float) -> None:
     from m3c.passmanager import default_pipeline
 
     proto = original.to_onnx()
     graph = default_pipeline().run(original.copy(), save_dir=project / "intermediate")
     plan = plan_kernel(graph.graph)
+    kernel = plan.to_json()
     tasks = task_names(proto)
     vectors = _test_vectors(proto, graph, tasks)
     typing = _typing(plan, settings, vectors, tasks)
-    emulator = KernelEmulator(plan.to_json(), typing.weights, typing.types)
+    choice = choose_design(kernel["calls"], plan.capacities, board,
+                           Precision.from_types(typing.types_json()), budget, tiles)
+    emulator = KernelEmulator(kernel, typing.weights, typing.types)
     data_files = _write_data(project / "data", vectors, tasks, typing, emulator)
     _write_weights(project / "weights", plan, typing)
     _write_heads(project / "host" / "heads", graph)
-    context = _context(graph, plan, board, typing, tasks, data_files)
+    context = _context(graph, plan, board, typing, tasks, data_files, choice.design.tiles)
     _render_all(project, context)
-    _write_manifest(project, graph, plan, board, typing, tasks)
+    manifest = _write_manifest(project, graph, plan, board, typing, tasks, choice)
+    write_report(project, build_report(manifest, kernel, choice))
     _write_host(project)
 
 
@@ -222,7 +235,7 @@ def _write_heads(folder: Path, graph: Graph) -> None:
 
 
 def _context(graph: Graph, plan: KernelPlan, board: Target, typing: Typing,
-             tasks: list[str], data_files: list[str]) -> dict:
+             tasks: list[str], data_files: list[str], tiles: tuple[int, int]) -> dict:
     config = json.loads(graph.metadata.get("m3c.config", "{}"))
     hp_ports = [{"bundle": bundle, "gp": 2 + i % 4, "slave": f"S_AXI_HP{i % 4}_FPD",
                  "width": board.hp_port_bits} for i, bundle in enumerate(HP_BUNDLES)]
@@ -237,7 +250,7 @@ def _context(graph: Graph, plan: KernelPlan, board: Target, typing: Typing,
         "image_elements": int(np.prod(plan.image_shape)),
         "feature_elements": plan.features_elements, "features_offset": plan.features_offset,
         "data_files": data_files, "hp_ports": hp_ports,
-        "tile_in": 16, "tile_out": 16, **plan.capacities,
+        "tile_in": tiles[0], "tile_out": tiles[1], **plan.capacities,
     }
 
 
@@ -247,7 +260,7 @@ def _tables(typing: Typing) -> dict:
     data, prob = typing.types["data"], typing.types["prob"]
 
     def literals(raw: np.ndarray) -> list[str]:
-        return [repr(float(value)) for value in prob.to_float(raw)]
+        return [str(int(value)) for value in raw]
 
     return {"exp2_table": literals(exp2_table(prob)),
             "gelu_table": literals(gelu_table(data, prob, "gelu")),
@@ -284,7 +297,7 @@ def _render_all(project: Path, context: dict) -> None:
 
 
 def _write_manifest(project: Path, graph: Graph, plan: KernelPlan, board: Target,
-                    typing: Typing, tasks: list[str]) -> None:
+                    typing: Typing, tasks: list[str], choice: Choice) -> dict:
     features = graph.graph.outputs[0]
     manifest = {
         "m3c_version": 1, "target": board.name, "precision": typing.precision, "tasks": tasks,
@@ -294,10 +307,13 @@ def _write_manifest(project: Path, graph: Graph, plan: KernelPlan, board: Target
         "image_shape": plan.image_shape, "features_shape": list(features.shape),
         "features_tensor": graph.metadata["m3c.features_tensor"],
         "weight_elements": plan.weights.size, "arena_elements": plan.arena.size,
-        "moe_layers": plan.layers,
+        "moe_layers": plan.layers, "tiles": list(choice.design.tiles),
+        "tiles_forced": choice.forced, "tile_candidates": choice.candidates,
+        "budget": choice.budget,
     }
     (project / "project.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
     (project / "kernel.json").write_text(json.dumps(plan.to_json(), indent=1) + "\n")
+    return manifest
 
 
 def _write_host(project: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 
 from m3c.cli import command
 
@@ -18,6 +19,10 @@ def _configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision-config", metavar="FILE",
                         help="JSON/YAML overrides: types per class, weight types per layer")
     parser.add_argument("--force", action="store_true", help="replace a non-empty directory")
+    parser.add_argument("--tiles", help="force the linear unit's TILE_INxTILE_OUT, e.g. 32x16 "
+                        "(default: the fastest that fits --budget)")
+    parser.add_argument("--budget", type=float, default=0.8,
+                        help="fraction of the target's resources the design may use (0, 1]")
 
 
 @command("compile", "compile an ONNX model into an accelerator project", _configure)
@@ -26,10 +31,15 @@ def run_compile(args: argparse.Namespace) -> int:
 
     project = compile_model(args.model, target=args.target, out=args.output,
                             precision=args.precision, force=args.force, calib=args.calib,
-                            precision_config=args.precision_config)
+                            precision_config=args.precision_config, tiles=args.tiles,
+                            budget=args.budget)
     if not args.quiet:
+        from m3c.commands.report_cmd import summary_line
+
+        report = json.loads((project / "report" / "report.json").read_text())
         print(f"wrote {project}: `make -C {project} csim` simulates it with g++, "
               f"`m3c verify {project}` checks it against onnxruntime")
+        print(f"estimate ({project / 'report' / 'report.md'}): {summary_line(report)}")
     return 0
 
 
