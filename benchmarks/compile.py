@@ -1,5 +1,6 @@
-"""`m3c compile` on small-nyud (wall time, peak memory; targets <= 20 s, <= 3 GB) and the
-C-simulated kernel's time per image on tiny-cityscapes beside onnxruntime on the same model.
+"""`m3c compile` on small-nyud (default fixed precision, calibration included, no C-sim: wall
+time and peak memory; targets <= 20 s, <= 3 GB) and the C-simulated kernel's time per image on
+tiny-cityscapes in float and fixed beside onnxruntime on the same model.
 
 Usage: python benchmarks/compile.py [--repeats 3]
 """
@@ -31,27 +32,34 @@ def compile_figures(repeats: int) -> dict:
 
 
 def csim_figures(repeats: int) -> dict:
+    """Seconds per image of the C-simulated encoder in float and fixed, and of onnxruntime
+    running the whole model (encoder and heads) on the same image."""
     import onnx
 
     model = exported("tiny-cityscapes")
     session = ort_session(onnx.load(str(model)))
+    image = np.random.default_rng(0).standard_normal((1, 3, 128, 256)).astype(np.float32)
+    feeds = {"image": image, "task": np.array(0, dtype=np.int64)}
+    figures = {"preset": "tiny-cityscapes"}
     with tempfile.TemporaryDirectory() as scratch:
-        project = compile_model(model, out=Path(scratch) / "build")
-        kernel = csim.load(project)
-        image = np.random.default_rng(0).standard_normal((1, 3, 128, 256)).astype(np.float32)
-        feeds = {"image": image, "task": np.array(0, dtype=np.int64)}
-        csim_times, ort_times = [], []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            kernel.run(image, 0)
-            csim_times.append(time.perf_counter() - start)
-            start = time.perf_counter()
-            session.run(None, feeds)
-            ort_times.append(time.perf_counter() - start)
-    return {"preset": "tiny-cityscapes", "precision": "float",
-            "csim_s_per_image_median": round(statistics.median(csim_times), 3),
-            "onnxruntime_s_per_image_median": round(statistics.median(ort_times), 4),
-            "note": "C-sim covers the encoder; onnxruntime runs encoder and both heads"}
+        for precision in ("float", "fixed"):
+            project = compile_model(model, out=Path(scratch) / precision, precision=precision)
+            kernel = csim.load(project)
+            times = _seconds(lambda kernel=kernel: kernel.run(image, 0), repeats)
+            figures[f"csim_{precision}_s_per_image_median"] = round(times, 3)
+    figures["onnxruntime_s_per_image_median"] = round(
+        _seconds(lambda: session.run(None, feeds), repeats), 4)
+    figures["note"] = "C-sim covers the encoder; onnxruntime runs encoder and both heads"
+    return figures
+
+
+def _seconds(work, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        work()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
 
 
 def main() -> None:

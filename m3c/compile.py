@@ -125,8 +125,8 @@ def _build(original: Graph, board: Target, settings: dict, project: Path, tiles,
     typing = _typing(plan, settings, vectors, tasks)
     choice = choose_design(kernel["calls"], plan.capacities, board,
                            Precision.from_types(typing.types_json()), budget, tiles)
-    emulator = KernelEmulator(kernel, typing.weights, typing.types)
-    data_files = _write_data(project / "data", vectors, tasks, typing, emulator)
+    data_files = _write_data(project / "data", vectors, tasks, _expected_features(
+        kernel, typing, vectors))
     _write_weights(project / "weights", plan, typing)
     _write_heads(project / "host" / "heads", graph)
     context = _context(graph, plan, board, typing, tasks, data_files, choice.design.tiles)
@@ -142,8 +142,9 @@ class Typing:
 
     precision: str
     types: dict[str, FixedType] | None
-    weights: np.ndarray
+    weights: np.ndarray  # the values the kernel computes with (float32)
     activation_max: float | None = None
+    raw_weights: np.ndarray | None = None  # fixed: the weight_t codes DDR holds
 
     @property
     def tolerance(self) -> float:
@@ -160,17 +161,24 @@ def _typing(plan: KernelPlan, settings: dict, vectors: list[dict], tasks: list[s
     if settings["precision"] == "float":
         return Typing("float", None, blob)
     images = settings["calib"]
-    if images is None:
-        images = np.stack([vector["image"] for vector in vectors])
-    images = np.asarray(images, np.float32).reshape(-1, *plan.image_shape[1:])
-    samples = [(image, task) for image in images for task in range(len(tasks))]
+    if images is None:  # each task on its own test image
+        samples = [(vector["image"], task) for task, vector in enumerate(vectors)]
+    else:
+        images = np.asarray(images, np.float32)
+        if images.ndim not in (3, 4) or images.shape[-3:] != tuple(plan.image_shape[1:]):
+            raise CodegenError(f"calibration images have shape {list(images.shape)}, the model "
+                               f"takes {list(plan.image_shape)}",
+                               remedy="give a .npy of images shaped [N,3,H,W] as the model's")
+        images = images.reshape(-1, *plan.image_shape[1:])
+        samples = [(image, task) for image in images for task in range(len(tasks))]
     plan_json = plan.to_json()
     activation_max = calibrate(plan_json, blob, samples)
     types = choose_types(plan_json, blob, activation_max, settings["config"])
     sizes = {name: array.size for name, array in plan.weights.arrays.items()}
     narrowed = layer_weight_types(plan_json, settings["config"])
-    weights = quantize_blob(blob, plan.weights.offsets, sizes, types["weight"], narrowed)
-    return Typing("fixed", types, weights.astype(np.float32), activation_max)
+    raw = quantize_blob(blob, plan.weights.offsets, sizes, types["weight"], narrowed)
+    return Typing("fixed", types, types["weight"].to_float(raw).astype(np.float32),
+                  activation_max, raw)
 
 
 def _test_vectors(proto: onnx.ModelProto, graph: Graph, tasks: list[str]) -> list[dict]:
@@ -191,16 +199,22 @@ def _test_vectors(proto: onnx.ModelProto, graph: Graph, tasks: list[str]) -> lis
     return vectors
 
 
-def _write_data(folder: Path, vectors: list[dict], tasks: list[str], typing: Typing,
-                emulator: KernelEmulator) -> list[str]:
-    """Test vectors; the kernel's expected features are onnxruntime's in float and the
-    bit-exact emulation's in fixed point."""
+def _expected_features(kernel: dict, typing: Typing, vectors: list[dict]) -> list[np.ndarray]:
+    """What the kernel must output per task: onnxruntime's features in float, the bit-exact
+    emulation's in fixed point."""
+    if typing.types is None:
+        return [vector["features"] for vector in vectors]
+    emulator = KernelEmulator(kernel, typing.raw_weights, typing.types, raw=True)
+    return emulator.run_many([(vector["image"], task) for task, vector in enumerate(vectors)])
+
+
+def _write_data(folder: Path, vectors: list[dict], tasks: list[str],
+                expected_features: list[np.ndarray]) -> list[str]:
+    """Test vectors: inputs, expected kernel features, onnxruntime's features and outputs."""
     folder.mkdir(parents=True)
     names = []
-    for index, (task, vector) in enumerate(zip(tasks, vectors, strict=True)):
-        expected = vector["features"]
-        if typing.types is not None:
-            expected = emulator.run(vector["image"], index)
+    for index, (task, vector, expected) in enumerate(zip(tasks, vectors, expected_features,
+                                                         strict=True)):
         vector["image"].tofile(folder / f"input_task{index}.bin")
         expected.tofile(folder / f"features_task{index}.bin")
         vector["features"].tofile(folder / f"features_onnxruntime_task{index}.bin")
@@ -219,7 +233,7 @@ def _write_weights(folder: Path, plan: KernelPlan, typing: Typing) -> None:
     else:
         ddr_dtype = f"int{typing.types['weight'].width}" if typing.types["weight"].width in (
             8, 16, 32) else "int32"
-        ddr = typing.types["weight"].from_float(typing.weights).astype(ddr_dtype)
+        ddr = typing.raw_weights.astype(ddr_dtype)
     ddr.tofile(folder / "weights.bin")
     table = {name: {"offset": offset, "shape": list(plan.weights.arrays[name].shape)}
              for name, offset in plan.weights.offsets.items()}

@@ -24,7 +24,7 @@ import numpy as np
 import yaml
 
 from m3c.errors import CodegenError
-from m3c.runtime.emulator import KernelEmulator
+from m3c.runtime.emulator import KernelEmulator, Observer
 from m3c.runtime.fixed import EXP_TABLE_BITS, FixedType
 
 ROLES = {
@@ -91,18 +91,18 @@ def _parse(spelling: str, name: str, where: str) -> FixedType:
 def calibrate(plan: dict, weights: np.ndarray,
               samples: Iterable[tuple[np.ndarray, int]]) -> float:
     """The largest activation magnitude the float kernel reaches on the samples."""
-    emulator = KernelEmulator(plan, weights)
-    largest = 0.0
+    samples = list(samples)
+    peaks = [0.0] * len(samples)
 
-    def observe(call: dict, what: str, values: np.ndarray) -> None:
-        nonlocal largest
-        if what != "queue_lengths":
-            largest = max(largest, float(np.abs(values).max(initial=0.0)))
+    def watching(index: int) -> Observer:
+        def observe(call: dict, what: str, values: np.ndarray) -> None:
+            if what != "queue_lengths":
+                peaks[index] = max(peaks[index], float(np.abs(values).max(initial=0.0)))
+        return observe
 
-    for image, task in samples:
-        largest = max(largest, float(np.abs(image).max()))
-        emulator.run(image, task, observe)
-    return largest
+    KernelEmulator(plan, weights).run_many(samples, [watching(i) for i in range(len(samples))])
+    images = max(float(np.abs(image).max()) for image, _ in samples)
+    return max([images, *peaks])
 
 
 def choose_types(plan: dict, weights: np.ndarray, activation_max: float,
@@ -178,13 +178,20 @@ def _weight_arguments(op: str) -> list[str]:
     return [name for name, kind in SIGNATURES[op] if kind == WEIGHT]
 
 
+QUANTIZE_CHUNK = 1 << 22
+
+
 def quantize_blob(blob: np.ndarray, offsets: dict[str, int], sizes: dict[str, int],
                   weight: FixedType, narrowed: dict[int, FixedType]) -> np.ndarray:
-    """The weight blob's values as the kernel sees them (float values of the raw codes)."""
-    values = blob.astype(np.float64)
+    """The weight blob as raw weight_t codes (int32, what DDR holds); a layer's narrower type
+    rounds first, then weight_t holds its value."""
+    raw = np.empty(blob.size, np.int32 if weight.width <= 32 else np.int64)
+    for start in range(0, blob.size, QUANTIZE_CHUNK):  # bounded temporaries
+        span = slice(start, start + QUANTIZE_CHUNK)
+        raw[span] = weight.from_float(blob[span])
     for name, offset in offsets.items():
         kind = narrowed.get(offset)
         if kind is not None:
             span = slice(offset, offset + sizes[name])
-            values[span] = kind.to_float(kind.from_float(values[span]))
-    return weight.to_float(weight.from_float(values))
+            raw[span] = weight.from_float(kind.to_float(kind.from_float(blob[span])))
+    return raw

@@ -4,7 +4,7 @@ In fixed point this reproduces the C++ kernel bit for bit: every op below mirror
 counterpart in templates/hls/kernel/m3c_ops.h.j2 cast for cast (raw integers, runtime/fixed.py).
 Integer matrix products go through float64 BLAS, which is exact because every operand is an
 integer below 2^18 and every partial sum stays below 2^53. In float precision the same ops run in
-float64: a reference for the float kernel to within rounding, used for calibration.
+float32, like the float kernel: a reference for it to within rounding, used for calibration.
 
 Numpy only: this module also ships inside generated projects (host/m3c_runtime).
 """
@@ -29,32 +29,38 @@ from .fixed import (
 
 Observer = Callable[[dict, str, np.ndarray], None]
 LOG2E = 1.4426950408889634
+ATTENTION_ROWS = 128
+
+
+def erf(x: np.ndarray) -> np.ndarray:
+    """erf to within 1.5e-7 (Abramowitz & Stegun 7.1.26): numpy has none, and a per-element
+    math.erf costs more than the rest of a float run."""
+    t = 1.0 / (1.0 + 0.3275911 * np.abs(x))
+    poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027
+                                                                          + t * 1.061405429))))
+    return np.sign(x) * (1.0 - poly * np.exp(-x * x))
 
 
 class FloatArithmetic:
-    """Float64 semantics of the kernel's ops: values are plain floats."""
+    """Float32 semantics of the kernel's ops: values are plain floats."""
 
     fixed = False
-
-    def __init__(self) -> None:
-        self._erf = np.vectorize(math.erf, otypes=[np.float64])
+    dtype = np.float32
 
     def data_in(self, values: np.ndarray) -> np.ndarray:
-        return np.asarray(values, np.float64)
+        return np.asarray(values, np.float32)
 
     weight_in = data_in
-
-    def data_out(self, values: np.ndarray) -> np.ndarray:
-        return np.asarray(values, np.float64)
+    data_out = data_in
 
     def linear(self, x, w, b, activation):
         return self.activate(x @ w + b, activation)
 
     def activate(self, pre, activation):
         if activation == "gelu":
-            return 0.5 * pre * (1.0 + self._erf(pre / math.sqrt(2.0)))
+            return 0.5 * pre * (1.0 + erf(pre / np.float32(math.sqrt(2.0))))
         if activation == "gelu_tanh":
-            inner = math.sqrt(2.0 / math.pi) * (pre + 0.044715 * pre ** 3)
+            inner = np.float32(math.sqrt(2.0 / math.pi)) * (pre + np.float32(0.044715) * pre ** 3)
             return 0.5 * pre * (1.0 + np.tanh(inner))
         if activation == "relu":
             return np.maximum(pre, 0.0)
@@ -91,6 +97,7 @@ class FixedArithmetic:
     """ap_fixed semantics: values are raw integers of the classes in `types`."""
 
     fixed = True
+    dtype = np.int64
 
     def __init__(self, types: dict[str, FixedType]) -> None:
         self.t = types
@@ -106,7 +113,8 @@ class FixedArithmetic:
         return self.data.from_float(values)
 
     def weight_in(self, values: np.ndarray) -> np.ndarray:
-        return self.weight.from_float(values)
+        raw = self.weight.from_float(values)
+        return raw.astype(np.int32) if self.weight.width <= 32 else raw  # half the memory
 
     def data_out(self, raw: np.ndarray) -> np.ndarray:
         return self.data.to_float(raw)
@@ -153,10 +161,13 @@ class FixedArithmetic:
         """exp(x) for logit_t x <= 0, as 2^(x log2 e) with a table (m3c::exp_neg)."""
         fe = self.exp_arg.frac
         t = self.exp_arg.cast(x * self.log2e, self.logit.frac + self.prob.frac)
-        whole = t >> fe
-        index = (t & ((1 << fe) - 1)) >> (fe - EXP_TABLE_BITS)
-        shift = np.minimum(-whole, 63)
-        return np.where(-whole >= self.prob.width, 0, self.exp2[index] >> shift)
+        index = t & ((1 << fe) - 1)
+        index >>= fe - EXP_TABLE_BITS
+        # -whole >= prob's width shifts every table value (< 2^width) to 0, as the C++ returns.
+        t >>= fe
+        np.negative(t, out=t)
+        np.minimum(t, self.prob.width, out=t)
+        return self.exp2[index] >> t
 
     def softmax_rows(self, logits):
         """(exp weights, recip_t of their sum) per row, as attention and route compute them."""
@@ -166,6 +177,11 @@ class FixedArithmetic:
         return weights, self.recip.from_float(1.0 / self.acc.to_float(total))
 
     def attention_head(self, q, k, v, scale):
+        # Rows are independent; blocks of them keep the temporaries in cache.
+        return np.concatenate([self._attention_rows(q[start:start + ATTENTION_ROWS], k, v, scale)
+                               for start in range(0, q.shape[0], ATTENTION_ROWS)])
+
+    def _attention_rows(self, q, k, v, scale):
         fd, fl = self.data.frac, self.logit.frac
         dot = self.logit.cast(self._acc(self._matmul(q, k.T), 2 * fd), self.acc.frac)
         scores = self.logit.cast(dot * int(self.norm.from_float(np.float32(scale))),
@@ -200,10 +216,11 @@ class KernelEmulator:
     """Runs kernel.json on numpy buffers shaped like the kernel's DDR buffers."""
 
     def __init__(self, plan: dict, weights: np.ndarray,
-                 types: dict[str, FixedType] | None = None) -> None:
+                 types: dict[str, FixedType] | None = None, raw: bool = False) -> None:
+        """`weights` are float values, or with `raw` the weight_t codes themselves."""
         self.plan = plan
         self.ops = FixedArithmetic(types) if types else FloatArithmetic()
-        self.weights = self.ops.weight_in(np.asarray(weights, np.float64))
+        self.weights = weights if raw else self.ops.weight_in(np.asarray(weights, np.float32))
 
     @classmethod
     def from_project(cls, project: str | Path) -> KernelEmulator:
@@ -218,8 +235,7 @@ class KernelEmulator:
 
     def run(self, image: np.ndarray, task: int, observer: Observer | None = None) -> np.ndarray:
         """Features (float32, flat) for one image and task; `observer` sees every result."""
-        arena = np.zeros(self.plan["arena_elements"],
-                         np.int64 if self.ops.fixed else np.float64)
+        arena = np.zeros(self.plan["arena_elements"], self.ops.dtype)
         state = _State(self, arena, self.ops.data_in(np.asarray(image).reshape(-1)), task,
                        observer)
         for call in self.plan["calls"]:
@@ -227,6 +243,14 @@ class KernelEmulator:
         start = self.plan["features_offset"]
         features = arena[start:start + self.plan["features_elements"]]
         return self.ops.data_out(features).astype(np.float32)
+
+
+    def run_many(self, samples: list[tuple[np.ndarray, int]],
+                 observers: list[Observer] | None = None) -> list[np.ndarray]:
+        """`run` on (image, task) pairs; `observers[i]` sees run i."""
+        observers = observers or [None] * len(samples)
+        return [self.run(image, task, observer)
+                for (image, task), observer in zip(samples, observers, strict=True)]
 
 
 class _State:

@@ -80,28 +80,33 @@ class FixedType:
     # -- conversions, all returning raw integers in this type ------------------------------
 
     def overflowed(self, raw: np.ndarray) -> np.ndarray:
+        """Overflow handling of this type; works in place on int64 arrays it is given."""
         raw = np.asarray(raw, dtype=np.int64)
         if self.overflow == "AP_SAT":
-            return np.clip(raw, self.raw_min, self.raw_max)
-        mask = (1 << self.width) - 1
-        wrapped = raw & mask
-        if self.signed:
-            wrapped = np.where(wrapped > self.raw_max, wrapped - (1 << self.width), wrapped)
-        return wrapped
+            np.minimum(raw, self.raw_max, out=raw)
+            return np.maximum(raw, self.raw_min, out=raw)
+        # Two's complement wrap: shift the range to start at 0, keep the low bits, shift back.
+        offset = -self.raw_min
+        raw += offset
+        raw &= (1 << self.width) - 1
+        raw -= offset
+        return raw
 
     def cast(self, raw: np.ndarray, frac: int) -> np.ndarray:
-        """Raw values with `frac` fractional bits, converted into this type."""
+        """Raw values with `frac` fractional bits, converted into this type (a new array)."""
         raw = np.asarray(raw, dtype=np.int64)
         shift = frac - self.frac
         if shift <= 0:
             return self.overflowed(raw << -shift)
-        floor = raw >> shift
         if self.quant == "AP_RND_CONV":
-            remainder = raw - (floor << shift)
-            half = 1 << (shift - 1)
-            up = (remainder > half) | ((remainder == half) & (floor & 1 == 1))
-            floor = floor + up
-        return self.overflowed(floor)
+            # Round half to even: add half (less one), plus one more when the floor is odd.
+            rounded = raw >> shift
+            rounded &= 1
+            rounded += raw
+            rounded += (1 << (shift - 1)) - 1
+            rounded >>= shift
+            return self.overflowed(rounded)
+        return self.overflowed(raw >> shift)
 
     def from_float(self, values: np.ndarray) -> np.ndarray:
         """ap_fixed(double): the exact value, quantized and overflowed by this type's modes."""

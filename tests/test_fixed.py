@@ -166,6 +166,17 @@ def test_bad_precision_config(export_model, tmp_path, text, message):
     assert not (tmp_path / "build").exists()
 
 
+@pytest.mark.parametrize("calib, message", [
+    ("missing.npy", "cannot read calibration images"),
+    (np.zeros((2, 3, 8, 8), np.float32), "calibration images have shape"),
+])
+def test_bad_calibration_images(export_model, tmp_path, calib, message):
+    _, path = export_model("micro-nyud", "multi")
+    with pytest.raises(CodegenError, match=message):
+        compile_model(path, out=tmp_path / "build", calib=calib)
+    assert not (tmp_path / "build").exists()
+
+
 def test_fixed_type_arithmetic_matches_ap_types(tmp_path):
     """runtime/fixed.py against the Xilinx headers on random values, every mode pair."""
     rng = np.random.default_rng(5)
