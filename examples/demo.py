@@ -56,7 +56,8 @@ def _quality_row(task, channels, ours, theirs, target, mean_iou, depth_metrics) 
         agreement = f"{float((a == b).float().mean()):.2%} of pixels"
     else:
         quality = [f"RMSE {depth_metrics(p, target)['rmse']:.3f}" for p in (ours, theirs)]
-        agreement = f"max diff {float((ours - theirs).abs().max()):.1e}"
+        relative = float((ours - theirs).pow(2).mean().sqrt() / ours.pow(2).mean().sqrt())
+        agreement = f"rel. RMSE {relative:.2%}"
     return f"    {task:<8} {quality[0]:>14} {quality[1]:>14}  {agreement:<18}"
 
 
