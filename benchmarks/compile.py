@@ -23,16 +23,14 @@ from m3c.graph import ort_session
 
 
 def compile_figures(repeats: int) -> dict:
-    """`m3c compile` of small-nyud in the default fixed precision and in float."""
+    """`m3c compile` of small-nyud in the default fixed precision (fp32 does not fit the
+    ZCU104's BRAM: the DSE refuses it)."""
     model = exported("small-nyud")
-    figures = {"preset": "small-nyud", "target_wall_s": 20, "target_peak_mib": 3072}
     with tempfile.TemporaryDirectory() as scratch:
-        for precision in ("fixed", "float"):
-            command = [sys.executable, "-m", "m3c", "--quiet", "compile", str(model),
-                       "--target", "zcu104", "-o", str(Path(scratch) / "build"), "--force",
-                       "--precision", precision]
-            figures[precision] = timed_runs(command, repeats)
-    return figures
+        command = [sys.executable, "-m", "m3c", "--quiet", "compile", str(model), "--target",
+                   "zcu104", "-o", str(Path(scratch) / "build"), "--force"]
+        return {"preset": "small-nyud", "precision": "fixed", **timed_runs(command, repeats),
+                "target_wall_s": 20, "target_peak_mib": 3072}
 
 
 def csim_figures(repeats: int) -> dict:
