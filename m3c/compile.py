@@ -33,14 +33,7 @@ from m3c.precision import (
 )
 from m3c.report import build_report, write_report
 from m3c.runtime.emulator import KernelEmulator
-from m3c.runtime.fixed import (
-    EXP_TABLE_BITS,
-    GELU_RANGE,
-    FixedType,
-    exp2_table,
-    gelu_step_bits,
-    gelu_table,
-)
+from m3c.runtime.fixed import EXP_TABLE_BITS, GELU_RANGE, FixedType, gelu_step_bits, lookup_tables
 from m3c.target import Target, load_target
 from m3c.verify import sample_feeds, task_names
 
@@ -272,14 +265,9 @@ def _tables(typing: Typing) -> dict:
     if typing.types is None:
         return {}
     data, prob = typing.types["data"], typing.types["prob"]
-
-    def literals(raw: np.ndarray) -> list[str]:
-        return [str(int(value)) for value in raw]
-
-    return {"exp2_table": literals(exp2_table(prob)),
-            "gelu_table": literals(gelu_table(data, prob, "gelu")),
-            "gelu_tanh_table": literals(gelu_table(data, prob, "gelu_tanh")),
-            "exp_table_bits": EXP_TABLE_BITS, "gelu_step_bits": gelu_step_bits(data),
+    tables = {f"{name}_table": [str(int(code)) for code in raw]
+              for name, raw in lookup_tables(data, prob).items()}
+    return {**tables, "exp_table_bits": EXP_TABLE_BITS, "gelu_step_bits": gelu_step_bits(data),
             "gelu_range": GELU_RANGE}
 
 

@@ -18,14 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .fixed import (
-    EXP_TABLE_BITS,
-    GELU_RANGE,
-    FixedType,
-    exp2_table,
-    gelu_step_bits,
-    gelu_table,
-)
+from .fixed import EXP_TABLE_BITS, GELU_RANGE, FixedType, gelu_step_bits, lookup_tables
 
 Observer = Callable[[dict, str, np.ndarray], None]
 LOG2E = 1.4426950408889634
@@ -104,9 +97,7 @@ class FixedArithmetic:
         self.data, self.weight, self.acc = types["data"], types["weight"], types["acc"]
         self.logit, self.prob, self.recip = types["logit"], types["prob"], types["recip"]
         self.norm, self.exp_arg = types["norm"], types["exp_arg"]
-        self.exp2 = exp2_table(self.prob)
-        self.gelu_tables = {kind: gelu_table(self.data, self.prob, kind)
-                            for kind in ("gelu", "gelu_tanh")}
+        self.tables = lookup_tables(self.data, self.prob)
         self.log2e = int(self.prob.from_float(LOG2E))
 
     def data_in(self, values: np.ndarray) -> np.ndarray:
@@ -141,7 +132,7 @@ class FixedArithmetic:
         limit = GELU_RANGE << fd
         inside = (x >= -limit) & (x < limit)
         index = np.where(inside, x + limit, 0) >> (fd - bits)
-        g = self.gelu_tables[activation][index]
+        g = self.tables[activation][index]
         y = self.data.cast(x * g, fd + self.prob.frac)
         return np.where(x >= limit, x, np.where(inside, y, 0))
 
@@ -167,7 +158,7 @@ class FixedArithmetic:
         t >>= fe
         np.negative(t, out=t)
         np.minimum(t, self.prob.width, out=t)
-        return self.exp2[index] >> t
+        return self.tables["exp2"][index] >> t
 
     def softmax_rows(self, logits):
         """(exp weights, recip_t of their sum) per row, as attention and route compute them."""

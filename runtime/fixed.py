@@ -151,3 +151,10 @@ def gelu_table(data: FixedType, prob: FixedType, kind: str) -> np.ndarray:
     else:
         factor = 0.5 * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3)))
     return prob.from_float(factor)
+
+
+def lookup_tables(data: FixedType, prob: FixedType) -> dict[str, np.ndarray]:
+    """Raw prob codes of every table the kernel holds, by name (an activation's own name for
+    its GELU factor table), shared by the HLS header and the emulator."""
+    return {"exp2": exp2_table(prob), "gelu": gelu_table(data, prob, "gelu"),
+            "gelu_tanh": gelu_table(data, prob, "gelu_tanh")}

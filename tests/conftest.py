@@ -24,6 +24,24 @@ def export_model(tmp_path_factory):
     return get
 
 
+@pytest.fixture(scope="module")
+def compiled(export_model, tmp_path_factory):
+    """Compile an exported preset once per module; returns (onnx path, project directory)."""
+    cache: dict = {}
+
+    def get(preset: str, gate: str = "multi", precision: str = "float", **overrides):
+        key = (preset, gate, precision, repr(sorted(overrides.items())))
+        if key not in cache:
+            from m3c.compile import compile_model
+
+            _, path = export_model(preset, gate, **overrides)
+            out = tmp_path_factory.mktemp(precision) / "build"
+            cache[key] = (path, compile_model(path, out=out, precision=precision))
+        return cache[key]
+
+    return get
+
+
 def pytest_configure(config):
     del config
     import onnxruntime

@@ -18,21 +18,6 @@ from m3c.errors import CodegenError
 from m3c.graph import ort_session
 
 
-@pytest.fixture(scope="module")
-def projects(tmp_path_factory):
-    cache: dict = {}
-
-    def get(export_model, preset, gate="multi", **overrides):
-        key = (preset, gate, repr(sorted(overrides.items())))
-        if key not in cache:
-            _, path = export_model(preset, gate, **overrides)
-            out = tmp_path_factory.mktemp("projects") / "build"
-            cache[key] = (path, compile_model(path, out=out, precision="float"))
-        return cache[key]
-
-    return get
-
-
 def _oracle(model_path: Path, project: Path):
     """onnxruntime on the original model, also returning the encoder output tensor."""
     proto = onnx.load(str(model_path))
@@ -66,8 +51,8 @@ def _check_against_onnxruntime(model_path: Path, project: Path, images: int) -> 
 @pytest.mark.parametrize("preset, gate", [("micro-nyud", "multi"), ("micro-nyud", "task"),
                                           ("micro-pascal", "task"), ("tiny-cityscapes", "multi"),
                                           ("tiny-cityscapes", "task")])
-def test_float_csim_matches_onnxruntime_for_every_task(export_model, projects, preset, gate):
-    model_path, project = projects(export_model, preset, gate)
+def test_float_csim_matches_onnxruntime_for_every_task(compiled, preset, gate):
+    model_path, project = compiled(preset, gate)
     assert _check_against_onnxruntime(model_path, project, images=2) <= 1e-4
 
 
@@ -77,13 +62,13 @@ def test_float_csim_matches_onnxruntime_for_every_task(export_model, projects, p
     {"num_experts": 6, "top_k": 1},
     {"tasks": {"semseg": 40}, "task_embed_dim": 0},
 ])
-def test_odd_shapes(export_model, projects, overrides):
-    model_path, project = projects(export_model, "micro-nyud", "multi", **overrides)
+def test_odd_shapes(compiled, overrides):
+    model_path, project = compiled("micro-nyud", "multi", **overrides)
     assert _check_against_onnxruntime(model_path, project, images=1) <= 1e-4
 
 
-def test_generated_cpp_is_warning_free(export_model, projects, tmp_path):
-    _, project = projects(export_model, "micro-pascal", "task")
+def test_generated_cpp_is_warning_free(compiled, tmp_path):
+    _, project = compiled("micro-pascal", "task")
     for sources, shared in ((csim.KERNEL_SOURCES, True),
                             (["hls/src/kernel.cpp", "hls/tb/testbench.cpp"], False)):
         command = csim.compile_command(project, sources, tmp_path / "out", shared)
@@ -91,16 +76,16 @@ def test_generated_cpp_is_warning_free(export_model, projects, tmp_path):
         assert result.returncode == 0, result.stderr
 
 
-def test_project_makefile_runs_the_testbench(export_model, projects):
-    _, project = projects(export_model, "micro-nyud", "task")
+def test_project_makefile_runs_the_testbench(compiled):
+    _, project = compiled("micro-nyud", "task")
     result = subprocess.run(["make", "-s", "csim", f"PYTHON={sys.executable}"], cwd=project,
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.count("PASS") == 2
 
 
-def test_project_layout_and_interfaces(export_model, projects):
-    _, project = projects(export_model, "micro-pascal", "task")
+def test_project_layout_and_interfaces(compiled):
+    _, project = compiled("micro-pascal", "task")
     for name in ["README.md", "Makefile", "hls/hls_config.cfg", "hls/run_hls.tcl",
                  "vivado/block_design.tcl", "weights/weights.json", "host/heads/edge.onnx",
                  "intermediate/12_lower_expert_major.onnx"]:
@@ -150,8 +135,8 @@ def test_existing_output_needs_force_and_failures_leave_nothing(export_model, tm
     assert sorted(p.name for p in tmp_path.iterdir()) == ["build"]
 
 
-def test_csim_library_is_cached(export_model, projects):
-    _, project = projects(export_model, "micro-nyud", "multi")
+def test_csim_library_is_cached(compiled):
+    _, project = compiled("micro-nyud", "multi")
     first = csim.build(project)
     stamp = first.stat().st_mtime_ns
     assert csim.build(project) == first and first.stat().st_mtime_ns == stamp

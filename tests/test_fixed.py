@@ -20,21 +20,6 @@ from m3c.runtime.emulator import KernelEmulator
 from m3c.runtime.fixed import FixedType
 
 
-@pytest.fixture(scope="module")
-def fixed_projects(tmp_path_factory):
-    cache: dict = {}
-
-    def get(export_model, preset, gate="multi", **overrides):
-        key = (preset, gate, repr(sorted(overrides.items())))
-        if key not in cache:
-            _, path = export_model(preset, gate, **overrides)
-            out = tmp_path_factory.mktemp("fixed") / "build"
-            cache[key] = compile_model(path, out=out, precision="fixed")
-        return cache[key]
-
-    return get
-
-
 def _assert_bit_exact(project: Path, scales=(1.0, 4.0, 60.0)) -> None:
     manifest = json.loads((project / "project.json").read_text())
     kernel, emulator = csim.load(project), KernelEmulator.from_project(project)
@@ -50,8 +35,8 @@ def _assert_bit_exact(project: Path, scales=(1.0, 4.0, 60.0)) -> None:
 @pytest.mark.parametrize("preset, gate", [("micro-nyud", "multi"), ("micro-nyud", "task"),
                                           ("micro-pascal", "task"),
                                           ("tiny-cityscapes", "multi")])
-def test_fixed_csim_equals_emulation(export_model, fixed_projects, preset, gate):
-    _assert_bit_exact(fixed_projects(export_model, preset, gate))
+def test_fixed_csim_equals_emulation(compiled, preset, gate):
+    _assert_bit_exact(compiled(preset, gate, precision="fixed")[1])
 
 
 @pytest.mark.parametrize("overrides", [
@@ -59,21 +44,21 @@ def test_fixed_csim_equals_emulation(export_model, fixed_projects, preset, gate)
     {"num_experts": 4, "top_k": 4},
     {"tasks": {"semseg": 40}, "task_embed_dim": 0},
 ])
-def test_fixed_odd_shapes(export_model, fixed_projects, overrides):
-    _assert_bit_exact(fixed_projects(export_model, "micro-nyud", "multi", **overrides),
+def test_fixed_odd_shapes(compiled, overrides):
+    _assert_bit_exact(compiled("micro-nyud", "multi", **overrides, precision="fixed")[1],
                       scales=(1.0,))
 
 
-def test_project_testbench_checks_the_emulation_exactly(export_model, fixed_projects):
-    project = fixed_projects(export_model, "micro-nyud", "task")
+def test_project_testbench_checks_the_emulation_exactly(compiled):
+    project = compiled("micro-nyud", "task", precision="fixed")[1]
     result = subprocess.run(["make", "-s", "csim", f"PYTHON={sys.executable}"], cwd=project,
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.count("max abs error 0.000e+00") == 2
 
 
-def test_generated_fixed_cpp_is_warning_free(export_model, fixed_projects, tmp_path):
-    project = fixed_projects(export_model, "micro-nyud", "multi")
+def test_generated_fixed_cpp_is_warning_free(compiled, tmp_path):
+    project = compiled("micro-nyud", "multi", precision="fixed")[1]
     command = csim.compile_command(project, csim.KERNEL_SOURCES, tmp_path / "out", True)
     result = subprocess.run([*command, "-Werror"], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr

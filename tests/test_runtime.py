@@ -16,7 +16,6 @@ import pytest
 
 from m3c import M3CError
 from m3c.cli import main as cli_main
-from m3c.compile import compile_model
 from m3c.graph import ort_session
 from m3c.runtime import Accelerator
 from m3c.runtime.drivers import AP_START, SimulatedDevice
@@ -24,22 +23,6 @@ from m3c.runtime.png import read_png, write_png
 
 FLOAT_TOLERANCE = 1e-4
 FIXED_RELATIVE_RMSE = 0.02  # the code-generation issue's fixed-vs-float bound
-
-
-@pytest.fixture(scope="module")
-def compiled(export_model, tmp_path_factory):
-    """(onnx path, project) per preset, gate and precision; float unless a test asks."""
-    cache: dict = {}
-
-    def get(preset: str, gate: str, precision: str = "float"):
-        key = preset, gate, precision
-        if key not in cache:
-            _, path = export_model(preset, gate)
-            out = tmp_path_factory.mktemp("runtime") / "build"
-            cache[key] = (path, compile_model(path, out=out, precision=precision))
-        return cache[key]
-
-    return get
 
 
 def _oracle(model_path: Path, project: Path):
