@@ -1,7 +1,8 @@
 """From the expert-major accelerator graph to the HLS top function's call sequence.
 
-Every tensor the accelerator computes lives in one DDR activation arena at a fixed offset;
-views (Reshape, Squeeze, ...) alias their input. Every constant lives in one packed weight blob.
+Every tensor the accelerator computes lives in one DDR activation arena at a fixed offset,
+a region reused once the tensor is dead; views (Reshape, Squeeze, ...) alias their input.
+Every constant lives in one packed weight blob.
 Each graph node becomes one call into the shared op library (templates/hls/kernel/m3c_ops.h.j2);
 an expert-major MoE layer (LoadExpert/ExpertGather/ExpertMLP/ScatterAdd per expert) becomes one
 `expert_ffn` call, whose loop runs the experts in the same order with ping-pong weight slots.
@@ -53,19 +54,38 @@ class WeightBlob:
 
 @dataclass
 class Arena:
-    """Activation tensors in the DDR arena; offsets in elements."""
+    """Activation tensors in the DDR arena; offsets in elements.
+
+    A region is reused once its tensor's last reader has run (first fit), so the arena holds
+    the largest live set rather than every tensor the model computes.
+    """
 
     offsets: dict[str, int] = field(default_factory=dict)
     size: int = 0
+    live: dict[str, tuple[int, int]] = field(default_factory=dict)  # name -> (offset, length)
 
     def place(self, tensor: gs.Variable, elements: int | None = None) -> int:
         if tensor.name not in self.offsets:
-            self.offsets[tensor.name] = self.size
-            self.size += _aligned(elements if elements is not None else _elements(tensor))
+            length = _aligned(elements if elements is not None else _elements(tensor))
+            offset = self._first_fit(length)
+            self.offsets[tensor.name] = offset
+            self.live[tensor.name] = (offset, length)
+            self.size = max(self.size, offset + length)
         return self.offsets[tensor.name]
 
     def alias(self, view: gs.Variable, source: gs.Variable) -> None:
         self.offsets[view.name] = self.offsets[source.name]
+
+    def release(self, name: str) -> None:
+        self.live.pop(name, None)
+
+    def _first_fit(self, length: int) -> int:
+        start = 0
+        for offset, used in sorted(self.live.values()):
+            if offset - start >= length:
+                return start
+            start = max(start, offset + used)
+        return start
 
 
 def _elements(tensor: gs.Tensor) -> int:
@@ -190,20 +210,13 @@ def plan_kernel(graph: gs.Graph) -> KernelPlan:
     """Walk the accelerator graph in order and produce the op-library call sequence."""
     planner = _Planner(graph)
     image = graph.inputs[0]
-    for node in graph.nodes:
-        op = node.op
-        if node.domain == "m3c" and op in EXPERT_OPS:
-            # The whole layer becomes one call where its last scatter-add stands: by then
-            # its tokens and queues exist, whatever order the graph put its weight loads in.
-            users = node.outputs[0].outputs
-            if op == "ScatterAdd" and not any(user.op == "ScatterAdd" for user in users):
-                _expert_layer(planner, graph, node.name.split("/")[0])
-            continue
-        handler = _HANDLERS.get(op)
-        if handler is None:
-            raise CodegenError(f"no HLS implementation for node {node.name!r} ({op})",
-                               remedy="run the full m3c lowering pipeline first")
-        handler(planner, node, image)
+    call_sites = _call_sites(graph.nodes)
+    releases = _releases(graph, call_sites)
+    for index, node in enumerate(graph.nodes):
+        if call_sites[index] == index:
+            _plan_node(planner, graph, node, image)
+        for name in releases.get(index, ()):
+            planner.arena.release(name)
     (features,) = graph.outputs
     return KernelPlan(
         calls=planner.calls, weights=planner.weights, arena=planner.arena,
@@ -211,6 +224,56 @@ def plan_kernel(graph: gs.Graph) -> KernelPlan:
         features_elements=_elements(features),
         capacities=planner.capacity, layers=planner.layers,
     )
+
+
+def _is_layer_end(node: gs.Node) -> bool:
+    """The last scatter-add of an expert-major layer."""
+    return node.op == "ScatterAdd" and not any(user.op == "ScatterAdd"
+                                                for user in node.outputs[0].outputs)
+
+
+def _call_sites(nodes: list[gs.Node]) -> list[int]:
+    """For each node, the index of the node whose call does its work: itself, or for the
+    nodes of an expert-major layer, the layer's last scatter-add."""
+    layer_end = {node.name.split("/")[0]: index for index, node in enumerate(nodes)
+                 if node.domain == "m3c" and _is_layer_end(node)}
+    return [layer_end[node.name.split("/")[0]] if node.domain == "m3c" and node.op in EXPERT_OPS
+            else index for index, node in enumerate(nodes)]
+
+
+def _releases(graph: gs.Graph, call_sites: list[int]) -> dict[int, list[str]]:
+    """Node index -> the arena tensors whose last reader is done once that node's call has
+    run. A view keeps the tensor it aliases alive; the graph's outputs live to the end."""
+    root: dict[str, str] = {}
+    last: dict[str, int] = {}
+    for index, node in enumerate(graph.nodes):
+        site = call_sites[index]
+        for tensor in node.inputs:
+            name = root.get(tensor.name, tensor.name)
+            last[name] = max(last.get(name, site), site)
+        for tensor in node.outputs:
+            last.setdefault(tensor.name, site)
+        if node.op in VIEW_OPS:
+            root[node.outputs[0].name] = root.get(node.inputs[0].name, node.inputs[0].name)
+    kept = {root.get(tensor.name, tensor.name) for tensor in graph.outputs}
+    releases: dict[int, list[str]] = {}
+    for name, index in last.items():
+        if name not in kept:
+            releases.setdefault(index, []).append(name)
+    return releases
+
+
+def _plan_node(planner: _Planner, graph: gs.Graph, node: gs.Node, image: gs.Variable) -> None:
+    if node.domain == "m3c" and node.op in EXPERT_OPS:
+        # The whole layer becomes one call where its last scatter-add stands: by then its
+        # tokens and queues exist, whatever order the graph put its weight loads in.
+        _expert_layer(planner, graph, node.name.split("/")[0])
+        return
+    handler = _HANDLERS.get(node.op)
+    if handler is None:
+        raise CodegenError(f"no HLS implementation for node {node.name!r} ({node.op})",
+                           remedy="run the full m3c lowering pipeline first")
+    handler(planner, node, image)
 
 
 def _rows_and_width(tensor: gs.Tensor) -> tuple[int, int]:
@@ -231,6 +294,7 @@ def _embed(planner: _Planner, node: gs.Node, image: gs.Variable) -> None:
     planner.call("linear", node.name, x=planner.a(scratch), w=planner.w(weight),
                  b=planner.w(bias), y=tokens + dim, tokens=patches, in_dim=patch_len,
                  out_dim=dim, activation="none")
+    planner.arena.release(scratch.name)
     planner.call("finish_embedding", node.name, tokens=tokens, cls=planner.w(cls),
                  pos=planner.w(pos), count=patches + 1, dim=dim)
     planner.grow(max_tokens=patches + 1, max_in=patch_len, max_out=dim, max_dim=dim)

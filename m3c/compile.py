@@ -7,6 +7,7 @@ never leaves a half-written project; the same inputs give byte-identical files.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -16,6 +17,7 @@ from pathlib import Path
 import jinja2
 import numpy as np
 import onnx
+from threadpoolctl import threadpool_limits
 
 from m3c.codegen import KernelPlan, plan_kernel
 from m3c.dse import DEFAULT_BUDGET, Choice, check_budget, choose_design, parse_tiles
@@ -109,17 +111,18 @@ def _build(original: Graph, board: Target, settings: dict, project: Path, tiles,
            budget: float) -> None:
     from m3c.passmanager import default_pipeline
 
-    proto = original.to_onnx()
     graph = default_pipeline().run(original.copy(), save_dir=project / "intermediate")
     plan = plan_kernel(graph.graph)
     kernel = plan.to_json()
-    tasks = task_names(proto)
-    vectors = _test_vectors(proto, graph, tasks)
-    typing = _typing(plan, settings, vectors, tasks)
+    tasks, vectors = _test_vectors(original, graph)
+    images = [vector["image"] for vector in vectors]
+    # The emulator runs images in parallel threads; BLAS threads on top would oversubscribe.
+    with threadpool_limits(limits=1, user_api="blas"):
+        typing = _typing(plan, settings, images, len(tasks))
+        expected = _expected_features(kernel, typing, vectors)
     choice = choose_design(kernel["calls"], plan.capacities, board,
                            Precision.from_types(typing.types_json()), budget, tiles)
-    data_files = _write_data(project / "data", vectors, tasks, _expected_features(
-        kernel, typing, vectors))
+    data_files = _write_data(project / "data", vectors, tasks, expected)
     _write_weights(project / "weights", plan, typing)
     _write_heads(project / "host" / "heads", graph)
     context = _context(graph, plan, board, typing, tasks, data_files, choice.design.tiles)
@@ -149,13 +152,14 @@ class Typing:
         return {name: {**kind.to_json(), "role": ROLES[name]} for name, kind in self.types.items()}
 
 
-def _typing(plan: KernelPlan, settings: dict, vectors: list[dict], tasks: list[str]) -> Typing:
+def _typing(plan: KernelPlan, settings: dict, test_images: list[np.ndarray],
+            num_tasks: int) -> Typing:
     blob = plan.weights.packed()
     if settings["precision"] == "float":
         return Typing("float", None, blob)
     images = settings["calib"]
     if images is None:  # each task on its own test image
-        samples = [(vector["image"], task) for task, vector in enumerate(vectors)]
+        samples = list(zip(test_images, range(num_tasks), strict=True))
     else:
         images = np.asarray(images, np.float32)
         if images.ndim not in (3, 4) or images.shape[-3:] != tuple(plan.image_shape[1:]):
@@ -163,33 +167,38 @@ def _typing(plan: KernelPlan, settings: dict, vectors: list[dict], tasks: list[s
                                f"takes {list(plan.image_shape)}",
                                remedy="give a .npy of images shaped [N,3,H,W] as the model's")
         images = images.reshape(-1, *plan.image_shape[1:])
-        samples = [(image, task) for image in images for task in range(len(tasks))]
+        samples = [(image, task) for image in images for task in range(num_tasks)]
     plan_json = plan.to_json()
     activation_max = calibrate(plan_json, blob, samples)
     types = choose_types(plan_json, blob, activation_max, settings["config"])
     sizes = {name: array.size for name, array in plan.weights.arrays.items()}
     narrowed = layer_weight_types(plan_json, settings["config"])
     raw = quantize_blob(blob, plan.weights.offsets, sizes, types["weight"], narrowed)
-    return Typing("fixed", types, types["weight"].to_float(raw).astype(np.float32),
-                  activation_max, raw)
+    # In float32 directly (a power-of-two scale): the same values as through float64, without
+    # a float64 copy of the whole blob.
+    values = raw.astype(np.float32)
+    values *= np.float32(math.ldexp(1.0, -types["weight"].frac))
+    return Typing("fixed", types, values, activation_max, raw)
 
 
-def _test_vectors(proto: onnx.ModelProto, graph: Graph, tasks: list[str]) -> list[dict]:
-    """One test image per task with onnxruntime's encoder and task outputs."""
+def _test_vectors(original: Graph, graph: Graph) -> tuple[list[str], list[dict]]:
+    """The task names, and per task a test image with onnxruntime's encoder features and task
+    output on it."""
+    probe = original.to_onnx()
+    tasks, feeds_per_task = task_names(probe), sample_feeds(probe, count=1, seed=2024)
     boundary = graph.metadata["m3c.features_tensor"]
-    probe = onnx.ModelProto()
-    probe.CopyFrom(proto)
     probe.graph.output.append(onnx.helper.make_tensor_value_info(boundary, onnx.TensorProto.FLOAT,
                                                                  None))
     session = ort_session(probe)
+    del probe
+    names = [output.name for output in session.get_outputs()]
     vectors = []
-    for task, feeds in zip(tasks, sample_feeds(proto, count=1, seed=2024), strict=True):
-        outputs = dict(zip([o.name for o in session.get_outputs()], session.run(None, feeds),
-                           strict=True))
+    for task, feeds in zip(tasks, feeds_per_task, strict=True):
+        outputs = dict(zip(names, session.run(None, feeds), strict=True))
         vectors.append({"image": feeds["image"].astype(np.float32),
                         "features": outputs[boundary].astype(np.float32),
                         "output": outputs[task]})
-    return vectors
+    return tasks, vectors
 
 
 def _expected_features(kernel: dict, typing: Typing, vectors: list[dict]) -> list[np.ndarray]:
@@ -220,9 +229,9 @@ def _write_data(folder: Path, vectors: list[dict], tasks: list[str],
 def _write_weights(folder: Path, plan: KernelPlan, typing: Typing) -> None:
     """weights_f32.bin: the kernel's weight values; weights.bin: the DDR words."""
     folder.mkdir(parents=True)
-    typing.weights.astype(np.float32).tofile(folder / "weights_f32.bin")
+    typing.weights.tofile(folder / "weights_f32.bin")
     if typing.types is None:
-        ddr, ddr_dtype = typing.weights.astype(np.float32), "float32"
+        ddr, ddr_dtype = typing.weights, "float32"
     else:
         ddr_dtype = f"int{typing.types['weight'].width}" if typing.types["weight"].width in (
             8, 16, 32) else "int32"
@@ -257,7 +266,8 @@ def _context(graph: Graph, plan: KernelPlan, board: Target, typing: Typing,
         "image_elements": int(np.prod(plan.image_shape)),
         "feature_elements": plan.features_elements, "features_offset": plan.features_offset,
         "data_files": data_files, "hp_ports": hp_ports,
-        "tile_in": tiles[0], "tile_out": tiles[1], **plan.capacities,
+        "tile_in": tiles[0], "tile_out": tiles[1], "queue_lookahead": QUEUE_LOOKAHEAD,
+        **plan.capacities,
     }
 
 
@@ -271,6 +281,10 @@ def _tables(typing: Typing) -> dict:
             "gelu_range": GELU_RANGE}
 
 
+# Tokens an expert's gather may run ahead of its scatter-add: one row waits in the rows FIFO
+# while the MLP holds another, so a few entries keep the index and score FIFOs from stalling it.
+QUEUE_LOOKAHEAD = 4
+
 RENDERED = {
     "hls/kernel/m3c_ops.h.j2": "hls/src/m3c_ops.h",
     "hls/kernel/m3c_types.h.j2": "hls/src/m3c_types.h",
@@ -278,6 +292,7 @@ RENDERED = {
     "hls/kernel/kernel.cpp.j2": "hls/src/kernel.cpp",
     "hls/kernel/csim_api.cpp.j2": "hls/src/csim_api.cpp",
     "hls/kernel/testbench.cpp.j2": "hls/tb/testbench.cpp",
+    "hls/csim/hls_stream.h.j2": "hls/csim/hls_stream.h",
     "project/hls_config.cfg.j2": "hls/hls_config.cfg",
     "project/run_hls.tcl.j2": "hls/run_hls.tcl",
     "vivado/block_design.tcl.j2": "vivado/block_design.tcl",

@@ -1,8 +1,9 @@
 """C-simulation with g++ alone: the generated kernel as a testbench binary or a shared library.
 
 The Xilinx ap_types headers come from the installed hls4ml wheel (Apache-2.0); they are
-included with -isystem so their warnings stay out of the way. Builds are cached by a hash of
-the sources and flags, so loading the same project twice compiles once.
+included with -isystem so their warnings stay out of the way. hls::stream comes from m3c's own
+header in the project's hls/csim/, searched first (the wheel carries one too). Builds are
+cached by a hash of the sources and flags, so loading the same project twice compiles once.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ CXXFLAGS = ["-std=c++14", "-O2", "-Wall", "-Wextra", "-fPIC"]
 SHARED_FLAGS = ["-shared", "-fvisibility=hidden", "-fvisibility-inlines-hidden",
                 "-fno-gnu-unique"]
 KERNEL_SOURCES = ["hls/src/kernel.cpp", "hls/src/csim_api.cpp"]
+CSIM_INCLUDE = "hls/csim"
 
 
 def ap_types_dir() -> Path:
@@ -56,13 +58,15 @@ def _compiler() -> str:
 
 def compile_command(project: Path, sources: list[str], output: Path, shared: bool) -> list[str]:
     return [_compiler(), *CXXFLAGS, *(SHARED_FLAGS if shared else []),
-            "-isystem", str(ap_types_dir()), "-I", str(project / "hls/src"),
+            "-I", str(project / CSIM_INCLUDE), "-isystem", str(ap_types_dir()),
+            "-I", str(project / "hls/src"),
             *[str(project / s) for s in sources], "-o", str(output)]
 
 
 def _digest(project: Path, sources: list[str], shared: bool) -> str:
     digest = hashlib.sha256(" ".join(CXXFLAGS + SHARED_FLAGS + [str(shared)]).encode())
-    for path in sorted((project / "hls/src").iterdir()) + [project / s for s in sources]:
+    headers = sorted((project / "hls/src").iterdir()) + sorted((project / CSIM_INCLUDE).iterdir())
+    for path in headers + [project / s for s in sources]:
         digest.update(path.name.encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()[:20]

@@ -391,15 +391,18 @@ def expert_load_cycles(call: dict, d: Design) -> int:
 
 
 def expert_compute_cycles(call: dict, d: Design, count: int) -> int:
-    """compute_expert on `count` queued tokens: gather, D->H loop, H->D loop with scatter-add."""
+    """compute_expert on `count` queued tokens: gather, MLP (D->H then H->D) and scatter-add
+    are dataflow processes, so a token costs its slowest stage, plus filling and draining."""
     if count == 0:
         return 0
     p = d.precision
     dim, hidden = call["dim"], call["hidden"]
     gather = pipelined(dim, 1, DDR_LATENCY)
-    first = hidden * pipelined(dim, p.acc_ii, p.mac_latency + SPECIAL_LATENCY["gelu"])
-    second = dim * pipelined(hidden, p.acc_ii, p.mac_latency + 2 * DDR_LATENCY)
-    return count * (gather + first + second)
+    mlp = (pipelined(dim, 1, 1)
+           + hidden * pipelined(dim, p.acc_ii, p.mac_latency + SPECIAL_LATENCY["gelu"])
+           + dim * pipelined(hidden, p.acc_ii, p.mac_latency))
+    scatter = pipelined(dim, 1, 2 * DDR_LATENCY)  # read, add, write back
+    return count * max(gather, mlp, scatter) + gather + scatter
 
 
 @dataclass

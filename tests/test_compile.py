@@ -10,9 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx_graphsurgeon as gs
 import pytest
 
 from m3c import csim
+from m3c.codegen import Arena
 from m3c.compile import compile_model
 from m3c.errors import CodegenError
 from m3c.graph import ort_session
@@ -74,6 +76,72 @@ def test_generated_cpp_is_warning_free(compiled, tmp_path):
         command = csim.compile_command(project, sources, tmp_path / "out", shared)
         result = subprocess.run([*command, "-Werror"], capture_output=True, text=True)
         assert result.returncode == 0, result.stderr
+
+
+def test_arena_reuses_dead_regions_first_fit():
+    arena = Arena()
+    a, b = gs.Variable("a", np.float32, [4, 8]), gs.Variable("b", np.float32, [2, 16])
+    assert (arena.place(a), arena.place(b)) == (0, 32)
+    arena.release("a")
+    assert arena.place(gs.Variable("c", np.float32, [16])) == 0  # fits in a's old region
+    assert arena.place(gs.Variable("d", np.float32, [40])) == 64  # does not: after b
+    arena.release("b")
+    assert arena.place(gs.Variable("e", np.float32, [16])) == 16  # between c and d
+    assert arena.size == 64 + 48
+
+
+OUTPUT_ELEMENTS = {"linear": lambda c: c["tokens"] * c["out_dim"], "add": lambda c: c["count"],
+                   **{op: lambda c: c["tokens"] * c["dim"]
+                      for op in ("layernorm", "attention", "expert_ffn")}}
+
+
+def test_kernel_arena_holds_the_live_set_not_every_tensor(compiled):
+    _, project = compiled("micro-nyud", depth=8)
+    plan = json.loads((project / "kernel.json").read_text())
+    written = sum(OUTPUT_ELEMENTS[call["op"]](call) for call in plan["calls"]
+                  if call["op"] in OUTPUT_ELEMENTS)
+    assert plan["arena_elements"] < written / 3
+
+
+def test_csim_takes_hls_stream_from_our_own_header(compiled, tmp_path):
+    _, project = compiled("micro-pascal", "task")
+    command = csim.compile_command(project, ["hls/src/kernel.cpp"], tmp_path / "out", False)
+    result = subprocess.run([*command[:-2], "-M"], capture_output=True, text=True, check=True)
+    headers = result.stdout.replace("\\\n", " ").split()
+    streams = [Path(h).resolve() for h in headers if h.endswith("hls_stream.h")]
+    assert streams == [(project / "hls/csim/hls_stream.h").resolve()]
+
+
+STREAM_PROGRAM = """
+#include <hls_stream.h>
+#include <cstdio>
+int main(int argc, char**) {
+    hls::stream<int> fifo("fifo");
+    for (int i = 0; i < 5; ++i) fifo.write(10 * i);
+    fifo << 50;
+    int first = -1;
+    fifo >> first;
+    const int second = fifo.read();
+    std::printf("%d %d %zu %d", first, second, fifo.size(), int(fifo.empty()));
+    if (argc > 1) while (true) fifo.read();  // runs dry: the simulation must stop
+    int left = 0;
+    while (fifo.read_nb(left)) {}
+    std::printf(" %d %d\\n", left, int(fifo.read_nb(left)));
+}
+"""
+
+
+def test_own_hls_stream_is_a_fifo_that_refuses_to_read_empty(compiled, tmp_path):
+    _, project = compiled("micro-pascal", "task")
+    (tmp_path / "stream.cpp").write_text(STREAM_PROGRAM)
+    binary = tmp_path / "stream"
+    subprocess.run(["g++", "-std=c++14", "-Wall", "-Wextra", "-Werror",
+                    f"-I{project / 'hls/csim'}", str(tmp_path / "stream.cpp"), "-o", str(binary)],
+                   check=True)
+    assert subprocess.run([binary], capture_output=True, text=True).stdout == "0 10 4 0 50 0\n"
+    dry = subprocess.run([binary, "dry"], capture_output=True, text=True)
+    assert dry.returncode != 0
+    assert "hls::stream 'fifo' read while empty" in dry.stderr
 
 
 def test_project_makefile_runs_the_testbench(compiled):
