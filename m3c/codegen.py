@@ -16,6 +16,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from m3c.errors import CodegenError
+from m3c.runtime.fixed import FixedType
 
 VIEW_OPS = {"Reshape", "Squeeze", "Unsqueeze", "Identity", "Flatten"}
 EXPERT_OPS = {"LoadExpert", "ExpertGather", "ExpertMLP", "ScatterAdd"}
@@ -119,6 +120,17 @@ SIGNATURES: dict[str, list[tuple[str, str]]] = {
                    ("w2", WEIGHT), ("b2", WEIGHT), ("tokens", INT), ("dim", INT),
                    ("hidden", INT), ("experts", INT), ("activation", ACT_FN),
                    ("queues", QUEUES)],
+    "narrow": [("x", ACT_IN), ("y", ACT_OUT), ("count", INT)],
+}
+
+# Where a layer's last call leaves the layer's result in the arena, and how many elements.
+RESULTS = {
+    "linear": ("y", lambda a: a["tokens"] * a["out_dim"]),
+    "layernorm": ("y", lambda a: a["tokens"] * a["dim"]),
+    "attention": ("out", lambda a: a["tokens"] * a["dim"]),
+    "add": ("y", lambda a: a["count"]),
+    "expert_ffn": ("out", lambda a: a["tokens"] * a["dim"]),
+    "finish_embedding": ("tokens", lambda a: a["count"] * a["dim"]),
 }
 
 _POINTER_BASES = {ACT_IN: "act_in", ACT_OUT: "act_out", WEIGHT: "weights"}
@@ -126,18 +138,22 @@ _POINTER_BASES = {ACT_IN: "act_in", ACT_OUT: "act_out", WEIGHT: "weights"}
 
 @dataclass
 class Call:
-    """One call into the op library: pointers are element offsets into their buffer."""
+    """One call into the op library: pointers are element offsets into their buffer; a
+    templated unit (narrow) also names its type."""
 
     op: str
     layer: str
     args: dict[str, int | float | str]
+    type_arg: FixedType | None = None
 
     def to_cpp(self) -> str:
         rendered = [_render_arg(kind, self.args.get(name)) for name, kind in SIGNATURES[self.op]]
-        return f"m3c::{self.op}({', '.join(rendered)});"
+        template = f"<{self.type_arg.cpp()}>" if self.type_arg else ""
+        return f"m3c::{self.op}{template}({', '.join(rendered)});"
 
     def to_json(self) -> dict:
-        return {"op": self.op, "layer": self.layer, **self.args}
+        typed = {"type": self.type_arg.to_json()} if self.type_arg else {}
+        return {"op": self.op, "layer": self.layer, **self.args, **typed}
 
 
 def _render_arg(kind: str, value) -> str:
@@ -168,6 +184,18 @@ class KernelPlan:
     features_elements: int
     capacities: dict[str, int]
     layers: list[dict]
+
+    def narrow_results(self, results: dict[str, FixedType]) -> None:
+        """After each named layer's last call, round its result to the layer's type in place
+        (the precision config's per-layer `result`; the shared units keep computing in
+        data_t)."""
+        last = {call.layer: index for index, call in enumerate(self.calls)}
+        for layer, kind in sorted(results.items(), key=lambda item: -last[item[0]]):
+            producer = self.calls[last[layer]]
+            name, size = RESULTS[producer.op]
+            offset = producer.args[name]
+            self.calls.insert(last[layer] + 1, Call(
+                "narrow", layer, {"x": offset, "y": offset, "count": size(producer.args)}, kind))
 
     def to_json(self) -> dict:
         """The call sequence as data: what the numpy emulator and the estimators replay."""

@@ -29,6 +29,7 @@ from m3c.precision import (
     calibrate,
     choose_types,
     float_types,
+    layer_result_types,
     layer_weight_types,
     load_config,
     quantize_blob,
@@ -119,6 +120,9 @@ def _build(original: Graph, board: Target, settings: dict, project: Path, tiles,
     # The emulator runs images in parallel threads; BLAS threads on top would oversubscribe.
     with threadpool_limits(limits=1, user_api="blas"):
         typing = _typing(plan, settings, images, len(tasks))
+        if typing.types is not None:  # per-layer result types: narrowing calls after layers
+            plan.narrow_results(layer_result_types(kernel, settings["config"]))
+            kernel = plan.to_json()
         expected = _expected_features(kernel, typing, vectors)
     choice = choose_design(kernel["calls"], plan.capacities, board,
                            Precision.from_types(typing.types_json()), budget, tiles)

@@ -241,7 +241,7 @@ def unit_logic(design: Design) -> dict[str, Resources]:
         + _special("exp") + _special("div"),
         "route": _control() + _macs(1, p) + _special("exp") + _special("div"),
         "expert_ffn": _control() + _macs(3, p) + _special("gelu"),
-        "elementwise": _control() + _macs(1, p),  # add, patchify, finish_embedding
+        "elementwise": _control() + _macs(1, p),  # add, patchify, finish_embedding, narrow
         "interfaces": Resources(lut=BUNDLES * MAXI_BUNDLE[0], ff=BUNDLES * MAXI_BUNDLE[1]),
     }
 
@@ -266,6 +266,8 @@ def unit_arrays(design: Design) -> list[Array]:
         Array("expert_ffn", "b2_buf", 2 * dim, p.weight),
         Array("expert_ffn", "hidden_row", hidden, p.acc),
         Array("expert_ffn", "row", dim, p.data),
+        Array("expert_ffn", "rows_fifo", dim, p.data),  # gather -> MLP stream
+        Array("expert_ffn", "results_fifo", dim, p.data),  # MLP -> scatter-add stream
     ]
 
 
@@ -366,6 +368,10 @@ def _add(call: dict, d: Design) -> int:
     return pipelined(call["count"], 2, DDR_LATENCY)  # a and b share gmem_ain
 
 
+def _narrow(call: dict, d: Design) -> int:
+    return pipelined(call["count"], 1, 2 * DDR_LATENCY)  # read, round, write back
+
+
 def _patchify(call: dict, d: Design) -> int:
     return pipelined(call["channels"] * call["height"] * call["width"], 1, DDR_LATENCY)
 
@@ -449,7 +455,8 @@ def _expert_ffn(call: dict, d: Design, queue_lengths: Sequence[int]) -> int:
 
 
 CYCLES = {"linear": _linear, "layernorm": _layernorm, "attention": _attention, "add": _add,
-          "patchify": _patchify, "finish_embedding": _finish_embedding, "route": _route}
+          "patchify": _patchify, "finish_embedding": _finish_embedding, "route": _route,
+          "narrow": _narrow}
 
 
 @dataclass

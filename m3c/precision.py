@@ -155,21 +155,55 @@ def _check(types: dict[str, FixedType]) -> None:
             raise CodegenError(f"{name} wider than {limit} bits is not supported")
 
 
+LAYER_FIELDS = ("weight", "result")
+
+
 def layer_weight_types(plan: dict, config: dict) -> dict[int, FixedType]:
     """Weight-blob offset -> the narrower type a per-layer override quantizes it to."""
     narrowed: dict[int, FixedType] = {}
+    for kind, calls in _layer_overrides(plan, config, "weight"):
+        for call in calls:
+            for name in _weight_arguments(call["op"]):
+                narrowed[call[name]] = kind
+    return narrowed
+
+
+def layer_result_types(plan: dict, config: dict) -> dict[str, FixedType]:
+    """Layer name -> the narrower type a per-layer override rounds its results to. Layers
+    that leave no activations (a router) are passed over."""
+    from m3c.codegen import RESULTS
+
+    final_op = {call["layer"]: call["op"] for call in plan["calls"]}
+    results = {}
+    for kind, calls in _layer_overrides(plan, config, "result"):
+        layers = {call["layer"] for call in calls if final_op[call["layer"]] in RESULTS}
+        if not layers:
+            named = sorted({call["layer"] for call in calls})
+            raise CodegenError(f"precision config sets 'result' on {named}, which leave no "
+                               "activations",
+                               remedy="set it on layers ending in " + ", ".join(sorted(RESULTS)))
+        results.update(dict.fromkeys(layers, kind))
+    return results
+
+
+def _layer_overrides(plan: dict, config: dict, wanted: str) -> list[tuple[FixedType, list]]:
+    """(type, the calls of the layers it names) for each `layers` entry that sets `wanted`."""
+    overrides = []
     for pattern, spec in (config.get("layers") or {}).items():
         matched = [call for call in plan["calls"] if fnmatch.fnmatchcase(call["layer"], pattern)]
         if not matched:
             raise CodegenError(f"precision config layer {pattern!r} matches no layer",
                                remedy="use names from kernel.json (glob patterns allowed)")
-        if set(spec) - {"weight"}:
-            raise CodegenError(f"precision config layer {pattern!r}: only 'weight' can be set")
-        kind = _parse(spec["weight"], "weight", f"precision config layers.{pattern}")
-        for call in matched:
-            for name in _weight_arguments(call["op"]):
-                narrowed[call[name]] = kind
-    return narrowed
+        if not isinstance(spec, dict) or not spec or set(spec) - set(LAYER_FIELDS):
+            raise CodegenError(f"precision config layer {pattern!r}: set "
+                               + " and/or ".join(repr(name) for name in LAYER_FIELDS),
+                               remedy='e.g. {"weight": "ap_fixed<8,2>", "result": '
+                                      '"ap_fixed<12,4>"}')
+        if wanted in spec:
+            role = "weight" if wanted == "weight" else "data"
+            overrides.append((_parse(spec[wanted], role, f"precision config layers.{pattern}"),
+                              matched))
+    return overrides
 
 
 def _weight_arguments(op: str) -> list[str]:

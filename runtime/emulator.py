@@ -193,6 +193,10 @@ class FixedArithmetic:
     def add(self, a, b):
         return self.data.cast(a + b, self.data.frac)
 
+    def narrow(self, x, kind: FixedType):
+        """data_t(Narrow(x)): round and saturate to `kind`, then back into data_t."""
+        return self.data.cast(kind.cast(x, self.data.frac), kind.frac)
+
     def scatter_add(self, out_rows, scores, result):
         fd, fa = self.data.frac, self.acc.frac
         weighted = self._acc(scores[:, None] * result, self.prob.frac + fd)
@@ -350,6 +354,11 @@ def _expert_ffn(state: _State, c: dict) -> None:
     state.store(c, c["out"], out)
 
 
+def _narrow(state: _State, c: dict) -> None:
+    values = state.act(c["x"], (c["count"],))
+    state.store(c, c["y"], state.ops.narrow(values, FixedType.from_json(c["type"])))
+
+
 _OPS = {"patchify": _patchify, "linear": _linear, "finish_embedding": _finish_embedding,
         "layernorm": _layernorm, "attention": _attention, "add": _add, "route": _route,
-        "expert_ffn": _expert_ffn}
+        "expert_ffn": _expert_ffn, "narrow": _narrow}

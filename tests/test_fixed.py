@@ -135,10 +135,43 @@ def test_precision_config_overrides_a_class_and_a_layer(export_model, tmp_path):
     _assert_bit_exact(project, scales=(1.0,))
 
 
+def test_precision_config_narrows_a_layers_results(export_model, tmp_path):
+    _, path = export_model("micro-nyud", "multi")
+    config = tmp_path / "precision.json"
+    # blocks.1 holds the MoE layer: its router leaves no activations and is passed over.
+    config.write_text(json.dumps({"layers": {
+        "*/blocks.0/attn/Attention": {"result": "ap_fixed<8,2>"},
+        "*moe*": {"result": "ap_fixed<10,3,AP_TRN,AP_WRAP>"}}}))
+    project = compile_model(path, out=tmp_path / "build", precision_config=config)
+    plan = json.loads((project / "kernel.json").read_text())
+    narrows = [(index, call) for index, call in enumerate(plan["calls"]) if call["op"] == "narrow"]
+    moe_layers = sum(call["op"] == "expert_ffn" for call in plan["calls"])
+    assert [plan["calls"][index - 1]["op"] for index, _ in narrows] == (
+        ["attention"] + ["expert_ffn"] * moe_layers)
+    assert "m3c::narrow<ap_fixed<8, 2, AP_RND_CONV, AP_SAT>>(" in (
+        project / "hls/src/kernel.cpp").read_text()
+
+    narrowed = {}
+    def keep(call, what, values):
+        if call["op"] == "narrow":
+            narrowed[call["type"]["cpp"]] = values
+    emulator = KernelEmulator.from_project(project)
+    image = np.random.default_rng(5).standard_normal(emulator.plan["image_shape"]) * 20
+    emulator.run(image.astype(np.float32), 0, keep)
+    data = FixedType.from_json(json.loads((project / "project.json").read_text())["types"]["data"])
+    attention = data.to_float(narrowed["ap_fixed<8, 2, AP_RND_CONV, AP_SAT>"])
+    assert np.all(attention * 64 == np.round(attention * 64))  # on the 2^-6 grid
+    assert attention.min() >= -2 and attention.max() <= 2 - 2 ** -6
+    assert len(np.unique(attention)) > 8
+    _assert_bit_exact(project, scales=(1.0, 20.0))
+
+
 @pytest.mark.parametrize("text, message", [
     ('{"types": {"data": "ap_fixed<16>"}}', "ap_fixed<W,I>"),
     ('{"types": {"acc": "ap_fixed<40,20>"}}', "derived"),
     ('{"layers": {"no/such/layer": {"weight": "ap_fixed<8,2>"}}}', "matches no layer"),
+    ('{"layers": {"*/Route": {"result": "ap_fixed<8,2>"}}}', "leave no activations"),
+    ('{"layers": {"*/Attention": {"bias": "ap_fixed<8,2>"}}}', "'weight' and/or 'result'"),
     ('{"types": {"data": "ap_fixed<40,20>", "weight": "ap_fixed<32,4>"}}', "bits"),
     ("[1, 2]", "mapping"),
 ])

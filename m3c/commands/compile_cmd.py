@@ -17,7 +17,8 @@ def _configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--calib", metavar="FILE.npy",
                         help="calibration images [N,3,H,W] (default: the test vectors)")
     parser.add_argument("--precision-config", metavar="FILE",
-                        help="JSON/YAML overrides: types per class, weight types per layer")
+                        help="JSON/YAML overrides: types per class; weight and result "
+                             "types per layer")
     parser.add_argument("--force", action="store_true", help="replace a non-empty directory")
     parser.add_argument("--tiles", help="force the linear unit's TILE_INxTILE_OUT, e.g. 32x16 "
                         "(default: the fastest that fits --budget)")
