@@ -23,8 +23,8 @@ from m3c.graph import ort_session
 
 
 def compile_figures(repeats: int) -> dict:
-    """`m3c compile` of small-nyud in the default fixed precision (fp32 does not fit the
-    ZCU104's BRAM: the DSE refuses it)."""
+    """`m3c compile` of small-nyud in the default precision (fixed point, calibration
+    included)."""
     model = exported("small-nyud")
     with tempfile.TemporaryDirectory() as scratch:
         command = [sys.executable, "-m", "m3c", "--quiet", "compile", str(model), "--target",

@@ -10,8 +10,10 @@ Resources (per unit, UltraScale+ DSP48E2 fabric):
   DSP48E2 for 16 x 16), the accumulation riding in the DSP's post-adder;
 - linear: TILE_IN x TILE_OUT MACs plus TILE_OUT activation units (the store loop unrolls over
   the tile's outputs), divided by the loop's II (operators are shared within an iteration when
-  the port limits II above 1); attention: MAX_HEAD_DIM MACs (the unrolled dot product) + 1;
-  layernorm, route: 1 MAC; expert_ffn: 3 MACs (two matrix loops, the scaled scatter-add);
+  the port limits II above 1); attention: 2 x MAX_HEAD_DIM MACs (the unrolled score dot
+  product and the value-row accumulation, keys and values reshaped to one row per word);
+  layernorm, route: 1 MAC; expert_ffn: 2 x TILE_OUT MACs (its two matrix loops run
+  EXPERT_LANES = TILE_OUT outputs at once) + 1 (the scaled scatter-add);
 - arrays: each partition bank of depth d and width w takes the cheapest BRAM18 shape
   (16K x 1 ... 512 x 36, ceil(w / shape width) x ceil(d / shape depth) blocks) or, from
   `URAM_MIN_BITS` up and while the target's URAMs last, URAM blocks of 4K x 72; banks up to
@@ -23,7 +25,8 @@ fixed point: 1) and the port limit: per bundle, the beats its accesses in one it
 (elements * bits / port bits, rounded up, each distinct array at least one beat), and two
 reads per cycle per on-chip bank. Every DDR loop pays `DDR_LATENCY` once for its first beat.
 The MoE layer runs the double-buffered expert loop: after the first load, step s takes
-max(compute of expert s, load of expert s + 1) with the real queue lengths.
+max(compute of expert s, load of expert s + 1) with the real queue lengths; within an expert,
+gather, MLP and scatter-add are dataflow processes, so a token costs the slowest of them.
 """
 
 from __future__ import annotations
@@ -237,13 +240,17 @@ def unit_logic(design: Design) -> dict[str, Resources]:
         "linear": _control() + _macs(math.ceil(ti * to / mac_ii), p)
         + _special("gelu", math.ceil(to / store_ii)) + Resources(ff=ti * to * p.weight),
         "layernorm": _control() + _macs(1, p) + _special("div") + _special("sqrt"),
-        "attention": _control() + _macs(design.capacities["max_head_dim"] + 1, p)
+        "attention": _control() + _macs(2 * design.capacities["max_head_dim"], p)
         + _special("exp") + _special("div"),
         "route": _control() + _macs(1, p) + _special("exp") + _special("div"),
-        "expert_ffn": _control() + _macs(3, p) + _special("gelu"),
+        "expert_ffn": _control() + _macs(2 * to + 1, p) + _special("gelu"),
         "elementwise": _control() + _macs(1, p),  # add, patchify, finish_embedding, narrow
         "interfaces": Resources(lut=BUNDLES * MAXI_BUNDLE[0], ff=BUNDLES * MAXI_BUNDLE[1]),
     }
+
+
+# The expert ping-pong slots among unit_arrays (what a different expert schedule replaces).
+SLOT_ARRAYS = frozenset({"w1_slots", "w2_slots", "b1_slots", "b2_slots"})
 
 
 def unit_arrays(design: Design) -> list[Array]:
@@ -255,15 +262,19 @@ def unit_arrays(design: Design) -> list[Array]:
     return [
         Array("linear", "acc", tokens, p.acc, banks=to),  # partitioned on its TILE_OUT axis
         Array("layernorm", "row", dim, p.acc),
-        Array("attention", "keys", tokens * hd, p.data),
-        Array("attention", "values", tokens * hd, p.data),
+        Array("attention", "keys", tokens, hd * p.data),  # reshaped: a row per word
+        Array("attention", "values", tokens, hd * p.data),
+        Array("attention", "query", 1, p.data, banks=hd),
+        Array("attention", "mixed", 1, p.acc, banks=hd),
         Array("attention", "scores", tokens, p.acc),
         Array("route", "queue_tokens", experts * tokens, 32),
         Array("route", "queue_scores", experts * tokens, p.prob),
-        Array("expert_ffn", "w1_buf", 2 * dim * hidden, p.weight),
-        Array("expert_ffn", "w2_buf", 2 * hidden * dim, p.weight),
-        Array("expert_ffn", "b1_buf", 2 * hidden, p.weight),
-        Array("expert_ffn", "b2_buf", 2 * dim, p.weight),
+        # ping and pong, rows reshaped into words of EXPERT_LANES (= TILE_OUT) weights
+        Array("expert_ffn", "w1_slots", dim * math.ceil(hidden / to), to * p.weight, banks=2),
+        Array("expert_ffn", "w2_slots", hidden * math.ceil(dim / to), to * p.weight, banks=2),
+        Array("expert_ffn", "b1_slots", math.ceil(hidden / to), to * p.weight, banks=2),
+        Array("expert_ffn", "b2_slots", math.ceil(dim / to), to * p.weight, banks=2),
+        Array("expert_ffn", "sums", 1, p.acc, banks=to),
         Array("expert_ffn", "hidden_row", hidden, p.acc),
         Array("expert_ffn", "row", dim, p.data),
         Array("expert_ffn", "rows_fifo", dim, p.data),  # gather -> MLP stream
@@ -352,16 +363,18 @@ def _layernorm(call: dict, d: Design) -> int:
 
 
 def _attention(call: dict, d: Design) -> int:
+    """Per query: its row into registers, one score per cycle (head_dim MACs on a reshaped key
+    row), softmax, one value row per cycle into head_dim accumulators, the output row."""
     p = d.precision
     n, dim, heads = call["tokens"], call["dim"], call["heads"]
     hd = dim // heads
     load_kv = pipelined(n * hd, 2, DDR_LATENCY)  # keys and values share gmem_ain
-    # The query row (gmem_ain) and a key row (one bank, two ports) per score.
-    score_ii = max(d.beats(hd, p.data), math.ceil(hd / 2))
-    scores = pipelined(n, score_ii, DDR_LATENCY + p.mac_latency + hd * p.acc_ii)
+    query = pipelined(hd, 1, DDR_LATENCY)
+    scores = pipelined(n, 1, p.mac_latency + hd * p.acc_ii)  # no sum spans two scores
     softmax = pipelined(n, p.acc_ii, SPECIAL_LATENCY["exp"]) + SPECIAL_LATENCY["div"]
-    mix = hd * pipelined(n, p.acc_ii, p.mac_latency)
-    return heads * (load_kv + n * (scores + softmax + mix))
+    mix = pipelined(n, p.acc_ii, p.mac_latency)  # each accumulator adds once per cycle
+    store = pipelined(hd, 1, DDR_LATENCY + p.mac_latency)
+    return heads * (load_kv + n * (query + scores + softmax + mix + store))
 
 
 def _add(call: dict, d: Design) -> int:
@@ -389,24 +402,30 @@ def _route(call: dict, d: Design) -> int:
 
 
 def expert_load_cycles(call: dict, d: Design) -> int:
-    """load_expert: w1 and w2 share gmem_w, so two beats per element pair; then the biases."""
-    p = d.precision
-    size, hidden, dim = call["dim"] * call["hidden"], call["hidden"], call["dim"]
-    return (pipelined(size, 2 * d.beats(1, p.weight), DDR_LATENCY)
+    """load_expert: w1 then w2 a slot word (EXPERT_LANES weights) per iteration over gmem_w,
+    then the biases."""
+    p, lanes = d.precision, d.tiles[1]
+    dim, hidden = call["dim"], call["hidden"]
+    word = d.beats(lanes, p.weight)
+    return (pipelined(dim * math.ceil(hidden / lanes), word, DDR_LATENCY)
+            + pipelined(hidden * math.ceil(dim / lanes), word, DDR_LATENCY)
             + pipelined(hidden, 1, DDR_LATENCY) + pipelined(dim, 1, DDR_LATENCY))
 
 
 def expert_compute_cycles(call: dict, d: Design, count: int) -> int:
-    """compute_expert on `count` queued tokens: gather, MLP (D->H then H->D) and scatter-add
-    are dataflow processes, so a token costs its slowest stage, plus filling and draining."""
+    """compute_expert on `count` queued tokens: gather, MLP (D->H then H->D, EXPERT_LANES
+    outputs per pass) and scatter-add are dataflow processes, so a token costs its slowest
+    stage, plus filling and draining."""
     if count == 0:
         return 0
-    p = d.precision
+    p, lanes = d.precision, d.tiles[1]
     dim, hidden = call["dim"], call["hidden"]
     gather = pipelined(dim, 1, DDR_LATENCY)
-    mlp = (pipelined(dim, 1, 1)
-           + hidden * pipelined(dim, p.acc_ii, p.mac_latency + SPECIAL_LATENCY["gelu"])
-           + dim * pipelined(hidden, p.acc_ii, p.mac_latency))
+    fc1 = math.ceil(hidden / lanes) * (pipelined(dim, p.acc_ii, p.mac_latency)
+                                       + pipelined(lanes, 1, SPECIAL_LATENCY["gelu"]))
+    fc2 = math.ceil(dim / lanes) * (pipelined(hidden, p.acc_ii, p.mac_latency)
+                                    + pipelined(lanes, 1, 1))
+    mlp = pipelined(dim, 1, 1) + fc1 + fc2
     scatter = pipelined(dim, 1, 2 * DDR_LATENCY)  # read, add, write back
     return count * max(gather, mlp, scatter) + gather + scatter
 

@@ -30,6 +30,7 @@ import numpy as np
 import onnx
 
 from m3c.estimate import (
+    SLOT_ARRAYS,
     Design,
     EstimateError,
     estimate_calls,
@@ -184,9 +185,8 @@ def onchip_bytes(design: Design, kind: str, slots: int = 2) -> dict[str, int]:
     c, p = design.capacities, design.precision
     call = {"dim": c["max_dim"], "hidden": c["max_expert_hidden"]}
     held = {"naive": c["max_experts"], "cache": slots, "expert_major": 2}[kind]
-    weight_arrays = {"w1_buf", "w2_buf", "b1_buf", "b2_buf"}
     other = sum(a.banks * a.bank_bits for a in unit_arrays(design)
-                if a.name not in weight_arrays) // 8
+                if a.name not in SLOT_ARRAYS) // 8
     weights = held * expert_bytes(call, p.weight)
     return {"weights": weights, "other": other, "total": weights + other}
 
