@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import filecmp
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -160,15 +161,47 @@ def test_project_layout_and_interfaces(compiled):
         assert (project / name).is_file(), name
     kernel = (project / "hls/src/kernel.cpp").read_text()
     bundles = {line.split("bundle=")[1].split()[0] for line in kernel.splitlines()
-               if "INTERFACE m_axi" in line}
+               if "interface mode=m_axi" in line}
     assert bundles == {"gmem_w", "gmem_ain", "gmem_aout", "gmem_in", "gmem_out"}
-    assert "INTERFACE s_axilite port=task" in kernel
+    assert "interface mode=s_axilite port=task" in kernel
     assert kernel.count("m3c::expert_ffn(") == 2 and kernel.count("m3c::route(") == 2
     config = (project / "hls/hls_config.cfg").read_text()
     assert "part=xczu7ev-ffvc1156-2-e" in config and "syn.top=m3c_kernel" in config
     layout = json.loads((project / "weights/weights.json").read_text())
     router = [t for name, t in layout["tensors"].items() if name.endswith("router_b")]
     assert router and all(t["shape"][0] == 5 for t in router)  # one row per task
+
+
+# Vitis HLS 2023.2 pragma options (UG1399), for the pragmas the op library uses.
+PRAGMA_OPTIONS = {
+    "interface": {"mode", "port", "bundle", "offset", "depth", "max_read_burst_length",
+                  "max_write_burst_length", "num_read_outstanding"},
+    "allocation": {"function", "instances", "limit"},
+    "pipeline": {"II"}, "loop_tripcount": {"max"}, "dataflow": set(),
+    "array_partition": {"variable", "type", "factor", "dim"},
+    "array_reshape": {"variable", "type", "factor", "dim"},
+    "stream": {"variable", "depth"},
+}
+PRAGMA_CHOICES = {"mode": {"m_axi", "s_axilite"}, "type": {"complete", "cyclic", "block"},
+                  "offset": {"slave"}}
+
+
+def test_every_hls_directive_is_vitis_2023_syntax(compiled):
+    _, project = compiled("micro-pascal", "task")
+    sources = "".join((project / "hls/src" / name).read_text()
+                      for name in ("kernel.cpp", "m3c_ops.h"))
+    directives = re.findall(r"^M3C_HLS\((.*)\)$", sources, re.MULTILINE)
+    assert len(directives) > 40
+    for directive in directives:
+        name, *options = directive.split()
+        assert name in PRAGMA_OPTIONS, directive
+        for option in options:
+            key, _, value = option.partition("=")
+            assert key in PRAGMA_OPTIONS[name], directive
+            if key in PRAGMA_CHOICES:
+                assert value in PRAGMA_CHOICES[key], directive
+            if key in ("factor", "dim", "depth", "II", "limit"):
+                assert value.isdigit() and int(value) > 0, directive
 
 
 def test_same_input_gives_byte_identical_projects(export_model, tmp_path):
