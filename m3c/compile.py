@@ -22,7 +22,7 @@ from threadpoolctl import threadpool_limits
 from m3c.codegen import KernelPlan, plan_kernel
 from m3c.dse import DEFAULT_BUDGET, Choice, check_budget, choose_design, parse_tiles
 from m3c.errors import CodegenError
-from m3c.estimate import Precision
+from m3c.estimate import Design, Precision
 from m3c.graph import Graph, load_model, ort_session
 from m3c.precision import (
     ROLES,
@@ -129,7 +129,7 @@ def _build(original: Graph, board: Target, settings: dict, project: Path, tiles,
     data_files = _write_data(project / "data", vectors, tasks, expected)
     _write_weights(project / "weights", plan, typing)
     _write_heads(project / "host" / "heads", graph)
-    context = _context(graph, plan, board, typing, tasks, data_files, choice.design.tiles)
+    context = _context(graph, plan, board, typing, tasks, data_files, choice.design)
     _render_all(project, context)
     manifest = _write_manifest(project, graph, plan, board, typing, tasks, choice)
     write_report(project, build_report(manifest, kernel, choice))
@@ -255,7 +255,7 @@ def _write_heads(folder: Path, graph: Graph) -> None:
 
 
 def _context(graph: Graph, plan: KernelPlan, board: Target, typing: Typing,
-             tasks: list[str], data_files: list[str], tiles: tuple[int, int]) -> dict:
+             tasks: list[str], data_files: list[str], design: Design) -> dict:
     config = json.loads(graph.metadata.get("m3c.config", "{}"))
     hp_ports = [{"bundle": bundle, "gp": 2 + i % 4, "slave": f"S_AXI_HP{i % 4}_FPD",
                  "width": board.hp_port_bits} for i, bundle in enumerate(HP_BUNDLES)]
@@ -270,7 +270,8 @@ def _context(graph: Graph, plan: KernelPlan, board: Target, typing: Typing,
         "image_elements": int(np.prod(plan.image_shape)),
         "feature_elements": plan.features_elements, "features_offset": plan.features_offset,
         "data_files": data_files, "hp_ports": hp_ports,
-        "tile_in": tiles[0], "tile_out": tiles[1], "queue_lookahead": QUEUE_LOOKAHEAD,
+        "tile_in": design.tiles[0], "tile_out": design.tiles[1],
+        "query_block": design.query_block, "queue_lookahead": QUEUE_LOOKAHEAD,
         **plan.capacities,
     }
 
@@ -329,6 +330,7 @@ def _write_manifest(project: Path, graph: Graph, plan: KernelPlan, board: Target
         "features_tensor": graph.metadata["m3c.features_tensor"],
         "weight_elements": plan.weights.size, "arena_elements": plan.arena.size,
         "moe_layers": plan.layers, "tiles": list(choice.design.tiles),
+        "query_block": choice.design.query_block,
         "tiles_forced": choice.forced, "tile_candidates": choice.candidates,
         "budget": choice.budget,
     }

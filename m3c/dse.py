@@ -1,9 +1,10 @@
-"""Design-space exploration: the linear unit's tile sizes that minimise latency within a budget.
+"""Design-space exploration: the design point that minimises latency within a budget.
 
 Every (TILE_IN, TILE_OUT) pair from `TILE_CHOICES` (capped at the largest layer's in/out
-widths: bigger tiles only pad) is estimated with m3c.estimate; designs whose resources exceed
-`budget` x the target's capacity are dropped; the fastest remaining design wins, ties going to
-the one with fewer DSPs, then fewer BRAM18. The other units have no free parameter yet.
+widths: bigger tiles only pad; TILE_OUT also sets the expert MLP's lanes) with every attention
+QUERY_BLOCK from `QUERY_BLOCKS` (capped at the token count) is estimated with m3c.estimate;
+designs whose resources exceed `budget` x the target's capacity are dropped; the fastest
+remaining design wins, ties going to the one with fewer DSPs, then fewer BRAM18.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from m3c.estimate import (
 from m3c.target import Target
 
 TILE_CHOICES = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256)
+QUERY_BLOCKS = (1, 2, 4, 8, 16)
 DEFAULT_BUDGET = 0.8
 
 
@@ -66,12 +68,17 @@ def parse_tiles(text: str | Sequence[int] | None) -> tuple[int, int] | None:
     return tiles
 
 
-def _candidates(capacities: dict) -> list[tuple[int, int]]:
+def _candidates(capacities: dict, tiles: tuple[int, int] | None,
+                query_block: int | None) -> list[tuple[tuple[int, int], int]]:
+    """(tiles, query block) pairs to try; a forced value is the only choice of its axis."""
     ins = [t for t in TILE_CHOICES if t < capacities["max_in"]] or [1]
     outs = [t for t in TILE_CHOICES if t < capacities["max_out"]] or [1]
     ins += [t for t in TILE_CHOICES if t >= capacities["max_in"]][:1]
     outs += [t for t in TILE_CHOICES if t >= capacities["max_out"]][:1]
-    return [(ti, to) for ti in ins for to in outs]
+    pairs = [tiles] if tiles is not None else [(ti, to) for ti in ins for to in outs]
+    blocks = [query_block] if query_block is not None else (
+        [b for b in QUERY_BLOCKS if b <= capacities["max_tokens"]] or [1])
+    return [(pair, block) for pair in pairs for block in blocks]
 
 
 def latency_cycles(calls: Sequence[dict], design: Design, routing: dict | None = None) -> int:
@@ -80,24 +87,25 @@ def latency_cycles(calls: Sequence[dict], design: Design, routing: dict | None =
 
 def choose_design(calls: Sequence[dict], capacities: dict, target: Target,
                   precision: Precision, budget: float = DEFAULT_BUDGET,
-                  tiles: tuple[int, int] | None = None, routing: dict | None = None) -> Choice:
-    """Forced `tiles` are checked against the whole target; otherwise explore within budget."""
+                  tiles: tuple[int, int] | None = None, routing: dict | None = None,
+                  query_block: int | None = None) -> Choice:
+    """The fastest design within `budget`. Forced `tiles` are checked against the whole target
+    (the query block is still explored unless forced too)."""
     budget = check_budget(budget)
-    if tiles is not None:
-        design = Design(target, capacities, tiles, precision)
-        used = check_fit(design, 1.0)
-        return Choice(design, latency_cycles(calls, design, routing), used, budget, True, 1)
+    limit = 1.0 if tiles is not None else budget
+    candidates = _candidates(capacities, tiles, query_block)
     best: tuple | None = None
-    candidates = _candidates(capacities)
-    for pair in candidates:
-        design = Design(target, capacities, pair, precision)
-        used = total_resources(unit_resources(design, budget))
-        if overflows(used, target, budget):
+    for pair, block in candidates:
+        design = Design(target, capacities, pair, precision, block)
+        used = total_resources(unit_resources(design, limit))
+        if overflows(used, target, limit):
             continue
         cycles = latency_cycles(calls, design, routing)
-        key = (cycles, used.dsp, used.bram18, pair)
+        key = (cycles, used.dsp, used.bram18, pair, block)
         if best is None or key < best[0]:
             best = (key, design, used)
+    if best is None and tiles is not None:
+        check_fit(Design(target, capacities, tiles, precision, query_block or 1), 1.0)
     if best is None:
         smallest = Design(target, capacities, (1, 1), precision)
         raise EstimateError(
@@ -105,4 +113,4 @@ def choose_design(calls: Sequence[dict], capacities: dict, target: Target,
             f"1x1 overflows:\n{overflow_table(smallest, budget)}",
             remedy="use a narrower --precision, a larger target, or a higher --budget")
     (cycles, *_), design, used = best
-    return Choice(design, cycles, used, budget, False, len(candidates))
+    return Choice(design, cycles, used, budget, tiles is not None, len(candidates))

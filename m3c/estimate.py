@@ -10,8 +10,9 @@ Resources (per unit, UltraScale+ DSP48E2 fabric):
   DSP48E2 for 16 x 16), the accumulation riding in the DSP's post-adder;
 - linear: TILE_IN x TILE_OUT MACs plus TILE_OUT activation units (the store loop unrolls over
   the tile's outputs), divided by the loop's II (operators are shared within an iteration when
-  the port limits II above 1); attention: 2 x MAX_HEAD_DIM MACs (the unrolled score dot
-  product and the value-row accumulation, keys and values reshaped to one row per word);
+  the port limits II above 1); attention: 2 x QUERY_BLOCK x MAX_HEAD_DIM MACs (the unrolled
+  score dot products and value-row accumulations of a block of queries, keys and values
+  reshaped to one row per word) and QUERY_BLOCK exp units;
   layernorm, route: 1 MAC; expert_ffn: 2 x TILE_OUT MACs (its two matrix loops run
   EXPERT_LANES = TILE_OUT outputs at once) + 1 (the scaled scatter-add);
 - arrays: each partition bank of depth d and width w takes the cheapest BRAM18 shape
@@ -123,6 +124,7 @@ class Design:
     capacities: dict
     tiles: tuple[int, int] = (16, 16)
     precision: Precision = field(default_factory=Precision)
+    query_block: int = 1  # attention queries computed side by side
 
     @property
     def port_bits(self) -> int:
@@ -240,8 +242,9 @@ def unit_logic(design: Design) -> dict[str, Resources]:
         "linear": _control() + _macs(math.ceil(ti * to / mac_ii), p)
         + _special("gelu", math.ceil(to / store_ii)) + Resources(ff=ti * to * p.weight),
         "layernorm": _control() + _macs(1, p) + _special("div") + _special("sqrt"),
-        "attention": _control() + _macs(2 * design.capacities["max_head_dim"], p)
-        + _special("exp") + _special("div"),
+        "attention": _control()
+        + _macs(2 * design.query_block * design.capacities["max_head_dim"], p)
+        + _special("exp", design.query_block) + _special("div"),
         "route": _control() + _macs(1, p) + _special("exp") + _special("div"),
         "expert_ffn": _control() + _macs(2 * to + 1, p) + _special("gelu"),
         "elementwise": _control() + _macs(1, p),  # add, patchify, finish_embedding, narrow
@@ -259,14 +262,16 @@ def unit_arrays(design: Design) -> list[Array]:
     to = design.tiles[1]
     tokens, dim, hd = c["max_tokens"], c["max_dim"], c["max_head_dim"]
     experts, hidden = c["max_experts"], c["max_expert_hidden"]
+    block = design.query_block
     return [
         Array("linear", "acc", tokens, p.acc, banks=to),  # partitioned on its TILE_OUT axis
         Array("layernorm", "row", dim, p.acc),
         Array("attention", "keys", tokens, hd * p.data),  # reshaped: a row per word
         Array("attention", "values", tokens, hd * p.data),
-        Array("attention", "query", 1, p.data, banks=hd),
-        Array("attention", "mixed", 1, p.acc, banks=hd),
-        Array("attention", "scores", tokens, p.acc),
+        Array("attention", "query", 1, p.data, banks=block * hd),
+        Array("attention", "mixed", 1, p.acc, banks=block * hd),
+        Array("attention", "weights", tokens, p.prob, banks=block),
+        Array("attention", "scores", tokens, p.acc, banks=block),
         Array("route", "queue_tokens", experts * tokens, 32),
         Array("route", "queue_scores", experts * tokens, p.prob),
         # ping and pong, rows reshaped into words of EXPERT_LANES (= TILE_OUT) weights
@@ -363,18 +368,20 @@ def _layernorm(call: dict, d: Design) -> int:
 
 
 def _attention(call: dict, d: Design) -> int:
-    """Per query: its row into registers, one score per cycle (head_dim MACs on a reshaped key
-    row), softmax, one value row per cycle into head_dim accumulators, the output row."""
-    p = d.precision
+    """Per block of QUERY_BLOCK queries: their rows into registers, one key row per cycle
+    scored against all of them (head_dim MACs each), their softmaxes side by side, one value
+    row per cycle into their accumulators, then their output rows."""
+    p, block = d.precision, d.query_block
     n, dim, heads = call["tokens"], call["dim"], call["heads"]
     hd = dim // heads
     load_kv = pipelined(n * hd, 2, DDR_LATENCY)  # keys and values share gmem_ain
-    query = pipelined(hd, 1, DDR_LATENCY)
+    queries = pipelined(block * hd, 1, DDR_LATENCY)
     scores = pipelined(n, 1, p.mac_latency + hd * p.acc_ii)  # no sum spans two scores
-    softmax = pipelined(n, p.acc_ii, SPECIAL_LATENCY["exp"]) + SPECIAL_LATENCY["div"]
+    softmax = (pipelined(n, p.acc_ii, SPECIAL_LATENCY["exp"])
+               + pipelined(block, 1, SPECIAL_LATENCY["div"]))
     mix = pipelined(n, p.acc_ii, p.mac_latency)  # each accumulator adds once per cycle
-    store = pipelined(hd, 1, DDR_LATENCY + p.mac_latency)
-    return heads * (load_kv + n * (query + scores + softmax + mix + store))
+    store = pipelined(block * hd, 1, DDR_LATENCY + p.mac_latency)
+    return heads * (load_kv + math.ceil(n / block) * (queries + scores + softmax + mix + store))
 
 
 def _add(call: dict, d: Design) -> int:

@@ -55,8 +55,9 @@ def project_design(manifest: dict, kernel: dict, tiles=None,
     target = load_target(manifest["target"])
     precision = Precision.from_types(manifest.get("types"))
     recorded = parse_tiles(manifest.get("tiles"))
+    query_block = manifest.get("query_block") if tiles is None else None
     choice = choose_design(kernel["calls"], kernel["capacities"], target, precision, budget,
-                           parse_tiles(tiles) or recorded, routing)
+                           parse_tiles(tiles) or recorded, routing, query_block)
     if tiles is None and recorded is not None:  # describe the choice made at compile time
         choice.forced = bool(manifest.get("tiles_forced"))
         choice.candidates = int(manifest.get("tile_candidates", 1))
