@@ -35,6 +35,7 @@ from m3c.precision import (
     quantize_blob,
 )
 from m3c.report import build_report, write_report
+from m3c.runtime.ddr import WordFormat
 from m3c.runtime.emulator import KernelEmulator
 from m3c.runtime.fixed import EXP_TABLE_BITS, GELU_RANGE, FixedType, gelu_step_bits, lookup_tables
 from m3c.target import Target, load_target
@@ -119,7 +120,7 @@ def _build(original: Graph, board: Target, settings: dict, project: Path, tiles,
     images = [vector["image"] for vector in vectors]
     # The emulator runs images in parallel threads; BLAS threads on top would oversubscribe.
     with threadpool_limits(limits=1, user_api="blas"):
-        typing = _typing(plan, settings, images, len(tasks))
+        typing = _typing(plan, kernel, settings, images, len(tasks))
         if typing.types is not None:  # per-layer result types: narrowing calls after layers
             plan.narrow_results(layer_result_types(kernel, settings["config"]))
             kernel = plan.to_json()
@@ -131,9 +132,9 @@ def _build(original: Graph, board: Target, settings: dict, project: Path, tiles,
     _write_heads(project / "host" / "heads", graph)
     context = _context(graph, plan, board, typing, tasks, data_files, choice.design)
     _render_all(project, context)
-    manifest = _write_manifest(project, graph, plan, board, typing, tasks, choice)
+    manifest = _write_manifest(project, graph, plan, kernel, board, typing, tasks, choice)
     write_report(project, build_report(manifest, kernel, choice))
-    _write_host(project)
+    _write_host(project, manifest)
 
 
 @dataclass
@@ -156,7 +157,7 @@ class Typing:
         return {name: {**kind.to_json(), "role": ROLES[name]} for name, kind in self.types.items()}
 
 
-def _typing(plan: KernelPlan, settings: dict, test_images: list[np.ndarray],
+def _typing(plan: KernelPlan, kernel: dict, settings: dict, test_images: list[np.ndarray],
             num_tasks: int) -> Typing:
     blob = plan.weights.packed()
     if settings["precision"] == "float":
@@ -172,11 +173,10 @@ def _typing(plan: KernelPlan, settings: dict, test_images: list[np.ndarray],
                                remedy="give a .npy of images shaped [N,3,H,W] as the model's")
         images = images.reshape(-1, *plan.image_shape[1:])
         samples = [(image, task) for image in images for task in range(num_tasks)]
-    plan_json = plan.to_json()
-    activation_max = calibrate(plan_json, blob, samples)
-    types = choose_types(plan_json, blob, activation_max, settings["config"])
+    activation_max = calibrate(kernel, blob, samples)
+    types = choose_types(kernel, blob, activation_max, settings["config"])
     sizes = {name: array.size for name, array in plan.weights.arrays.items()}
-    narrowed = layer_weight_types(plan_json, settings["config"])
+    narrowed = layer_weight_types(kernel, settings["config"])
     raw = quantize_blob(blob, plan.weights.offsets, sizes, types["weight"], narrowed)
     # In float32 directly (a power-of-two scale): the same values as through float64, without
     # a float64 copy of the whole blob.
@@ -234,12 +234,8 @@ def _write_weights(folder: Path, plan: KernelPlan, typing: Typing) -> None:
     """weights_f32.bin: the kernel's weight values; weights.bin: the DDR words."""
     folder.mkdir(parents=True)
     typing.weights.tofile(folder / "weights_f32.bin")
-    if typing.types is None:
-        ddr, ddr_dtype = typing.weights, "float32"
-    else:
-        ddr_dtype = f"int{typing.types['weight'].width}" if typing.types["weight"].width in (
-            8, 16, 32) else "int32"
-        ddr = typing.raw_weights.astype(ddr_dtype)
+    ddr_dtype = WordFormat.from_types(typing.types_json(), "weight").dtype
+    ddr = typing.weights if typing.types is None else typing.raw_weights.astype(ddr_dtype)
     ddr.tofile(folder / "weights.bin")
     table = {name: {"offset": offset, "shape": list(plan.weights.arrays[name].shape)}
              for name, offset in plan.weights.offsets.items()}
@@ -318,7 +314,7 @@ def _render_all(project: Path, context: dict) -> None:
         path.write_text(environment.get_template(template).render(**context))
 
 
-def _write_manifest(project: Path, graph: Graph, plan: KernelPlan, board: Target,
+def _write_manifest(project: Path, graph: Graph, plan: KernelPlan, kernel: dict, board: Target,
                     typing: Typing, tasks: list[str], choice: Choice) -> dict:
     features = graph.graph.outputs[0]
     manifest = {
@@ -335,11 +331,11 @@ def _write_manifest(project: Path, graph: Graph, plan: KernelPlan, board: Target
         "budget": choice.budget,
     }
     (project / "project.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
-    (project / "kernel.json").write_text(json.dumps(plan.to_json(), indent=1) + "\n")
+    (project / "kernel.json").write_text(json.dumps(kernel, indent=1) + "\n")
     return manifest
 
 
-def _write_host(project: Path) -> None:
+def _write_host(project: Path, manifest: dict) -> None:
     """The register map, and host/: runtime copy, project files, run_on_board.py, README."""
     from m3c import runtime
     from m3c.register_map import register_map_for
@@ -353,7 +349,6 @@ def _write_host(project: Path) -> None:
     (host / "m3c_runtime").mkdir()
     for source in sorted(Path(runtime.__file__).parent.glob("*.py")):
         shutil.copyfile(source, host / "m3c_runtime" / source.name)
-    manifest = json.loads((project / "project.json").read_text())
     mean, std = normalisation(manifest["config"])
     context = {"model_name": manifest["config"].get("name", "model"), "tasks": manifest["tasks"],
                "target": manifest["target"], "image_shape": manifest["image_shape"],

@@ -148,9 +148,6 @@ class Resources:
     def __add__(self, other: Resources) -> Resources:
         return Resources(**{k: getattr(self, k) + getattr(other, k) for k in KINDS})
 
-    def __mul__(self, factor: int) -> Resources:
-        return Resources(**{k: getattr(self, k) * factor for k in KINDS})
-
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
 

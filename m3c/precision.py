@@ -9,7 +9,8 @@ product or sum is ever rounded or overflows, which also makes them order-indepen
 reciprocal and normalisation scalars have fixed formats chosen for their value ranges.
 
 A JSON or YAML config overrides any class (`types:`) and, per layer, the weight type its
-tensors are quantized to (`layers: {name: {weight: ap_fixed<8,2>}}`).
+tensors are quantized to and the type its results are rounded to
+(`layers: {name: {weight: ap_fixed<8,2>, result: ap_fixed<12,4>}}`).
 """
 
 from __future__ import annotations
@@ -217,8 +218,8 @@ QUANTIZE_CHUNK = 1 << 22
 
 def quantize_blob(blob: np.ndarray, offsets: dict[str, int], sizes: dict[str, int],
                   weight: FixedType, narrowed: dict[int, FixedType]) -> np.ndarray:
-    """The weight blob as raw weight_t codes (int32, what DDR holds); a layer's narrower type
-    rounds first, then weight_t holds its value."""
+    """The weight blob as raw weight_t codes (int32; int64 past 32 bits); a layer's narrower
+    type rounds first, then weight_t holds its value."""
     raw = np.empty(blob.size, np.int32 if weight.width <= 32 else np.int64)
     for start in range(0, blob.size, QUANTIZE_CHUNK):  # bounded temporaries
         span = slice(start, start + QUANTIZE_CHUNK)

@@ -241,7 +241,6 @@ class KernelEmulator:
         features = arena[start:start + self.plan["features_elements"]]
         return self.ops.data_out(features).astype(np.float32)
 
-
     def run_many(self, samples: list[tuple[np.ndarray, int]],
                  observers: list[Observer] | None = None) -> list[np.ndarray]:
         """`run` on (image, task) pairs; `observers[i]` sees run i."""

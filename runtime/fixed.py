@@ -50,10 +50,6 @@ class FixedType:
     def raw_max(self) -> int:
         return (1 << (self.width - (1 if self.signed else 0))) - 1
 
-    @property
-    def max_value(self) -> float:
-        return math.ldexp(self.raw_max, -self.frac)
-
     def cpp(self) -> str:
         base = "ap_fixed" if self.signed else "ap_ufixed"
         return f"{base}<{self.width}, {self.integer}, {self.quant}, {self.overflow}>"
@@ -120,10 +116,6 @@ class FixedType:
 
     def to_float(self, raw: np.ndarray) -> np.ndarray:
         return np.ldexp(np.asarray(raw, dtype=np.float64), -self.frac)
-
-
-def product_frac(*types: FixedType) -> int:
-    return sum(t.frac for t in types)
 
 
 # -- tables for the nonlinear functions, shared by the HLS header and the emulator ------------
