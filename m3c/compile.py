@@ -267,7 +267,8 @@ def _context(graph: Graph, plan: KernelPlan, board: Target, typing: Typing,
         "feature_elements": plan.features_elements, "features_offset": plan.features_offset,
         "data_files": data_files, "hp_ports": hp_ports,
         "tile_in": design.tiles[0], "tile_out": design.tiles[1],
-        "query_block": design.query_block, "queue_lookahead": QUEUE_LOOKAHEAD,
+        "query_block": design.query_block, "token_block": design.token_block,
+        "token_stream_depth": token_stream_depth(design.token_block),
         **plan.capacities,
     }
 
@@ -285,6 +286,12 @@ def _tables(typing: Typing) -> dict:
 # Tokens an expert's gather may run ahead of its scatter-add: one row waits in the rows FIFO
 # while the MLP holds another, so a few entries keep the index and score FIFOs from stalling it.
 QUEUE_LOOKAHEAD = 4
+
+
+def token_stream_depth(token_block: int) -> int:
+    """Depth of the token-index and score FIFOs: the MLP reads a whole block before scatter-add
+    sees its first result, and gather fills the next block meanwhile; shallower would deadlock."""
+    return max(QUEUE_LOOKAHEAD, 2 * token_block)
 
 RENDERED = {
     "hls/kernel/m3c_ops.h.j2": "hls/src/m3c_ops.h",
@@ -326,7 +333,7 @@ def _write_manifest(project: Path, graph: Graph, plan: KernelPlan, kernel: dict,
         "features_tensor": graph.metadata["m3c.features_tensor"],
         "weight_elements": plan.weights.size, "arena_elements": plan.arena.size,
         "moe_layers": plan.layers, "tiles": list(choice.design.tiles),
-        "query_block": choice.design.query_block,
+        "query_block": choice.design.query_block, "token_block": choice.design.token_block,
         "tiles_forced": choice.forced, "tile_candidates": choice.candidates,
         "budget": choice.budget,
     }

@@ -2,9 +2,9 @@
 
 Every (TILE_IN, TILE_OUT) pair from `TILE_CHOICES` (capped at the largest layer's in/out
 widths: bigger tiles only pad; TILE_OUT also sets the expert MLP's lanes) with every attention
-QUERY_BLOCK from `QUERY_BLOCKS` (capped at the token count) is estimated with m3c.estimate;
-designs whose resources exceed `budget` x the target's capacity are dropped; the fastest
-remaining design wins, ties going to the one with fewer DSPs, then fewer BRAM18.
+QUERY_BLOCK and expert TOKEN_BLOCK from `ROW_BLOCKS` (capped at the token count) is estimated
+with m3c.estimate; designs whose resources exceed `budget` x the target's capacity are dropped;
+the fastest remaining design wins, ties going to the one with fewer DSPs, then fewer BRAM18.
 """
 
 from __future__ import annotations
@@ -18,16 +18,16 @@ from m3c.estimate import (
     Precision,
     Resources,
     check_fit,
-    estimate_calls,
     overflow_table,
     overflows,
+    total_cycles,
     total_resources,
     unit_resources,
 )
 from m3c.target import Target
 
 TILE_CHOICES = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256)
-QUERY_BLOCKS = (1, 2, 4, 8, 16)
+ROW_BLOCKS = (1, 2, 4, 8, 16)  # attention queries / expert tokens side by side
 DEFAULT_BUDGET = 0.8
 
 
@@ -68,44 +68,45 @@ def parse_tiles(text: str | Sequence[int] | None) -> tuple[int, int] | None:
     return tiles
 
 
-def _candidates(capacities: dict, tiles: tuple[int, int] | None,
-                query_block: int | None) -> list[tuple[tuple[int, int], int]]:
-    """(tiles, query block) pairs to try; a forced value is the only choice of its axis."""
+def _candidates(capacities: dict, tiles: tuple[int, int] | None, query_block: int | None,
+                token_block: int | None) -> list[tuple[tuple[int, int], int, int]]:
+    """(tiles, query block, token block) to try; a forced value is the only choice of its axis."""
     ins = [t for t in TILE_CHOICES if t < capacities["max_in"]] or [1]
     outs = [t for t in TILE_CHOICES if t < capacities["max_out"]] or [1]
     ins += [t for t in TILE_CHOICES if t >= capacities["max_in"]][:1]
     outs += [t for t in TILE_CHOICES if t >= capacities["max_out"]][:1]
     pairs = [tiles] if tiles is not None else [(ti, to) for ti in ins for to in outs]
-    blocks = [query_block] if query_block is not None else (
-        [b for b in QUERY_BLOCKS if b <= capacities["max_tokens"]] or [1])
-    return [(pair, block) for pair in pairs for block in blocks]
+    blocks = [b for b in ROW_BLOCKS if b <= capacities["max_tokens"]] or [1]
+    queries = [query_block] if query_block is not None else blocks
+    tokens = [token_block] if token_block is not None else blocks
+    return [(pair, q, t) for pair in pairs for q in queries for t in tokens]
 
 
-def latency_cycles(calls: Sequence[dict], design: Design, routing: dict | None = None) -> int:
-    return sum(e.cycles for e in estimate_calls(calls, design, routing))
 
 
 def choose_design(calls: Sequence[dict], capacities: dict, target: Target,
                   precision: Precision, budget: float = DEFAULT_BUDGET,
                   tiles: tuple[int, int] | None = None, routing: dict | None = None,
-                  query_block: int | None = None) -> Choice:
+                  query_block: int | None = None, token_block: int | None = None) -> Choice:
     """The fastest design within `budget`. Forced `tiles` are checked against the whole target
-    (the query block is still explored unless forced too)."""
+    (the row blocks are still explored unless forced too)."""
     budget = check_budget(budget)
     limit = 1.0 if tiles is not None else budget
-    candidates = _candidates(capacities, tiles, query_block)
+    candidates = _candidates(capacities, tiles, query_block, token_block)
     best: tuple | None = None
-    for pair, block in candidates:
-        design = Design(target, capacities, pair, precision, block)
+    memo: dict = {}
+    for pair, queries, tokens in candidates:
+        design = Design(target, capacities, pair, precision, queries, tokens)
         used = total_resources(unit_resources(design, limit))
         if overflows(used, target, limit):
             continue
-        cycles = latency_cycles(calls, design, routing)
-        key = (cycles, used.dsp, used.bram18, pair, block)
+        cycles = total_cycles(calls, design, routing, memo)
+        key = (cycles, used.dsp, used.bram18, pair, queries, tokens)
         if best is None or key < best[0]:
             best = (key, design, used)
     if best is None and tiles is not None:
-        check_fit(Design(target, capacities, tiles, precision, query_block or 1), 1.0)
+        check_fit(Design(target, capacities, tiles, precision, query_block or 1,
+                         token_block or 1), 1.0)
     if best is None:
         smallest = Design(target, capacities, (1, 1), precision)
         raise EstimateError(

@@ -13,8 +13,9 @@ Resources (per unit, UltraScale+ DSP48E2 fabric):
   the port limits II above 1); attention: 2 x QUERY_BLOCK x MAX_HEAD_DIM MACs (the unrolled
   score dot products and value-row accumulations of a block of queries, keys and values
   reshaped to one row per word) and QUERY_BLOCK exp units;
-  layernorm, route: 1 MAC; expert_ffn: 2 x TILE_OUT MACs (its two matrix loops run
-  EXPERT_LANES = TILE_OUT outputs at once) + 1 (the scaled scatter-add);
+  layernorm, route: 1 MAC; expert_ffn: 2 x TOKEN_BLOCK x TILE_OUT MACs (its two matrix
+  loops run EXPERT_LANES = TILE_OUT outputs of TOKEN_BLOCK tokens at once) + 1 (the scaled
+  scatter-add);
 - arrays: each partition bank of depth d and width w takes the cheapest BRAM18 shape
   (16K x 1 ... 512 x 36, ceil(w / shape width) x ceil(d / shape depth) blocks) or, from
   `URAM_MIN_BITS` up and while the target's URAMs last, URAM blocks of 4K x 72; banks up to
@@ -27,7 +28,8 @@ fixed point: 1) and the port limit: per bundle, the beats its accesses in one it
 reads per cycle per on-chip bank. Every DDR loop pays `DDR_LATENCY` once for its first beat.
 The MoE layer runs the double-buffered expert loop: after the first load, step s takes
 max(compute of expert s, load of expert s + 1) with the real queue lengths; within an expert,
-gather, MLP and scatter-add are dataflow processes, so a token costs the slowest of them.
+gather, MLP and scatter-add are dataflow processes, so a block of TOKEN_BLOCK tokens costs
+the slowest of them.
 """
 
 from __future__ import annotations
@@ -125,6 +127,7 @@ class Design:
     tiles: tuple[int, int] = (16, 16)
     precision: Precision = field(default_factory=Precision)
     query_block: int = 1  # attention queries computed side by side
+    token_block: int = 1  # an expert's queued tokens computed side by side
 
     @property
     def port_bits(self) -> int:
@@ -243,7 +246,8 @@ def unit_logic(design: Design) -> dict[str, Resources]:
         + _macs(2 * design.query_block * design.capacities["max_head_dim"], p)
         + _special("exp", design.query_block) + _special("div"),
         "route": _control() + _macs(1, p) + _special("exp") + _special("div"),
-        "expert_ffn": _control() + _macs(2 * to + 1, p) + _special("gelu"),
+        "expert_ffn": _control() + _macs(2 * design.token_block * to + 1, p)
+        + _special("gelu"),
         "elementwise": _control() + _macs(1, p),  # add, patchify, finish_embedding, narrow
         "interfaces": Resources(lut=BUNDLES * MAXI_BUNDLE[0], ff=BUNDLES * MAXI_BUNDLE[1]),
     }
@@ -276,9 +280,10 @@ def unit_arrays(design: Design) -> list[Array]:
         Array("expert_ffn", "w2_slots", hidden * math.ceil(dim / to), to * p.weight, banks=2),
         Array("expert_ffn", "b1_slots", math.ceil(hidden / to), to * p.weight, banks=2),
         Array("expert_ffn", "b2_slots", math.ceil(dim / to), to * p.weight, banks=2),
-        Array("expert_ffn", "sums", 1, p.acc, banks=to),
-        Array("expert_ffn", "hidden_row", hidden, p.acc),
-        Array("expert_ffn", "row", dim, p.data),
+        Array("expert_ffn", "sums", 1, p.acc, banks=design.token_block * to),
+        Array("expert_ffn", "hidden_rows", hidden, p.data, banks=design.token_block),
+        Array("expert_ffn", "rows", dim, p.data, banks=design.token_block),
+        Array("expert_ffn", "out_rows", dim, p.data, banks=design.token_block),
         Array("expert_ffn", "rows_fifo", dim, p.data),  # gather -> MLP stream
         Array("expert_ffn", "results_fifo", dim, p.data),  # MLP -> scatter-add stream
     ]
@@ -417,21 +422,35 @@ def expert_load_cycles(call: dict, d: Design) -> int:
 
 
 def expert_compute_cycles(call: dict, d: Design, count: int) -> int:
-    """compute_expert on `count` queued tokens: gather, MLP (D->H then H->D, EXPERT_LANES
-    outputs per pass) and scatter-add are dataflow processes, so a token costs its slowest
-    stage, plus filling and draining."""
+    """compute_expert on `count` queued tokens, TOKEN_BLOCK at a time: gather, MLP (rows in,
+    D->H then H->D with EXPERT_LANES outputs of every token in the block per pass, rows out)
+    and scatter-add are dataflow processes, so a block costs its slowest stage, plus filling
+    and draining."""
     if count == 0:
         return 0
-    p, lanes = d.precision, d.tiles[1]
+    full, rest = divmod(count, d.token_block)
+    cycles = full * _expert_block_cycles(call, d, d.token_block)
+    if rest:
+        cycles += _expert_block_cycles(call, d, rest)
+    first = min(count, d.token_block)
+    return cycles + first * pipelined(call["dim"], 1, DDR_LATENCY) + pipelined(
+        call["dim"], 1, 2 * DDR_LATENCY)
+
+
+def _expert_block_cycles(call: dict, d: Design, tokens: int) -> int:
+    """One block of `tokens` (<= TOKEN_BLOCK) queued tokens through its slowest process."""
+    p, lanes, block = d.precision, d.tiles[1], d.token_block
     dim, hidden = call["dim"], call["hidden"]
-    gather = pipelined(dim, 1, DDR_LATENCY)
+    gather = tokens * pipelined(dim, 1, DDR_LATENCY)
+    # the activation and store loops over (token, lane) are (semi-)perfect nests, which HLS
+    # flattens into one pipeline
     fc1 = math.ceil(hidden / lanes) * (pipelined(dim, p.acc_ii, p.mac_latency)
-                                       + pipelined(lanes, 1, SPECIAL_LATENCY["gelu"]))
+                                       + pipelined(tokens * lanes, 1, SPECIAL_LATENCY["gelu"]))
     fc2 = math.ceil(dim / lanes) * (pipelined(hidden, p.acc_ii, p.mac_latency)
-                                    + pipelined(lanes, 1, 1))
-    mlp = pipelined(dim, 1, 1) + fc1 + fc2
-    scatter = pipelined(dim, 1, 2 * DDR_LATENCY)  # read, add, write back
-    return count * max(gather, mlp, scatter) + gather + scatter
+                                    + pipelined(block * lanes, 1, 1))
+    mlp = block * pipelined(dim, 1, 1) + fc1 + fc2 + tokens * pipelined(dim, 1, 1)
+    scatter = tokens * pipelined(dim, 1, 2 * DDR_LATENCY)  # read, add, write back
+    return max(gather, mlp, scatter)
 
 
 @dataclass
@@ -550,22 +569,48 @@ def _block_of(layer: str, current: int | None) -> int | None:
     return current  # MoE layers (moe0, moe0/Route) belong to the block they sit in
 
 
-def estimate_calls(calls: Sequence[dict], d: Design,
-                   routing: dict[str, Sequence[int]] | None = None) -> list[CallEstimate]:
-    """Cycles and MACs of every call; expert layers use `routing[layer]` queue lengths
-    (uniform queues when a layer has no routing)."""
+def _with_queues(calls: Sequence[dict], routing: dict[str, Sequence[int]] | None):
+    """(call, its queue lengths or None, the top-k in force): expert layers use
+    `routing[layer]` (uniform queues when a layer has no routing)."""
     routing = routing or {}
     top_k = 1
-    out = []
-    for call, (block, part) in zip(calls, label_calls(calls), strict=True):
+    for call in calls:
         if call["op"] == "route":
             top_k = call["top_k"]
         queues = None
         if call["op"] == "expert_ffn":
             queues = routing.get(call["layer"]) or uniform_queues(call, top_k)
-        out.append(CallEstimate(call["op"], call["layer"], block, part,
-                                call_cycles(call, d, queues), call_macs(call, top_k)))
-    return out
+        yield call, queues, top_k
+
+
+def estimate_calls(calls: Sequence[dict], d: Design,
+                   routing: dict[str, Sequence[int]] | None = None) -> list[CallEstimate]:
+    """Cycles and MACs of every call."""
+    return [CallEstimate(call["op"], call["layer"], block, part, call_cycles(call, d, queues),
+                         call_macs(call, top_k))
+            for (call, queues, top_k), (block, part)
+            in zip(_with_queues(calls, routing), label_calls(calls), strict=True)]
+
+
+def cycle_key(op: str, d: Design) -> tuple:
+    """What the cycle model of `op` reads of a design besides its target and precision."""
+    return {"linear": d.tiles, "attention": (d.query_block,),
+            "expert_ffn": (d.tiles[1], d.token_block)}.get(op, ())
+
+
+def total_cycles(calls: Sequence[dict], d: Design,
+                 routing: dict[str, Sequence[int]] | None = None,
+                 memo: dict | None = None) -> int:
+    """The cycles of all calls. `memo`, shared by design points with the same target and
+    precision (and the same calls and routing), keeps each call's cycles by `cycle_key`."""
+    memo = {} if memo is None else memo
+    total = 0
+    for index, (call, queues, _) in enumerate(_with_queues(calls, routing)):
+        key = (index, cycle_key(call["op"], d))
+        if key not in memo:
+            memo[key] = call_cycles(call, d, queues)
+        total += memo[key]
+    return total
 
 
 def summarize(estimates: Sequence[CallEstimate], clock_mhz: float) -> dict:

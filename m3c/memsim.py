@@ -3,7 +3,8 @@
 For every MoE layer the routing (which tokens each expert gets) is captured by running the
 project's expert-major graph (intermediate/NN_*.onnx) in the reference evaluator with the
 ExpertQueues outputs exposed. The same routing then drives, on the same compute unit
-(m3c.estimate's compute_expert and load_expert cycle models):
+(m3c.estimate's compute_expert and load_expert cycle models; the token-major designs take
+their tokens one at a time, so TOKEN_BLOCK is 1 for them):
 
 - naive: every expert of the layer on chip; all E are loaded before the first token (stall
   E x load), then tokens run token-major with no further stall;
@@ -23,7 +24,7 @@ from __future__ import annotations
 import json
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -136,10 +137,15 @@ def expert_bytes(call: dict, weight_bits: int) -> int:
     return (2 * d * h + d + h) * weight_bits // 8
 
 
+def _token_major(design: Design) -> Design:
+    """A token-by-token design has no queue to take a block of tokens from."""
+    return replace(design, token_block=1)
+
+
 def simulate_naive(call: dict, design: Design, routing: LayerRouting) -> LayerResult:
     load = expert_load_cycles(call, design)
     stall = routing.experts * load
-    compute = sum(expert_compute_cycles(call, design, len(chosen))
+    compute = sum(expert_compute_cycles(call, _token_major(design), len(chosen))
                   for chosen in routing.token_experts)
     size = expert_bytes(call, design.precision.weight)
     return LayerResult("naive", routing.layer, stall + compute, stall,
@@ -150,7 +156,7 @@ def simulate_cache(call: dict, design: Design, routing: LayerRouting,
                    slots: int = 2) -> LayerResult:
     """Token-major with an LRU expert cache of `slots` entries."""
     load = expert_load_cycles(call, design)
-    one_token = expert_compute_cycles(call, design, 1)
+    one_token = expert_compute_cycles(call, _token_major(design), 1)
     cache: OrderedDict[int, None] = OrderedDict()
     misses = compute = 0
     for chosen in routing.token_experts:

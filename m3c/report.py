@@ -55,9 +55,10 @@ def project_design(manifest: dict, kernel: dict, tiles=None,
     target = load_target(manifest["target"])
     precision = Precision.from_types(manifest.get("types"))
     recorded = parse_tiles(manifest.get("tiles"))
-    query_block = manifest.get("query_block") if tiles is None else None
+    blocks = {name: manifest.get(name) if tiles is None else None
+              for name in ("query_block", "token_block")}
     choice = choose_design(kernel["calls"], kernel["capacities"], target, precision, budget,
-                           parse_tiles(tiles) or recorded, routing, query_block)
+                           parse_tiles(tiles) or recorded, routing, **blocks)
     if tiles is None and recorded is not None:  # describe the choice made at compile time
         choice.forced = bool(manifest.get("tiles_forced"))
         choice.candidates = int(manifest.get("tile_candidates", 1))

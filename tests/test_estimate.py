@@ -26,6 +26,7 @@ from m3c.estimate import (
     expert_load_cycles,
     expert_schedule,
     overflows,
+    total_cycles,
     total_resources,
     unit_resources,
     uram_blocks,
@@ -124,6 +125,28 @@ def test_exploration_fits_the_budget_and_beats_other_fitting_tiles(budget):
         design = Design(ZCU104, capacities, pair, FIXED16)
         if not overflows(total_resources(unit_resources(design, budget)), ZCU104, budget):
             assert choice.cycles <= sum(e.cycles for e in estimate_calls(calls, design))
+
+
+def test_memoised_cycles_equal_a_fresh_estimate_at_every_design_point():
+    calls, capacities = calls_for_config(_config("tiny-cityscapes"))
+    memo: dict = {}
+    for tiles in [(8, 8), (8, 16), (16, 8)]:
+        for query_block in (1, 4):
+            for token_block in (1, 2, 8):
+                design = Design(ZCU104, capacities, tiles, FIXED16, query_block, token_block)
+                fresh = sum(e.cycles for e in estimate_calls(calls, design))
+                assert total_cycles(calls, design, memo=memo) == fresh
+
+
+def test_token_blocks_share_each_weight_word_among_an_experts_tokens():
+    calls, capacities = calls_for_config(_config("tiny-cityscapes"))
+    call = next(c for c in calls if c["op"] == "expert_ffn")
+    single, blocked = (Design(ZCU104, capacities, (8, 8), FIXED16, 1, block) for block in (1, 8))
+    # a block of 8 costs less than two tokens alone: its weight words are read once
+    assert expert_compute_cycles(call, blocked, 40) < expert_compute_cycles(call, single, 10)
+    assert expert_compute_cycles(call, blocked, 41) > expert_compute_cycles(call, blocked, 40)
+    dsp = [unit_resources(d)["expert_ffn"].dsp for d in (single, blocked)]
+    assert dsp[1] - dsp[0] == 2 * (8 - 1) * 8  # both matrix loops: 7 more tokens x TILE_OUT
 
 
 def test_smaller_budget_never_gives_a_faster_design():
