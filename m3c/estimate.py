@@ -245,7 +245,8 @@ def unit_logic(design: Design) -> dict[str, Resources]:
         "attention": _control()
         + _macs(2 * design.query_block * design.capacities["max_head_dim"], p)
         + _special("exp", design.query_block) + _special("div"),
-        "route": _control() + _macs(1, p) + _special("exp") + _special("div"),
+        "route": _control() + _macs(design.capacities["max_experts"], p) + _special("exp")
+        + _special("div"),
         "expert_ffn": _control() + _macs(2 * design.token_block * to + 1, p)
         + _special("gelu"),
         "elementwise": _control() + _macs(1, p),  # add, patchify, finish_embedding, narrow
@@ -273,6 +274,8 @@ def unit_arrays(design: Design) -> list[Array]:
         Array("attention", "mixed", 1, p.acc, banks=block * hd),
         Array("attention", "weights", tokens, p.prob, banks=block),
         Array("attention", "scores", tokens, p.acc, banks=block),
+        Array("route", "table", dim, experts * p.weight),  # reshaped: a row per word
+        Array("route", "sums", 1, p.acc, banks=experts),
         Array("route", "queue_tokens", experts * tokens, 32),
         Array("route", "queue_scores", experts * tokens, p.prob),
         # ping and pong, rows reshaped into words of EXPERT_LANES (= TILE_OUT) weights
@@ -403,11 +406,14 @@ def _finish_embedding(call: dict, d: Design) -> int:
 
 
 def _route(call: dict, d: Design) -> int:
+    """The task's router matrix onto the chip, then per token: all experts' logits side by
+    side over its row, softmax, top-k selection, the queue appends."""
     p = d.precision
     n, dim, e, k = call["tokens"], call["dim"], call["experts"], call["top_k"]
-    logits = e * pipelined(dim, p.acc_ii, DDR_LATENCY + p.mac_latency)
+    load = pipelined(dim, d.beats(e, p.weight), DDR_LATENCY)  # a table row per iteration
+    logits = pipelined(dim, p.acc_ii, DDR_LATENCY + p.mac_latency) + e
     softmax = e * SPECIAL_LATENCY["exp"] + SPECIAL_LATENCY["div"] + e
-    return n * (logits + softmax + k * e + e)
+    return load + n * (e + logits + softmax + k * e + e)
 
 
 def expert_load_cycles(call: dict, d: Design) -> int:
