@@ -89,6 +89,7 @@ def build_report(manifest: dict, kernel: dict, choice, power_w: float | None = N
     return {
         "target": target.name, "clock_mhz": target.clock_mhz, "precision": _precision(design),
         "tiles": {"tile_in": design.tiles[0], "tile_out": design.tiles[1],
+                  "query_block": design.query_block, "token_block": design.token_block,
                   "forced": choice.forced, "budget": choice.budget,
                   "candidates": choice.candidates},
         "resources": _resources(design, choice.budget),
