@@ -293,6 +293,7 @@ def token_stream_depth(token_block: int) -> int:
     sees its first result, and gather fills the next block meanwhile; shallower would deadlock."""
     return max(QUEUE_LOOKAHEAD, 2 * token_block)
 
+
 RENDERED = {
     "hls/kernel/m3c_ops.h.j2": "hls/src/m3c_ops.h",
     "hls/kernel/m3c_types.h.j2": "hls/src/m3c_types.h",

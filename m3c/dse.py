@@ -82,8 +82,6 @@ def _candidates(capacities: dict, tiles: tuple[int, int] | None, query_block: in
     return [(pair, q, t) for pair in pairs for q in queries for t in tokens]
 
 
-
-
 def choose_design(calls: Sequence[dict], capacities: dict, target: Target,
                   precision: Precision, budget: float = DEFAULT_BUDGET,
                   tiles: tuple[int, int] | None = None, routing: dict | None = None,

@@ -13,9 +13,9 @@ Resources (per unit, UltraScale+ DSP48E2 fabric):
   the port limits II above 1); attention: 2 x QUERY_BLOCK x MAX_HEAD_DIM MACs (the unrolled
   score dot products and value-row accumulations of a block of queries, keys and values
   reshaped to one row per word) and QUERY_BLOCK exp units;
-  layernorm, route: 1 MAC; expert_ffn: 2 x TOKEN_BLOCK x TILE_OUT MACs (its two matrix
-  loops run EXPERT_LANES = TILE_OUT outputs of TOKEN_BLOCK tokens at once) + 1 (the scaled
-  scatter-add);
+  layernorm: 1 MAC; route: MAX_EXPERTS MACs (every expert's logit at once); expert_ffn:
+  2 x TOKEN_BLOCK x TILE_OUT MACs (its two matrix loops run EXPERT_LANES = TILE_OUT outputs of
+  TOKEN_BLOCK tokens at once) + 1 (the scaled scatter-add);
 - arrays: each partition bank of depth d and width w takes the cheapest BRAM18 shape
   (16K x 1 ... 512 x 36, ceil(w / shape width) x ceil(d / shape depth) blocks) or, from
   `URAM_MIN_BITS` up and while the target's URAMs last, URAM blocks of 4K x 72; banks up to
