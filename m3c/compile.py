@@ -22,7 +22,7 @@ from threadpoolctl import threadpool_limits
 from m3c.codegen import KernelPlan, plan_kernel
 from m3c.dse import DEFAULT_BUDGET, Choice, check_budget, choose_design, parse_tiles
 from m3c.errors import CodegenError
-from m3c.estimate import Design, Precision
+from m3c.estimate import Precision, rows_stream_depth, storage_bindings
 from m3c.graph import Graph, load_model, ort_session
 from m3c.precision import (
     ROLES,
@@ -35,8 +35,9 @@ from m3c.precision import (
     quantize_blob,
 )
 from m3c.report import build_report, write_report
+from m3c.runtime import fixed
 from m3c.runtime.ddr import WordFormat
-from m3c.runtime.emulator import KernelEmulator
+from m3c.runtime.emulator import LOG2E, KernelEmulator
 from m3c.runtime.fixed import EXP_TABLE_BITS, GELU_RANGE, FixedType, gelu_step_bits, lookup_tables
 from m3c.target import Target, load_target
 from m3c.verify import sample_feeds, task_names
@@ -130,7 +131,7 @@ def _build(original: Graph, board: Target, settings: dict, project: Path, tiles,
     data_files = _write_data(project / "data", vectors, tasks, expected)
     _write_weights(project / "weights", plan, typing)
     _write_heads(project / "host" / "heads", graph)
-    context = _context(graph, plan, board, typing, tasks, data_files, choice.design)
+    context = _context(graph, plan, board, typing, tasks, data_files, choice)
     _render_all(project, context)
     manifest = _write_manifest(project, graph, plan, kernel, board, typing, tasks, choice)
     write_report(project, build_report(manifest, kernel, choice))
@@ -251,7 +252,8 @@ def _write_heads(folder: Path, graph: Graph) -> None:
 
 
 def _context(graph: Graph, plan: KernelPlan, board: Target, typing: Typing,
-             tasks: list[str], data_files: list[str], design: Design) -> dict:
+             tasks: list[str], data_files: list[str], choice: Choice) -> dict:
+    design = choice.design
     config = json.loads(graph.metadata.get("m3c.config", "{}"))
     hp_ports = [{"bundle": bundle, "gp": 2 + i % 4, "slave": f"S_AXI_HP{i % 4}_FPD",
                  "width": board.hp_port_bits} for i, bundle in enumerate(HP_BUNDLES)]
@@ -269,6 +271,8 @@ def _context(graph: Graph, plan: KernelPlan, board: Target, typing: Typing,
         "tile_in": design.tiles[0], "tile_out": design.tiles[1],
         "query_block": design.query_block, "token_block": design.token_block,
         "token_stream_depth": token_stream_depth(design.token_block),
+        "rows_stream_depth": rows_stream_depth(design.capacities),
+        "storage": storage_bindings(design, choice.budget),
         **plan.capacities,
     }
 
@@ -279,8 +283,14 @@ def _tables(typing: Typing) -> dict:
     data, prob = typing.types["data"], typing.types["prob"]
     tables = {f"{name}_table": [str(int(code)) for code in raw]
               for name, raw in lookup_tables(data, prob).items()}
-    return {**tables, "exp_table_bits": EXP_TABLE_BITS, "gelu_step_bits": gelu_step_bits(data),
-            "gelu_range": GELU_RANGE}
+    tables["recip_table"] = [str(int(code)) for code in fixed.recip_table()]
+    tables["rsqrt_table"] = [str(int(code)) for code in fixed.rsqrt_table()]
+    reciprocals = {name.lower(): getattr(fixed, name) for name in (
+        "RECIP_TABLE_BITS", "SEED_FRAC", "MANTISSA_FRAC", "NEWTON_FRAC", "RESULT_FRAC",
+        "NEWTON_STEPS")}
+    return {**tables, **reciprocals, "exp_table_bits": EXP_TABLE_BITS,
+            "gelu_step_bits": gelu_step_bits(data), "gelu_range": GELU_RANGE,
+            "log2e_bits": int(prob.from_float(LOG2E))}
 
 
 # Tokens an expert's gather may run ahead of its scatter-add: one row waits in the rows FIFO
@@ -297,6 +307,7 @@ def token_stream_depth(token_block: int) -> int:
 RENDERED = {
     "hls/kernel/m3c_ops.h.j2": "hls/src/m3c_ops.h",
     "hls/kernel/m3c_types.h.j2": "hls/src/m3c_types.h",
+    "hls/kernel/m3c_dataflow.h.j2": "hls/src/m3c_dataflow.h",
     "hls/kernel/kernel.h.j2": "hls/src/kernel.h",
     "hls/kernel/kernel.cpp.j2": "hls/src/kernel.cpp",
     "hls/kernel/csim_api.cpp.j2": "hls/src/csim_api.cpp",

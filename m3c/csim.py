@@ -20,7 +20,7 @@ import numpy as np
 
 from m3c.errors import CodegenError
 
-CXXFLAGS = ["-std=c++14", "-O2", "-Wall", "-Wextra", "-fPIC"]
+CXXFLAGS = ["-std=c++14", "-O2", "-pthread", "-Wall", "-Wextra", "-fPIC"]
 # Several projects' kernels live in one Python process: keep each library's symbols (and the
 # static buffers of its inline units, which g++ would otherwise make process-wide "unique")
 # to itself; only the C API is exported.
@@ -113,6 +113,10 @@ class CSimKernel:
         features = np.zeros(self.feature_elements, np.float32)
         status = self._lib.m3c_run(self.weights.ctypes.data, image.ctypes.data,
                                    features.ctypes.data, int(task))
+        if status == 3:
+            raise CodegenError("the C-simulated kernel deadlocked in a dataflow region (its "
+                               "FIFOs are bounded at their declared depths)",
+                               remedy="see the stream named on stderr; deepen it")
         if status != 0:
             raise CodegenError(f"kernel refused task {task}")
         return features

@@ -49,7 +49,9 @@ DDR_LATENCY = 64  # cycles to the first beat of a burst (~210 ns at 300 MHz)
 BRAM18_SHAPES = [(16384, 1), (8192, 2), (4096, 4), (2048, 9), (1024, 18), (512, 36)]
 URAM_DEPTH, URAM_WIDTH = 4096, 72
 URAM_MIN_BITS = 128 * 1024  # large banks go to URAM (bind_storage impl=uram)
-REGISTER_MAX_BITS = 1024
+REGISTER_MAX_BITS = 1024  # smaller banks go to LUTRAM
+LUTRAM_BITS_PER_LUT = 32  # a dual-ported LUTRAM holds 32 bits per LUT6 (RAM32X1D-like)
+DSP_ACC_BITS = 48  # the DSP48E2 post-adder / accumulator width
 # Fabric per unit: (LUT, FF). Special functions are fp32 cores (the templates evaluate them
 # in float whatever the storage type); DSPs of special functions in SPECIAL_DSP.
 SPECIAL_FABRIC = {"exp": (900, 1100), "div": (800, 1300), "sqrt": (600, 900),
@@ -74,6 +76,7 @@ class Precision:
     acc: int = 32
     prob: int = 32
     floating: bool = True
+    logit: int = 32
 
     @classmethod
     def from_types(cls, types: dict | None) -> Precision:
@@ -83,7 +86,7 @@ class Precision:
         if not types:
             return cls()
         parsed = {name: _type_width(types.get(name, "float")) for name in
-                  ("data", "weight", "acc", "prob")}
+                  ("data", "weight", "acc", "prob", "logit")}
         return cls(**{name: width for name, (width, _) in parsed.items()},
                    floating=parsed["data"][1] and parsed["weight"][1])
 
@@ -181,8 +184,14 @@ class Array:
 @dataclass(frozen=True)
 class Binding:
     array: Array
-    storage: str  # "registers", "bram18" or "uram"
-    blocks: int  # flip-flops, BRAM18s or URAMs, all banks together
+    storage: str  # "registers", "lutram", "bram18" or "uram"
+    blocks: int  # flip-flops, LUTs, BRAM18s or URAMs, all banks together
+
+    @property
+    def impl(self) -> str:
+        """The bind_storage `impl` the kernel declares for the array ("registers": none, the
+        array is partitioned into scalars)."""
+        return {"bram18": "bram"}.get(self.storage, self.storage)
 
 
 def bram18_blocks(depth: int, width: int) -> int:
@@ -195,13 +204,18 @@ def uram_blocks(depth: int, width: int) -> int:
 
 
 def bind_memories(arrays: Sequence[Array], target: Target, budget: float = 1.0) -> list[Binding]:
-    """Storage of every array. Banks up to REGISTER_MAX_BITS are flip-flops; from URAM_MIN_BITS
-    up, the largest banks take URAM while `budget` x the target's URAMs last; the rest BRAM18."""
+    """Storage of every array. Banks of one word are registers; banks up to REGISTER_MAX_BITS
+    are LUTRAM; from URAM_MIN_BITS up, the largest banks take URAM while `budget` x the
+    target's URAMs last; the rest BRAM18."""
     uram_left = math.floor(target.uram * budget)
     bindings = []
     for array in sorted(arrays, key=lambda a: (-a.bank_bits, a.unit, a.name)):
-        if array.bank_bits <= REGISTER_MAX_BITS:
+        if array.depth == 1:
             bindings.append(Binding(array, "registers", array.banks * array.bank_bits))
+            continue
+        if array.bank_bits <= REGISTER_MAX_BITS:
+            luts = math.ceil(array.bank_bits / LUTRAM_BITS_PER_LUT)
+            bindings.append(Binding(array, "lutram", array.banks * luts))
             continue
         urams = array.banks * uram_blocks(array.depth, array.width)
         if array.bank_bits >= URAM_MIN_BITS and urams <= uram_left:
@@ -218,6 +232,8 @@ def _macs(count: int, p: Precision) -> Resources:
         lut, ff = FLOAT_MAC_FABRIC
     else:
         lut, ff = p.acc // 2, p.acc + p.data + p.weight  # rounding + pipeline registers
+        if p.acc > DSP_ACC_BITS:  # the sum leaves the DSP: a fabric adder per MAC
+            lut += p.acc
     return Resources(dsp=count * p.mac_dsp, lut=count * lut, ff=count * ff)
 
 
@@ -255,48 +271,68 @@ def unit_logic(design: Design) -> dict[str, Resources]:
 
 
 # The expert ping-pong slots among unit_arrays (what a different expert schedule replaces).
-SLOT_ARRAYS = frozenset({"w1_slots", "w2_slots", "b1_slots", "b2_slots"})
+SLOTS = ("ping", "pong")
+SLOT_ARRAYS = frozenset(f"{slot}_{part}" for slot in SLOTS for part in ("w1", "w2", "b1", "b2"))
 
 
 def unit_arrays(design: Design) -> list[Array]:
-    """The static and local arrays of the op library, sized by the capacities."""
+    """The static and local arrays of the op library, sized by the capacities, named as the
+    kernel's variables (each has the bind_storage its `bind_memories` binding says)."""
     c, p = design.capacities, design.precision
     to = design.tiles[1]
     tokens, dim, hd = c["max_tokens"], c["max_dim"], c["max_head_dim"]
     experts, hidden = c["max_experts"], c["max_expert_hidden"]
-    block = design.query_block
+    block, token_block = design.query_block, design.token_block
+    lanes_h, lanes_d = min(to, hidden), min(to, dim)  # the slots' reshape factors
+    slots = []
+    for slot in SLOTS:  # rows reshaped into words of EXPERT_LANES (= TILE_OUT) weights
+        slots += [Array("expert_ffn", f"{slot}_w1", dim * math.ceil(hidden / lanes_h),
+                        lanes_h * p.weight),
+                  Array("expert_ffn", f"{slot}_w2", hidden * math.ceil(dim / lanes_d),
+                        lanes_d * p.weight),
+                  Array("expert_ffn", f"{slot}_b1", math.ceil(hidden / lanes_h),
+                        lanes_h * p.weight),
+                  Array("expert_ffn", f"{slot}_b2", math.ceil(dim / lanes_d),
+                        lanes_d * p.weight)]
     return [
         Array("linear", "acc", tokens, p.acc, banks=to),  # partitioned on its TILE_OUT axis
-        Array("layernorm", "row", dim, p.acc),
+        Array("layernorm", "row", dim, p.data),
         Array("attention", "keys", tokens, hd * p.data),  # reshaped: a row per word
         Array("attention", "values", tokens, hd * p.data),
         Array("attention", "query", 1, p.data, banks=block * hd),
         Array("attention", "mixed", 1, p.acc, banks=block * hd),
         Array("attention", "weights", tokens, p.prob, banks=block),
-        Array("attention", "scores", tokens, p.acc, banks=block),
+        Array("attention", "scores", tokens, p.logit, banks=block),
         Array("route", "table", dim, experts * p.weight),  # reshaped: a row per word
         Array("route", "sums", 1, p.acc, banks=experts),
         Array("route", "queue_tokens", experts * tokens, 32),
         Array("route", "queue_scores", experts * tokens, p.prob),
-        # ping and pong, rows reshaped into words of EXPERT_LANES (= TILE_OUT) weights
-        Array("expert_ffn", "w1_slots", dim * math.ceil(hidden / to), to * p.weight, banks=2),
-        Array("expert_ffn", "w2_slots", hidden * math.ceil(dim / to), to * p.weight, banks=2),
-        Array("expert_ffn", "b1_slots", math.ceil(hidden / to), to * p.weight, banks=2),
-        Array("expert_ffn", "b2_slots", math.ceil(dim / to), to * p.weight, banks=2),
-        Array("expert_ffn", "sums", 1, p.acc, banks=design.token_block * to),
-        Array("expert_ffn", "hidden_rows", hidden, p.data, banks=design.token_block),
-        Array("expert_ffn", "rows", dim, p.data, banks=design.token_block),
-        Array("expert_ffn", "out_rows", dim, p.data, banks=design.token_block),
-        Array("expert_ffn", "rows_fifo", dim, p.data),  # gather -> MLP stream
-        Array("expert_ffn", "results_fifo", dim, p.data),  # MLP -> scatter-add stream
+        *slots,
+        Array("expert_ffn", "sums", 1, p.acc, banks=token_block * to),
+        Array("expert_ffn", "hidden_rows", hidden, p.data, banks=token_block),
+        Array("expert_ffn", "block_rows", dim, p.data, banks=token_block),
+        Array("expert_ffn", "out_rows", dim, p.data, banks=token_block),
+        Array("expert_ffn", "rows", rows_stream_depth(c), p.data),  # gather -> MLP FIFO
+        Array("expert_ffn", "results", rows_stream_depth(c), p.data),  # MLP -> scatter FIFO
     ]
+
+
+def rows_stream_depth(capacities: dict) -> int:
+    """Depth of the expert dataflow's row FIFOs: one row, so gather can run a row ahead."""
+    return capacities["max_dim"]
+
+
+def storage_bindings(design: Design, budget: float = 1.0) -> dict[str, str]:
+    """"unit.variable" -> the bind_storage impl the kernel declares for each array."""
+    return {f"{b.array.unit}.{b.array.name}": b.impl
+            for b in bind_memories(unit_arrays(design), design.target, budget)}
 
 
 def unit_resources(design: Design, budget: float = 1.0) -> dict[str, Resources]:
     """Each unit's logic plus its arrays as bound by `bind_memories`."""
     units = unit_logic(design)
     for binding in bind_memories(unit_arrays(design), design.target, budget):
-        field_name = "ff" if binding.storage == "registers" else binding.storage
+        field_name = {"registers": "ff", "lutram": "lut"}.get(binding.storage, binding.storage)
         units[binding.array.unit] = units[binding.array.unit] + Resources(
             **{field_name: binding.blocks})
     return units

@@ -44,8 +44,12 @@ class CSimKernelFunction:
         weights = decode(buffers["weights"], self.project.weight_word)
         image = decode(buffers["image"], self.project.data_word)
         features = np.zeros(buffers["features"].size, np.float32)
-        if self.lib.m3c_run(weights.ctypes.data, image.ctypes.data, features.ctypes.data,
-                            int(task)) != 0:
+        status = self.lib.m3c_run(weights.ctypes.data, image.ctypes.data, features.ctypes.data,
+                                  int(task))
+        if status == 3:
+            raise AcceleratorError("the C-simulated kernel deadlocked in a dataflow region",
+                                   remedy="see the stream named on stderr")
+        if status != 0:
             raise AcceleratorError(f"the C-simulated kernel refused task {task}")
         buffers["features"][:] = encode(features, self.project.data_word)
 

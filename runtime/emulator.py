@@ -20,11 +20,21 @@ from pathlib import Path
 
 import numpy as np
 
-from .fixed import EXP_TABLE_BITS, GELU_RANGE, FixedType, gelu_step_bits, lookup_tables
+from .fixed import (
+    EXP_TABLE_BITS,
+    GELU_RANGE,
+    FixedType,
+    gelu_step_bits,
+    lookup_tables,
+    reciprocal,
+    reciprocal_sqrt,
+    rounded_quotient,
+)
 
 Observer = Callable[[dict, str, np.ndarray], None]
 LOG2E = 1.4426950408889634
 ATTENTION_ROWS = 128
+EXACT_FLOAT64 = float(2**53)  # every integer below this is a float64
 
 
 def erf(x: np.ndarray) -> np.ndarray:
@@ -98,7 +108,7 @@ class FixedArithmetic:
         self.t = types
         self.data, self.weight, self.acc = types["data"], types["weight"], types["acc"]
         self.logit, self.prob, self.recip = types["logit"], types["prob"], types["recip"]
-        self.norm, self.exp_arg = types["norm"], types["exp_arg"]
+        self.norm, self.exp_arg, self.var = types["norm"], types["exp_arg"], types["var"]
         self.tables = lookup_tables(self.data, self.prob)
         self.log2e = int(self.prob.from_float(LOG2E))
 
@@ -117,7 +127,12 @@ class FixedArithmetic:
         return self.acc.cast(raw, frac)
 
     def _matmul(self, a, b):
-        return (a.astype(np.float64) @ b.astype(np.float64)).astype(np.int64)  # exact integers
+        """Exact integer product: float64 BLAS while no partial sum can reach 2^53 (the
+        operands' magnitudes bound every sum), else integer arithmetic."""
+        bound = float(np.abs(a).max(initial=0)) * float(np.abs(b).max(initial=0)) * a.shape[-1]
+        if bound < EXACT_FLOAT64:
+            return (a.astype(np.float64) @ b.astype(np.float64)).astype(np.int64)
+        return a.astype(np.int64) @ b.astype(np.int64)
 
     def linear(self, x, w, b, activation):
         pre = self._acc(self._matmul(x, w), self.data.frac + self.weight.frac)
@@ -139,13 +154,15 @@ class FixedArithmetic:
         return np.where(x >= limit, x, np.where(inside, y, 0))
 
     def layernorm(self, x, gamma, beta, epsilon):
-        fd, dim = self.data.frac, x.shape[-1]
+        """Integer statistics: the mean is the sum / dim rounded to the data grid, 1/std the
+        integer reciprocal square root of squares / dim + epsilon (m3c::layernorm)."""
+        fd, fa, dim = self.data.frac, self.acc.frac, x.shape[-1]
         total = self._acc(x.sum(axis=-1, keepdims=True), fd)
-        mean = self.data.from_float(self.acc.to_float(total) / dim)
+        mean = self.data.overflowed(rounded_quotient(total, dim << (fa - fd)))
         centred = x - mean
-        squares = (centred * centred).sum(axis=-1, keepdims=True)
-        variance = np.ldexp(squares.astype(np.float64), -2 * fd) / dim
-        inv_std = self.norm.from_float(1.0 / np.sqrt(variance + float(np.float32(epsilon))))
+        squares = (centred * centred).sum(axis=-1, keepdims=True)  # var_t: exact, 2 fd bits
+        epsilon_raw = int(self.var.from_float(np.float32(epsilon)))
+        inv_std = reciprocal_sqrt(squares // dim + epsilon_raw, 2 * fd, self.norm)
         normed = self.data.cast(centred * inv_std, fd + self.norm.frac)
         scaled = self._acc(normed * gamma, fd + self.weight.frac)
         return self.data.cast(scaled + self._acc(beta, self.weight.frac), self.acc.frac)
@@ -167,7 +184,7 @@ class FixedArithmetic:
         best = logits.max(axis=-1, keepdims=True)
         weights = self.exp_neg(self.logit.cast(logits - best, self.logit.frac))
         total = self._acc(weights.sum(axis=-1, keepdims=True), self.prob.frac)
-        return weights, self.recip.from_float(1.0 / self.acc.to_float(total))
+        return weights, reciprocal(total, self.acc.frac, self.recip)
 
     def attention_head(self, q, k, v, scale):
         # Rows are independent; blocks of them keep the temporaries in cache.

@@ -150,3 +150,93 @@ def lookup_tables(data: FixedType, prob: FixedType) -> dict[str, np.ndarray]:
     its GELU factor table), shared by the HLS header and the emulator."""
     return {"exp2": exp2_table(prob), "gelu": gelu_table(data, prob, "gelu"),
             "gelu_tanh": gelu_table(data, prob, "gelu_tanh")}
+
+
+# -- reciprocal and reciprocal square root in integer arithmetic ------------------------------
+# A positive value is normalised to a mantissa m (in [1, 2) for 1/x, [1, 4) for 1/sqrt(x)) and
+# a power of two; a table seeds 1/m at the centre of m's step, two Newton steps refine it (each
+# squares the relative error: 2^-9 -> 2^-17 -> below 2^-24), the power of two becomes a shift.
+# Every product stays below 2^62, so int64 (numpy here, `long long` in the kernel) computes the
+# same bits on both sides.
+
+RECIP_TABLE_BITS = 8  # mantissa steps of 1/256
+SEED_FRAC = 16  # fractional bits of the table entries
+MANTISSA_FRAC = 28  # fractional bits of the normalised mantissa
+NEWTON_FRAC = 30  # the Newton steps' intermediate products, truncated to these bits
+RESULT_FRAC = 24  # the refined 1/m or 1/sqrt(m)
+NEWTON_STEPS = 2
+
+
+def recip_table() -> np.ndarray:
+    """2^SEED_FRAC / m at the centre of each mantissa step of m in [1, 2)."""
+    m = 1.0 + (np.arange(1 << RECIP_TABLE_BITS) + 0.5) / (1 << RECIP_TABLE_BITS)
+    return np.rint(np.ldexp(1.0 / m, SEED_FRAC)).astype(np.int64)
+
+
+def rsqrt_table() -> np.ndarray:
+    """2^SEED_FRAC / sqrt(m) at the centre of each mantissa step of m in [1, 4)."""
+    m = 1.0 + (np.arange(3 << RECIP_TABLE_BITS) + 0.5) / (1 << RECIP_TABLE_BITS)
+    return np.rint(np.ldexp(1.0 / np.sqrt(m), SEED_FRAC)).astype(np.int64)
+
+
+def floor_log2(x: np.ndarray) -> np.ndarray:
+    """floor(log2 x) of positive int64 values, exact (float64 may round large x up)."""
+    x = np.asarray(x, dtype=np.int64)
+    bits = np.frexp(x.astype(np.float64))[1].astype(np.int64) - 1
+    return np.where(np.left_shift(np.int64(1), bits) > x, bits - 1, bits)
+
+
+def _shifted(x: np.ndarray, shift: np.ndarray) -> np.ndarray:
+    """x * 2^shift, truncated (the mantissa's shifts never overflow)."""
+    return np.where(shift >= 0, np.left_shift(x, np.maximum(shift, 0)),
+                    np.right_shift(x, np.minimum(np.maximum(-shift, 0), 63)))
+
+
+def _to_result(y: np.ndarray, shift: np.ndarray, out: FixedType) -> np.ndarray:
+    """y * 2^shift as raw bits of `out`, truncated, saturating at its largest value."""
+    up = np.minimum(np.maximum(shift, 0), 38)
+    too_big = (shift > 38) | (y > np.right_shift(np.int64(out.raw_max), up))
+    scaled = np.where(shift >= 0, np.left_shift(y, up),
+                      np.right_shift(y, np.minimum(np.maximum(-shift, 0), 63)))
+    return np.where(too_big, np.int64(out.raw_max), scaled)
+
+
+def _seed(table: np.ndarray, m: np.ndarray) -> np.ndarray:
+    index = np.right_shift(m, MANTISSA_FRAC - RECIP_TABLE_BITS) - (1 << RECIP_TABLE_BITS)
+    return np.left_shift(table[index], RESULT_FRAC - SEED_FRAC)
+
+
+def reciprocal(x: np.ndarray, frac: int, out: FixedType) -> np.ndarray:
+    """Raw `out` bits of 1 / (x 2^-frac) for raw x >= 1 (m3c::reciprocal_raw)."""
+    x = np.maximum(np.asarray(x, dtype=np.int64), 1)
+    exponent = floor_log2(x) - frac
+    m = _shifted(x, MANTISSA_FRAC - frac - exponent)
+    z = _seed(recip_table(), m)
+    for _ in range(NEWTON_STEPS):  # z (2 - m z)
+        product = np.right_shift(m * z, MANTISSA_FRAC + RESULT_FRAC - NEWTON_FRAC)
+        z = np.right_shift(((2 << NEWTON_FRAC) - product) * z, NEWTON_FRAC)
+    return _to_result(z, out.frac - RESULT_FRAC - exponent, out)
+
+
+def reciprocal_sqrt(x: np.ndarray, frac: int, out: FixedType) -> np.ndarray:
+    """Raw `out` bits of 1 / sqrt(x 2^-frac) for raw x >= 1 (m3c::rsqrt_raw)."""
+    x = np.maximum(np.asarray(x, dtype=np.int64), 1)
+    exponent = floor_log2(x) - frac
+    even = exponent - (exponent & 1)
+    m = _shifted(x, MANTISSA_FRAC - frac - even)
+    y = _seed(rsqrt_table(), m)
+    for _ in range(NEWTON_STEPS):  # y (3 - m y^2) / 2
+        square = np.right_shift(y * y, 2 * RESULT_FRAC - NEWTON_FRAC)
+        product = np.right_shift(m * square, MANTISSA_FRAC)
+        y = np.right_shift(((3 << NEWTON_FRAC) - product) * y, NEWTON_FRAC + 1)
+    return _to_result(y, out.frac - RESULT_FRAC - even // 2, out)
+
+
+def rounded_quotient(numerator: np.ndarray, divisor: int) -> np.ndarray:
+    """numerator / divisor rounded half to even (divisor > 0), as m3c::rounded_quotient."""
+    numerator = np.asarray(numerator, dtype=np.int64)
+    magnitude = np.abs(numerator)
+    quotient, remainder = np.divmod(magnitude, divisor)
+    up = (2 * remainder > divisor) | ((2 * remainder == divisor) & (quotient & 1 == 1))
+    quotient = quotient + up
+    return np.where(numerator < 0, -quotient, quotient)

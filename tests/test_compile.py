@@ -114,35 +114,49 @@ def test_csim_takes_hls_stream_from_our_own_header(compiled, tmp_path):
 
 
 STREAM_PROGRAM = """
-#include <hls_stream.h>
 #include <cstdio>
-int main(int argc, char**) {
-    hls::stream<int> fifo("fifo");
-    for (int i = 0; i < 5; ++i) fifo.write(10 * i);
-    fifo << 50;
-    int first = -1;
-    fifo >> first;
-    const int second = fifo.read();
-    std::printf("%d %d %zu %d", first, second, fifo.size(), int(fifo.empty()));
-    if (argc > 1) while (true) fifo.read();  // runs dry: the simulation must stop
+#include "m3c_dataflow.h"
+// A producer that writes all its values before it reads the consumer's acknowledgement: the
+// FIFO must hold all of them, or both processes wait for ever (in RTL as here).
+int main() {
+    hls::stream<int, DEPTH> values("values");
+    hls::stream<int, 1> done("done");
+    int total = 0;
+    try {
+        M3C_DATAFLOW_BEGIN
+        M3C_PROCESS(for (int i = 0; i < 8; ++i) values.write(i); total -= done.read())
+        M3C_PROCESS(for (int i = 0; i < 8; ++i) total += values.read(); done.write(1))
+        M3C_DATAFLOW_END
+    } catch (const m3c::csim::Deadlock& deadlock) {
+        std::printf("%s\\n", deadlock.what());
+        return 3;
+    }
     int left = 0;
-    while (fifo.read_nb(left)) {}
-    std::printf(" %d %d\\n", left, int(fifo.read_nb(left)));
+    std::printf("%d %d\\n", total, int(values.read_nb(left)));
+    std::fflush(stdout);
+    values.read();  // outside a region an empty FIFO can never fill: a deadlock too
+    return 0;
 }
 """
 
 
-def test_own_hls_stream_is_a_fifo_that_refuses_to_read_empty(compiled, tmp_path):
-    _, project = compiled("micro-pascal", "task")
+def _stream_program(project: Path, tmp_path: Path, depth: int) -> subprocess.CompletedProcess:
     (tmp_path / "stream.cpp").write_text(STREAM_PROGRAM)
-    binary = tmp_path / "stream"
-    subprocess.run(["g++", "-std=c++14", "-Wall", "-Wextra", "-Werror",
-                    f"-I{project / 'hls/csim'}", str(tmp_path / "stream.cpp"), "-o", str(binary)],
-                   check=True)
-    assert subprocess.run([binary], capture_output=True, text=True).stdout == "0 10 4 0 50 0\n"
-    dry = subprocess.run([binary, "dry"], capture_output=True, text=True)
-    assert dry.returncode != 0
-    assert "hls::stream 'fifo' read while empty" in dry.stderr
+    binary = tmp_path / f"stream{depth}"
+    subprocess.run(["g++", "-std=c++14", "-pthread", "-Wall", "-Wextra", "-Werror",
+                    f"-DDEPTH={depth}", f"-I{project / 'hls/csim'}", f"-I{project / 'hls/src'}",
+                    str(tmp_path / "stream.cpp"), "-o", str(binary)], check=True)
+    return subprocess.run([binary], capture_output=True, text=True, timeout=60)
+
+
+def test_own_hls_stream_bounds_fifos_and_reports_deadlocks(compiled, tmp_path):
+    _, project = compiled("micro-pascal", "task")
+    deep = _stream_program(project, tmp_path, 8)
+    assert deep.returncode != 0 and deep.stdout.startswith("27 0\n")  # 0+..+7 - 1, then empty
+    assert "terminate called after throwing an instance of 'm3c::csim::Deadlock'" in deep.stderr
+    shallow = _stream_program(project, tmp_path, 4)
+    assert shallow.returncode == 3
+    assert "dataflow deadlock" in shallow.stdout and "'values' full at depth 4" in shallow.stdout
 
 
 def test_project_makefile_runs_the_testbench(compiled):
@@ -180,10 +194,12 @@ PRAGMA_OPTIONS = {
     "pipeline": {"II"}, "loop_tripcount": {"max"}, "dataflow": set(),
     "array_partition": {"variable", "type", "factor", "dim"},
     "array_reshape": {"variable", "type", "factor", "dim"},
-    "stream": {"variable", "depth"},
+    "stream": {"variable", "depth"}, "inline": {"off"}, "alias": {"ports", "distance"},
+    "bind_storage": {"variable", "type", "impl"},
 }
-PRAGMA_CHOICES = {"mode": {"m_axi", "s_axilite"}, "type": {"complete", "cyclic", "block"},
-                  "offset": {"slave"}}
+PRAGMA_CHOICES = {"mode": {"m_axi", "s_axilite"}, "offset": {"slave"},
+                  "type": {"complete", "cyclic", "block", "ram_2p", "fifo"},
+                  "impl": {"bram", "uram", "lutram"}}
 
 
 def test_every_hls_directive_is_vitis_2023_syntax(compiled):
@@ -200,8 +216,8 @@ def test_every_hls_directive_is_vitis_2023_syntax(compiled):
             assert key in PRAGMA_OPTIONS[name], directive
             if key in PRAGMA_CHOICES:
                 assert value in PRAGMA_CHOICES[key], directive
-            if key in ("factor", "dim", "depth", "II", "limit"):  # dim=0: every dimension
-                assert value.isdigit() and (int(value) > 0 or key == "dim"), directive
+            if key in ("factor", "dim", "depth", "II", "limit", "distance"):  # dim=0: all dims
+                assert value.isdigit() and (int(value) > 0 or key in ("dim", "distance")), directive
 
 
 def test_same_input_gives_byte_identical_projects(export_model, tmp_path):
