@@ -1,0 +1,174 @@
+"""`m3c evaluate`: whole image sets through a compiled project, locally or on Ray."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from m3c.evaluate import (
+    EvaluationError,
+    _confusion,
+    _miou,
+    evaluate,
+    load_images,
+    pack_project,
+    unpack_project,
+    write_evaluation,
+)
+
+
+def _manifest(project):
+    return json.loads((project / "project.json").read_text())
+
+
+def _figures(evaluation: dict) -> dict:
+    """Everything but the timings: what must not depend on how the work was spread."""
+    return {key: value for key, value in evaluation.items() if key != "timing"}
+
+
+@pytest.fixture(scope="module")
+def fixed_project(compiled):
+    return compiled("micro-nyud", "multi", "fixed")[1]
+
+
+@pytest.fixture(scope="module")
+def scenes(fixed_project):
+    return load_images(None, _manifest(fixed_project), synthetic=6)
+
+
+def test_miou_counts_only_classes_that_occur():
+    prediction = np.array([[0, 1, 1], [2, 2, 0]])
+    label = np.array([[0, 1, 2], [2, 2, 0]])
+    confusion = _confusion(prediction, label, classes=4)
+    # class 0: 2/2, class 1: 1/2 (one false positive), class 2: 2/3, class 3 absent
+    assert _miou(confusion) == pytest.approx((1 + 0.5 + 2 / 3) / 3)
+
+
+def test_reference_backend_agrees_with_itself(fixed_project, scenes):
+    evaluation = evaluate([fixed_project], scenes, backend="reference", workers=1)
+    tasks = evaluation["projects"][0]["tasks"]
+    assert tasks["semseg"]["pixel_agreement"] == 1.0
+    assert tasks["semseg"]["miou"] == tasks["semseg"]["miou_float"]
+    assert tasks["depth"]["relative_rmse"] == 0.0
+    assert tasks["depth"]["rmse"] == tasks["depth"]["rmse_float"] > 0
+
+
+def test_emulation_equals_csim_and_stays_close_to_float(fixed_project, scenes):
+    emulated = evaluate([fixed_project], scenes, backend="emulate", workers=1)
+    simulated = evaluate([fixed_project], scenes, backend="csim", workers=1)
+    project = emulated["projects"][0]
+    assert project["tasks"] == simulated["projects"][0]["tasks"]  # bit-exact kernels
+    assert project["per_image"] == simulated["projects"][0]["per_image"]
+    assert 0.9 <= project["tasks"]["semseg"]["pixel_agreement"] <= 1.0
+    assert 0 < project["tasks"]["depth"]["relative_rmse"] < 0.05
+    assert len(project["tasks"]["depth"]["worst_images"]) == 5
+    assert len(project["per_image"]) == len(scenes.images)
+
+
+def test_same_figures_whatever_the_workers_and_batches(fixed_project, scenes):
+    one = evaluate([fixed_project], scenes, workers=1, batch_images=4)
+    two = evaluate([fixed_project], scenes, workers=2, batch_images=1)
+    assert two["timing"]["processes"] == 2
+    assert _figures(one) == _figures(two)
+
+
+def test_a_killed_worker_s_batch_runs_again(fixed_project, scenes):
+    killed = []
+
+    def kill_once(done, total, result):
+        del done, total
+        if not killed:
+            killed.append(result["pid"])
+            os.kill(result["pid"], signal.SIGKILL)
+
+    baseline = evaluate([fixed_project], scenes, workers=1)
+    survived = evaluate([fixed_project], scenes, workers=2, batch_images=1, progress=kill_once)
+    assert killed and killed[0] != os.getpid()
+    assert _figures(survived) == _figures(baseline)
+
+
+def test_several_projects_in_one_run(compiled, fixed_project, scenes):
+    float_project = compiled("micro-nyud", "multi", "float")[1]
+    evaluation = evaluate([fixed_project, float_project], scenes, workers=2)
+    fixed, floating = evaluation["projects"]
+    assert (fixed["precision"], floating["precision"]) == ("fixed", "float")
+    assert floating["tasks"]["depth"]["relative_rmse"] < fixed["tasks"]["depth"]["relative_rmse"]
+    assert floating["saturation"] == {}
+
+
+def test_outputs_and_bad_inputs(fixed_project, scenes, tmp_path):
+    evaluation = evaluate([fixed_project], scenes, workers=1)
+    written = write_evaluation(tmp_path / "out", evaluation)
+    assert [path.name for path in written] == ["evaluation.json", "evaluation.md",
+                                               "evaluation_0.png"]
+    assert "| semseg |" in written[1].read_text()
+    with pytest.raises(EvaluationError, match="no images"):
+        load_images(None, _manifest(fixed_project))
+    empty = tmp_path / "empty.npy"
+    np.save(empty, np.zeros((0, 3, 2, 2), np.float32))
+    with pytest.raises(EvaluationError, match=r"images of shape \[0, 3, 2, 2\]"):
+        load_images(empty, _manifest(fixed_project))
+    with pytest.raises(EvaluationError, match="not a compiled m3c project"):
+        evaluate([tmp_path], scenes)
+
+
+def test_npy_batch_and_labels_folder(fixed_project, scenes, tmp_path):
+    np.save(tmp_path / "images.npy", scenes.images)
+    (tmp_path / "labels").mkdir()
+    for task, labels in scenes.labels.items():
+        np.save(tmp_path / "labels" / f"{task}.npy", labels)
+    loaded = load_images(tmp_path / "images.npy", _manifest(fixed_project), tmp_path / "labels")
+    from_files = evaluate([fixed_project], loaded, workers=1)
+    direct = evaluate([fixed_project], scenes, workers=1)
+    for task, figures in direct["projects"][0]["tasks"].items():
+        named = from_files["projects"][0]["tasks"][task]
+        assert named.pop("worst_images")[0]["image"].startswith("images[")
+        figures.pop("worst_images")
+        assert named == figures
+
+
+def test_project_travels_as_bytes(fixed_project):
+    packed = pack_project(fixed_project)
+    assert packed == pack_project(fixed_project)  # same bytes: one object per project
+    folder = unpack_project(packed)
+    assert (folder / "kernel.json").read_bytes() == (fixed_project / "kernel.json").read_bytes()
+    assert (folder / "intermediate/00_import.onnx").is_file()
+
+
+def test_cli_evaluate(fixed_project, tmp_path):
+    result = subprocess.run([sys.executable, "-m", "m3c", "evaluate", str(fixed_project),
+                             "--synthetic", "3", "--workers", "1", "-o", str(tmp_path),
+                             "--no-plots"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "pixel agreement" in result.stdout and "evaluating [" in result.stderr
+    assert json.loads((tmp_path / "evaluation.json").read_text())["images"] == 3
+    clash = subprocess.run([sys.executable, "-m", "m3c", "evaluate", str(fixed_project),
+                            "--synthetic", "3", "--workers", "2", "--ray", "local"],
+                           capture_output=True, text=True)
+    assert clash.returncode == 2 and "exclude each other" in clash.stderr
+
+
+def test_ray_cluster_survives_a_killed_worker(fixed_project, scenes):
+    ray = pytest.importorskip("ray")
+    killed = []
+
+    def kill_once(done, total, result):
+        del done, total
+        if not killed:
+            killed.append(result["pid"])
+            os.kill(result["pid"], signal.SIGKILL)
+
+    baseline = evaluate([fixed_project], scenes, workers=1)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        survived = evaluate([fixed_project], scenes, ray="auto", batch_images=1,
+                            progress=kill_once)
+    finally:
+        ray.shutdown()
+    assert killed and _figures(survived) == _figures(baseline)
