@@ -22,8 +22,10 @@ from threadpoolctl import threadpool_limits
 from m3c.codegen import KernelPlan, plan_kernel
 from m3c.dse import DEFAULT_BUDGET, Choice, check_budget, choose_design, parse_tiles
 from m3c.errors import CodegenError
-from m3c.estimate import Precision, rows_stream_depth, storage_bindings
+from m3c.estimate import Precision, band_rows, storage_bindings
 from m3c.graph import Graph, load_model, ort_session
+from m3c.hw.layout import DdrLayout, layout_weights, render_calls
+from m3c.hw.units import MIN_SPAN
 from m3c.precision import (
     ROLES,
     calibrate,
@@ -36,7 +38,6 @@ from m3c.precision import (
 )
 from m3c.report import build_report, write_report
 from m3c.runtime import fixed
-from m3c.runtime.ddr import WordFormat
 from m3c.runtime.emulator import LOG2E, KernelEmulator
 from m3c.runtime.fixed import EXP_TABLE_BITS, GELU_RANGE, FixedType, gelu_step_bits, lookup_tables
 from m3c.target import Target, load_target
@@ -44,7 +45,11 @@ from m3c.verify import sample_feeds, task_names
 
 PRECISIONS = ("fixed", "float")
 FLOAT_TOLERANCE = 1e-4  # float C-simulation vs onnxruntime; fixed must equal the emulation
-HP_BUNDLES = ["gmem_w", "gmem_ain", "gmem_aout", "gmem_in", "gmem_out"]
+HP_BUNDLES = ["gmem_w", "gmem_in", "gmem_out"]
+UNITS = ("embed_layer", "load_band", "add_positions", "layernorm_stats", "load_vector",
+         "attention_layer", "projection_layer", "mlp_layer", "mlp_tile", "moe_layer",
+         "normalise_rows", "route_tokens", "matmul", "stream_panels", "mac_array",
+         "store_features")
 
 
 def _templates() -> jinja2.Environment:
@@ -128,12 +133,16 @@ def _build(original: Graph, board: Target, settings: dict, project: Path, tiles,
         expected = _expected_features(kernel, typing, vectors)
     choice = choose_design(kernel["calls"], plan.capacities, board,
                            Precision.from_types(typing.types_json()), budget, tiles)
+    layout = layout_weights(kernel["calls"], choice.design.geometry, typing.ddr_values())
+    for call, segments in zip(kernel["calls"], layout.segments, strict=True):
+        call["ddr"] = segments
     data_files = _write_data(project / "data", vectors, tasks, expected)
-    _write_weights(project / "weights", plan, typing)
+    _write_weights(project / "weights", plan, typing, layout)
     _write_heads(project / "host" / "heads", graph)
-    context = _context(graph, plan, board, typing, tasks, data_files, choice)
+    context = _context(graph, plan, kernel, board, typing, tasks, data_files, choice, layout)
     _render_all(project, context)
-    manifest = _write_manifest(project, graph, plan, kernel, board, typing, tasks, choice)
+    manifest = _write_manifest(project, graph, plan, kernel, board, typing, tasks, choice,
+                               layout)
     write_report(project, build_report(manifest, kernel, choice))
     _write_host(project, manifest)
 
@@ -151,6 +160,10 @@ class Typing:
     @property
     def tolerance(self) -> float:
         return 0.0 if self.types else FLOAT_TOLERANCE
+
+    def ddr_values(self) -> np.ndarray:
+        """What DDR lanes hold: the raw weight_t codes, or the fp32 values."""
+        return self.weights if self.types is None else self.raw_weights
 
     def types_json(self) -> dict:
         if self.types is None:
@@ -227,22 +240,30 @@ def _write_data(folder: Path, vectors: list[dict], tasks: list[str],
         vector["features"].tofile(folder / f"features_onnxruntime_task{index}.bin")
         np.save(folder / f"expected_{task}.npy", vector["output"])
         names += [f"data/input_task{index}.bin", f"data/features_task{index}.bin"]
-    names.append("weights/weights_f32.bin")
+    names.append("weights/weights.bin")
     return names
 
 
-def _write_weights(folder: Path, plan: KernelPlan, typing: Typing) -> None:
-    """weights_f32.bin: the kernel's weight values; weights.bin: the DDR words."""
+def _write_weights(folder: Path, plan: KernelPlan, typing: Typing, layout: DdrLayout) -> None:
+    """weights_f32.bin: the kernel's weight values at their kernel.json offsets (what the
+    emulator reads); weights.bin: the DDR words the kernel reads, in consumption order."""
     folder.mkdir(parents=True)
     typing.weights.tofile(folder / "weights_f32.bin")
-    ddr_dtype = WordFormat.from_types(typing.types_json(), "weight").dtype
-    ddr = typing.weights if typing.types is None else typing.raw_weights.astype(ddr_dtype)
-    ddr.tofile(folder / "weights.bin")
+    lane_dtype = _lane_dtype(typing, layout)
+    layout.lanes.astype(lane_dtype).tofile(folder / "weights.bin")
     table = {name: {"offset": offset, "shape": list(plan.weights.arrays[name].shape)}
              for name, offset in plan.weights.offsets.items()}
-    layout = {"dtype": "float32", "ddr_dtype": ddr_dtype, "elements": plan.weights.size,
-              "tensors": table}
-    (folder / "weights.json").write_text(json.dumps(layout, indent=1, sort_keys=True) + "\n")
+    description = {"dtype": "float32", "ddr_dtype": lane_dtype, "elements": plan.weights.size,
+                   "ddr_words": layout.words, "ddr_lanes": int(layout.lanes.size),
+                   "tensors": table}
+    (folder / "weights.json").write_text(json.dumps(description, indent=1, sort_keys=True)
+                                         + "\n")
+
+
+def _lane_dtype(typing: Typing, layout: DdrLayout) -> str:
+    if typing.types is None:
+        return "float32"
+    return "int16" if layout.port_lanes == 8 else "int32"
 
 
 def _write_heads(folder: Path, graph: Graph) -> None:
@@ -251,29 +272,35 @@ def _write_heads(folder: Path, graph: Graph) -> None:
         onnx.save(graph.to_onnx(head), str(folder / f"{task}.onnx"))
 
 
-def _context(graph: Graph, plan: KernelPlan, board: Target, typing: Typing,
-             tasks: list[str], data_files: list[str], choice: Choice) -> dict:
+def _context(graph: Graph, plan: KernelPlan, kernel: dict, board: Target, typing: Typing,
+             tasks: list[str], data_files: list[str], choice: Choice,
+             layout: DdrLayout) -> dict:
     design = choice.design
+    g = design.geometry
     config = json.loads(graph.metadata.get("m3c.config", "{}"))
     hp_ports = [{"bundle": bundle, "gp": 2 + i % 4, "slave": f"S_AXI_HP{i % 4}_FPD",
                  "width": board.hp_port_bits} for i, bundle in enumerate(HP_BUNDLES)]
+    sizes = dict(design.sizes)
+    embed = next((c for c in kernel["calls"] if c["op"] == "embed"), None)
+    sizes["BAND_ROWS"] = band_rows(embed, design) if embed else 1
+    kinds = sorted({call["narrow"]["cpp"] for call in kernel["calls"] if "narrow" in call})
+    tokens, dim = plan.features_shape[-2], plan.features_shape[-1]
     return {
         "model_name": config.get("name", graph.graph.name or "model"),
         "gate": config.get("gate", "multi"), "tasks": tasks, "num_tasks": len(tasks),
         "precision": typing.precision, "types": typing.types_json(),
         "type_classes": sorted(typing.types_json().items()), **_tables(typing),
         "target": board, "clock_mhz": board.clock_mhz, "tolerance": typing.tolerance,
-        "calls": [call.to_cpp() for call in plan.calls],
-        "weight_elements": plan.weights.size, "arena_elements": plan.arena.size,
-        "image_elements": int(np.prod(plan.image_shape)),
-        "feature_elements": plan.features_elements, "features_offset": plan.features_offset,
+        "port_bits": board.hp_port_bits, "g": g,
+        "sizes": sorted((name, value) for name, value in sizes.items() if name != "BAND_ROWS"),
+        "panel_fifo": design.panel_fifo, "min_span": MIN_SPAN,
+        "storage": storage_bindings(design, choice.budget), "narrow_types": kinds,
+        "calls": render_calls(kernel["calls"], layout, g, sizes, kinds), "units": UNITS,
+        "num_calls": len(kernel["calls"]),
+        "ddr": {"weights": layout.words, "image": g.words(int(np.prod(plan.image_shape))),
+                "features": tokens * g.words(dim)},
+        "features_tokens": tokens, "features_dim": dim,
         "data_files": data_files, "hp_ports": hp_ports,
-        "tile_in": design.tiles[0], "tile_out": design.tiles[1],
-        "query_block": design.query_block, "token_block": design.token_block,
-        "token_stream_depth": token_stream_depth(design.token_block),
-        "rows_stream_depth": rows_stream_depth(design.capacities),
-        "storage": storage_bindings(design, choice.budget),
-        **plan.capacities,
     }
 
 
@@ -293,21 +320,11 @@ def _tables(typing: Typing) -> dict:
             "log2e_bits": int(prob.from_float(LOG2E))}
 
 
-# Tokens an expert's gather may run ahead of its scatter-add: one row waits in the rows FIFO
-# while the MLP holds another, so a few entries keep the index and score FIFOs from stalling it.
-QUEUE_LOOKAHEAD = 4
-
-
-def token_stream_depth(token_block: int) -> int:
-    """Depth of the token-index and score FIFOs: the MLP reads a whole block before scatter-add
-    sees its first result, and gather fills the next block meanwhile; shallower would deadlock."""
-    return max(QUEUE_LOOKAHEAD, 2 * token_block)
-
-
 RENDERED = {
     "hls/kernel/m3c_ops.h.j2": "hls/src/m3c_ops.h",
     "hls/kernel/m3c_types.h.j2": "hls/src/m3c_types.h",
     "hls/kernel/m3c_dataflow.h.j2": "hls/src/m3c_dataflow.h",
+    "hls/kernel/m3c_trace.h.j2": "hls/src/m3c_trace.h",
     "hls/kernel/kernel.h.j2": "hls/src/kernel.h",
     "hls/kernel/kernel.cpp.j2": "hls/src/kernel.cpp",
     "hls/kernel/csim_api.cpp.j2": "hls/src/csim_api.cpp",
@@ -334,20 +351,26 @@ def _render_all(project: Path, context: dict) -> None:
 
 
 def _write_manifest(project: Path, graph: Graph, plan: KernelPlan, kernel: dict, board: Target,
-                    typing: Typing, tasks: list[str], choice: Choice) -> dict:
+                    typing: Typing, tasks: list[str], choice: Choice, layout: DdrLayout) -> dict:
     features = graph.graph.outputs[0]
+    g = choice.design.geometry
     manifest = {
-        "m3c_version": 1, "target": board.name, "precision": typing.precision, "tasks": tasks,
+        "m3c_version": 2, "target": board.name, "precision": typing.precision, "tasks": tasks,
         "types": typing.types_json(), "tolerance": typing.tolerance,
         "calibration_max_abs": typing.activation_max,
         "config": json.loads(graph.metadata.get("m3c.config", "{}")),
         "image_shape": plan.image_shape, "features_shape": list(features.shape),
         "features_tensor": graph.metadata["m3c.features_tensor"],
-        "weight_elements": plan.weights.size, "arena_elements": plan.arena.size,
-        "moe_layers": plan.layers, "tiles": list(choice.design.tiles),
-        "query_block": choice.design.query_block, "token_block": choice.design.token_block,
+        "weight_elements": plan.weights.size, "moe_layers": plan.layers,
+        "tiles": list(choice.design.tiles), "row_tile": g.row_tile, "query_tile": g.query_tile,
         "tiles_forced": choice.forced, "tile_candidates": choice.candidates,
         "budget": choice.budget,
+        # DDR buffers in lanes (elements of the DDR words): what the host allocates.
+        "ddr": {"port_lanes": g.port_lanes, "weights": int(layout.lanes.size),
+                "image": g.words(int(np.prod(plan.image_shape))) * g.port_lanes,
+                "features": plan.features_shape[-2] * g.words(plan.features_shape[-1])
+                * g.port_lanes,
+                "features_row": g.words(plan.features_shape[-1]) * g.port_lanes},
     }
     (project / "project.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
     (project / "kernel.json").write_text(json.dumps(kernel, indent=1) + "\n")

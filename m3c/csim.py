@@ -63,8 +63,8 @@ def compile_command(project: Path, sources: list[str], output: Path, shared: boo
             *[str(project / s) for s in sources], "-o", str(output)]
 
 
-def _digest(project: Path, sources: list[str], shared: bool) -> str:
-    digest = hashlib.sha256(" ".join(CXXFLAGS + SHARED_FLAGS + [str(shared)]).encode())
+def _digest(project: Path, sources: list[str], shared: bool, flags: list[str]) -> str:
+    digest = hashlib.sha256(" ".join(CXXFLAGS + SHARED_FLAGS + [str(shared)] + flags).encode())
     headers = sorted((project / "hls/src").iterdir()) + sorted((project / CSIM_INCLUDE).iterdir())
     for path in headers + [project / s for s in sources]:
         digest.update(path.name.encode())
@@ -73,16 +73,18 @@ def _digest(project: Path, sources: list[str], shared: bool) -> str:
 
 
 def build(project: str | os.PathLike, sources: list[str] | None = None,
-          shared: bool = True) -> Path:
+          shared: bool = True, traced: bool = False) -> Path:
     """Compile (or reuse) the kernel; returns the shared library or executable."""
     project = Path(project)
     sources = sources or KERNEL_SOURCES
-    target = cache_dir() / f"m3c-{_digest(project, sources, shared)}{'.so' if shared else ''}"
+    flags = ["-DM3C_TRACE"] if traced else []
+    digest = _digest(project, sources, shared, flags)
+    target = cache_dir() / f"m3c-{digest}{'.so' if shared else ''}"
     if target.exists():
         return target
     partial = target.with_name(target.name + f".{os.getpid()}.partial")
-    result = subprocess.run(compile_command(project, sources, partial, shared),
-                            capture_output=True, text=True)
+    command = compile_command(project, sources, partial, shared)
+    result = subprocess.run(command[:1] + flags + command[1:], capture_output=True, text=True)
     if result.returncode != 0:
         raise CodegenError(f"g++ failed on {project}:\n{result.stderr[-2000:]}")
     os.replace(partial, target)
@@ -90,20 +92,22 @@ def build(project: str | os.PathLike, sources: list[str] | None = None,
 
 
 class CSimKernel:
-    """The C-simulated accelerator: same arguments as the hardware kernel, in float."""
+    """The C-simulated accelerator: the DDR weight words as the board holds them; images and
+    features in float."""
 
     def __init__(self, library: Path, weights: np.ndarray) -> None:
         self.library_path = library
         self._lib = ctypes.CDLL(str(library))
         self._lib.m3c_run.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
                                       ctypes.c_int]
-        self.weights = np.ascontiguousarray(weights, np.float32)
-        expected = self._lib.m3c_weight_elements()
-        if self.weights.size != expected:
-            raise CodegenError(f"weight blob has {self.weights.size} elements, kernel expects "
-                               f"{expected}", remedy="recompile the project")
+        self.weights = np.ascontiguousarray(weights).view(np.uint8)
+        words = self._lib.m3c_weight_words()
+        if self.weights.size % words or self.weights.size // words not in (16, 32, 64):
+            raise CodegenError(f"weights.bin holds {self.weights.size} bytes, the kernel reads "
+                               f"{words} words", remedy="recompile the project")
         self.feature_elements = self._lib.m3c_feature_elements()
         self.image_elements = self._lib.m3c_image_elements()
+        self.traced = hasattr(self._lib, "m3c_trace_record")
 
     def run(self, image: np.ndarray, task: int) -> np.ndarray:
         image = np.ascontiguousarray(image, np.float32)
@@ -121,9 +125,25 @@ class CSimKernel:
             raise CodegenError(f"kernel refused task {task}")
         return features
 
+    def trace(self, calls: int) -> list[dict]:
+        """Per kernel.json call since the last reset: DDR beats per bundle, array cycles (a
+        library built with `traced=True`)."""
+        record = (ctypes.c_longlong * 4)()
+        rows = []
+        for call in range(calls):
+            if self._lib.m3c_trace_record(call, record) != 0:
+                record = (ctypes.c_longlong * 4)()
+            rows.append({"ddr_beats": {"gmem_w": record[0], "gmem_in": record[1],
+                                       "gmem_out": record[2]}, "array_cycles": record[3]})
+        return rows
 
-def load(project: str | os.PathLike) -> CSimKernel:
-    """Build (cached) and load a compiled project's kernel for calls from Python."""
+    def reset_trace(self) -> None:
+        self._lib.m3c_trace_reset()
+
+
+def load(project: str | os.PathLike, traced: bool = False) -> CSimKernel:
+    """Build (cached) and load a compiled project's kernel for calls from Python; `traced`
+    builds it with the C-simulation trace (m3c_trace.h)."""
     project = Path(project)
-    weights = np.fromfile(project / "weights" / "weights_f32.bin", dtype=np.float32)
-    return CSimKernel(build(project), weights)
+    weights = np.fromfile(project / "weights" / "weights.bin", dtype=np.uint8)
+    return CSimKernel(build(project, traced=traced), weights)

@@ -1,35 +1,21 @@
 """Resource and cycle estimates of a generated kernel, from kernel.json alone (no Vitis).
 
-The models mirror the op library (templates/hls/kernel/m3c_ops.h.j2): one shared unit per op
-sized by the capacities, a straight-line call sequence, weights and activations in DDR behind
-the m_axi bundles `gmem_w` (weights), `gmem_ain` (activation reads), `gmem_aout` (writes).
+The kernel (templates/hls/units/) is one MAC array of TK x TM multiply-accumulators that runs
+every matrix product, activations on chip in banked memories, and DDR reached only by
+sequential word loops (weights in consumption order, the image, the features). Cycles come from
+m3c/hw/units.py, which mirrors every loop trip for trip (the C-simulation trace checks it).
 
-Resources (per unit, UltraScale+ DSP48E2 fabric):
-- a multiply-accumulate (MAC) costs `MAC_DSP_FLOAT` = 5 DSPs in fp32 (3 for the multiplier,
-  2 for the adder); in fixed point ceil(a/27)*ceil(b/18) DSPs for an a x b-bit product (one
-  DSP48E2 for 16 x 16), the accumulation riding in the DSP's post-adder;
-- linear: TILE_IN x TILE_OUT MACs plus TILE_OUT activation units (the store loop unrolls over
-  the tile's outputs), divided by the loop's II (operators are shared within an iteration when
-  the port limits II above 1); attention: 2 x QUERY_BLOCK x MAX_HEAD_DIM MACs (the unrolled
-  score dot products and value-row accumulations of a block of queries, keys and values
-  reshaped to one row per word) and QUERY_BLOCK exp units;
-  layernorm: 1 MAC; route: MAX_EXPERTS MACs (every expert's logit at once); expert_ffn:
-  2 x TOKEN_BLOCK x TILE_OUT MACs (its two matrix loops run EXPERT_LANES = TILE_OUT outputs of
-  TOKEN_BLOCK tokens at once) + 1 (the scaled scatter-add);
-- arrays: each partition bank of depth d and width w takes the cheapest BRAM18 shape
-  (16K x 1 ... 512 x 36, ceil(w / shape width) x ceil(d / shape depth) blocks) or, from
-  `URAM_MIN_BITS` up and while the target's URAMs last, URAM blocks of 4K x 72; banks up to
-  `REGISTER_MAX_BITS` become flip-flops (completely partitioned arrays are registers).
-
-Cycles: a pipelined loop of trip count n takes n * II + depth; II is the larger of the
-loop-carried recurrence (a float accumulation waits for the adder: II = `FADD_LATENCY`;
-fixed point: 1) and the port limit: per bundle, the beats its accesses in one iteration need
-(elements * bits / port bits, rounded up, each distinct array at least one beat), and two
-reads per cycle per on-chip bank. Every DDR loop pays `DDR_LATENCY` once for its first beat.
-The MoE layer runs the double-buffered expert loop: after the first load, step s takes
-max(compute of expert s, load of expert s + 1) with the real queue lengths; within an expert,
-gather, MLP and scatter-add are dataflow processes, so a block of TOKEN_BLOCK tokens costs
-the slowest of them.
+Resources (UltraScale+):
+- the array: TK x TM MACs, one DSP48E2 each for operands up to 27 x 18 bits (`MAC_DSP_FLOAT` =
+  5 in fp32); sums wider than the DSP's 48-bit accumulator add a fabric adder per MAC; the two
+  panel register sets (shadow and current) are flip-flops;
+- multipliers the kernel binds to fabric (`bind_op impl=fabric`: the layer norm applied as rows
+  are read, the epilogue's scale, softmax normalisation, gate and GELU) cost LUTs, about
+  `FABRIC_LUT_PER_BIT2` per product bit pair;
+- every array is bound (bind_storage) to registers (a word per bank), LUTRAM (banks up to
+  `REGISTER_MAX_BITS`), URAM (the largest banks from `URAM_MIN_BITS` while `budget` of the
+  target's URAMs last) or BRAM18 in their cheapest aspect ratio; lookup tables the array reads
+  several times per cycle are counted once per two readers (dual-ported ROM copies).
 """
 
 from __future__ import annotations
@@ -39,28 +25,23 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 
 from m3c.errors import M3CError
+from m3c.hw import units as hw
+from m3c.hw.geometry import Geometry, lane_bits
 from m3c.target import Target
 
 MAC_DSP_FLOAT = 5
-FADD_LATENCY = 4
-FMUL_LATENCY = 3
-SPECIAL_LATENCY = {"exp": 20, "div": 16, "sqrt": 16, "gelu": 28}
-DDR_LATENCY = 64  # cycles to the first beat of a burst (~210 ns at 300 MHz)
 BRAM18_SHAPES = [(16384, 1), (8192, 2), (4096, 4), (2048, 9), (1024, 18), (512, 36)]
 URAM_DEPTH, URAM_WIDTH = 4096, 72
 URAM_MIN_BITS = 128 * 1024  # large banks go to URAM (bind_storage impl=uram)
 REGISTER_MAX_BITS = 1024  # smaller banks go to LUTRAM
 LUTRAM_BITS_PER_LUT = 32  # a dual-ported LUTRAM holds 32 bits per LUT6 (RAM32X1D-like)
 DSP_ACC_BITS = 48  # the DSP48E2 post-adder / accumulator width
-# Fabric per unit: (LUT, FF). Special functions are fp32 cores (the templates evaluate them
-# in float whatever the storage type); DSPs of special functions in SPECIAL_DSP.
-SPECIAL_FABRIC = {"exp": (900, 1100), "div": (800, 1300), "sqrt": (600, 900),
-                  "gelu": (1500, 1800)}
-SPECIAL_DSP = {"exp": 7, "div": 0, "sqrt": 0, "gelu": 10}
-FLOAT_MAC_FABRIC = (320, 520)
+FABRIC_LUT_PER_BIT2 = 0.55  # LUTs of a fabric multiplier per product of operand widths
 UNIT_CONTROL = (600, 800)
 MAXI_BUNDLE = (1600, 2600)
-BUNDLES = 5  # weights, arena read, arena write, image, features (kernel.cpp.j2)
+BUNDLES = 3  # weights, image, features (kernel.cpp.j2)
+EXP_TABLE_BRAM18 = 1  # 1024 x 18 bits
+GELU_TABLE_BRAM18 = 4  # 4096 x 18 bits
 
 
 class EstimateError(M3CError):
@@ -80,9 +61,8 @@ class Precision:
 
     @classmethod
     def from_types(cls, types: dict | None) -> Precision:
-        """From project.json["types"]: per class ("data", "weight", "acc", "prob") either a
-        dict with "width" (and "kind": "float" or "fixed") or a C type name ("float",
-        "ap_fixed<16,6>"); fp32 for what is absent."""
+        """From project.json["types"]: per class either a dict with "width" (and "kind":
+        "float" or "fixed") or a C type name; fp32 for what is absent."""
         if not types:
             return cls()
         parsed = {name: _type_width(types.get(name, "float")) for name in
@@ -91,20 +71,16 @@ class Precision:
                    floating=parsed["data"][1] and parsed["weight"][1])
 
     @property
+    def operand_bits(self) -> int:
+        """The array's streaming operand: data, or a softmax numerator (unsigned)."""
+        return max(self.data, self.prob + 1)
+
+    @property
     def mac_dsp(self) -> int:
         if self.floating:
             return MAC_DSP_FLOAT
-        wide, narrow = max(self.data, self.weight), min(self.data, self.weight)
+        wide, narrow = max(self.operand_bits, self.weight), min(self.operand_bits, self.weight)
         return math.ceil(wide / 27) * math.ceil(narrow / 18)
-
-    @property
-    def acc_ii(self) -> int:
-        """II of a loop that accumulates into one variable."""
-        return FADD_LATENCY if self.floating else 1
-
-    @property
-    def mac_latency(self) -> int:
-        return FMUL_LATENCY + FADD_LATENCY if self.floating else 3
 
 
 def _type_width(spec) -> tuple[int, bool]:
@@ -123,22 +99,56 @@ def _type_width(spec) -> tuple[int, bool]:
 
 @dataclass(frozen=True)
 class Design:
-    """One design point: what the estimates need besides the call list."""
+    """One design point: the array's geometry beside the target, capacities and precision."""
 
     target: Target
     capacities: dict
-    tiles: tuple[int, int] = (16, 16)
+    tiles: tuple[int, int] = (16, 8)  # (TK, TM)
     precision: Precision = field(default_factory=Precision)
-    query_block: int = 1  # attention queries computed side by side
-    token_block: int = 1  # an expert's queued tokens computed side by side
+    row_tile: int = 128
+    query_tile: int = 32
 
     @property
-    def port_bits(self) -> int:
-        return self.target.hp_port_bits
+    def geometry(self) -> Geometry:
+        return Geometry(self.tiles[0], self.tiles[1], lane_bits(self.precision),
+                        self.target.hp_port_bits, self.row_tile, self.query_tile)
 
-    def beats(self, elements: int, bits: int) -> int:
-        """AXI beats to move `elements` of `bits` each (at least one per access)."""
-        return max(1, math.ceil(elements * bits / self.port_bits))
+    @property
+    def sizes(self) -> dict[str, int]:
+        return kernel_sizes(self.capacities, self.geometry, self.precision)
+
+    @property
+    def panel_fifo(self) -> int:
+        """Depth of the panel FIFO: a whole first panel (biases included) can wait in it."""
+        g = self.geometry
+        return g.panel_words + g.bias_words
+
+
+def kernel_sizes(c: dict, g: Geometry, p: Precision) -> dict[str, int]:
+    """The kernel's constants (m3c_ops.h): memory depths, loop bounds, operand widths."""
+    qkv_chunks = g.chunks(3 * c["max_head_dim"])
+    attention = c["max_tokens"] * (qkv_chunks + g.chunks(c["max_dim"]))
+    band_row = c.get("patch_grid_w", 1) * g.chunks(c.get("max_patch_len", 1))
+    act_depth = max(attention, g.row_tile * g.chunks(c.get("max_hidden", 1)),
+                    c["max_tokens"] * g.chunks(c["max_dim"])
+                    + g.row_tile * g.chunks(c["max_expert_hidden"]), band_row)
+    longest = max(c["max_in"], c["max_tokens"], c.get("max_hidden", 1),
+                  c["max_expert_hidden"])
+    operand = 32 if p.floating else p.operand_bits
+    return {
+        "MAX_TOKENS": c["max_tokens"], "MAX_EXPERTS": c["max_experts"],
+        "MAX_TOP_K": c["max_top_k"], "MAX_HEADS": c.get("max_heads", 1),
+        "MAX_QKV_CHUNKS": qkv_chunks, "NORM_WIDTH": g.padded(c["max_dim"]),
+        "RESID_DEPTH": c["max_tokens"] * g.chunks(c["max_dim"]), "ACT_DEPTH": act_depth,
+        "SCORE_KEYS": g.padded(c["max_tokens"]), "X_BITS": operand,
+        "SUM_BITS": min(63, operand + g.lane_bits + math.ceil(math.log2(longest + 1)) + 1),
+        "MAX_FILL": max(g.bias_words + g.panel_words, g.tk, g.tm),
+        "MAX_STEPS": g.chunks(longest) * math.ceil(max(c["max_out"], c["max_tokens"]) / g.tm),
+        "MAX_BLOB_WORDS": g.matmul_words(longest, max(c["max_out"], c["max_tokens"])),
+        "MAX_BANDS": max(1, c.get("patch_grid_h", 1)),
+        "MAX_BAND_WORDS": max(1, c.get("image_elements", 1) // g.port_lanes),
+        "MAX_BAND_TILES": max(1, math.ceil(c.get("max_patches", 1) / g.row_tile)),
+    }
 
 
 # ---------------------------------------------------------------------------------- resources
@@ -227,99 +237,29 @@ def bind_memories(arrays: Sequence[Array], target: Target, budget: float = 1.0) 
     return bindings
 
 
-def _macs(count: int, p: Precision) -> Resources:
-    if p.floating:
-        lut, ff = FLOAT_MAC_FABRIC
-    else:
-        lut, ff = p.acc // 2, p.acc + p.data + p.weight  # rounding + pipeline registers
-        if p.acc > DSP_ACC_BITS:  # the sum leaves the DSP: a fabric adder per MAC
-            lut += p.acc
-    return Resources(dsp=count * p.mac_dsp, lut=count * lut, ff=count * ff)
-
-
-def _special(name: str, count: int = 1) -> Resources:
-    lut, ff = SPECIAL_FABRIC[name]
-    return Resources(dsp=count * SPECIAL_DSP[name], lut=count * lut, ff=count * ff)
-
-
-def _control() -> Resources:
-    return Resources(lut=UNIT_CONTROL[0], ff=UNIT_CONTROL[1])
-
-
-def unit_logic(design: Design) -> dict[str, Resources]:
-    """Each shared unit's arithmetic and control (DSP, LUT, FF), without its arrays."""
-    p = design.precision
-    ti, to = design.tiles
-    # Inside a pipeline of II > 1, HLS binds one operator to several operations of the same
-    # iteration: the MAC array needs TILE_IN*TILE_OUT/II multipliers, the store loop
-    # TILE_OUT/II activation units, where II is set by the gmem_ain / gmem_aout beats.
-    mac_ii, store_ii = design.beats(ti, p.data), design.beats(to, p.data)
-    return {
-        "linear": _control() + _macs(math.ceil(ti * to / mac_ii), p)
-        + _special("gelu", math.ceil(to / store_ii)) + Resources(ff=ti * to * p.weight),
-        "layernorm": _control() + _macs(1, p) + _special("div") + _special("sqrt"),
-        "attention": _control()
-        + _macs(2 * design.query_block * design.capacities["max_head_dim"], p)
-        + _special("exp", design.query_block) + _special("div"),
-        "route": _control() + _macs(design.capacities["max_experts"], p) + _special("exp")
-        + _special("div"),
-        "expert_ffn": _control() + _macs(2 * design.token_block * to + 1, p)
-        + _special("gelu"),
-        "elementwise": _control() + _macs(1, p),  # add, patchify, finish_embedding, narrow
-        "interfaces": Resources(lut=BUNDLES * MAXI_BUNDLE[0], ff=BUNDLES * MAXI_BUNDLE[1]),
-    }
-
-
-# The expert ping-pong slots among unit_arrays (what a different expert schedule replaces).
-SLOTS = ("ping", "pong")
-SLOT_ARRAYS = frozenset(f"{slot}_{part}" for slot in SLOTS for part in ("w1", "w2", "b1", "b2"))
-
-
 def unit_arrays(design: Design) -> list[Array]:
-    """The static and local arrays of the op library, sized by the capacities, named as the
-    kernel's variables (each has the bind_storage its `bind_memories` binding says)."""
-    c, p = design.capacities, design.precision
-    to = design.tiles[1]
-    tokens, dim, hd = c["max_tokens"], c["max_dim"], c["max_head_dim"]
-    experts, hidden = c["max_experts"], c["max_expert_hidden"]
-    block, token_block = design.query_block, design.token_block
-    lanes_h, lanes_d = min(to, hidden), min(to, dim)  # the slots' reshape factors
-    slots = []
-    for slot in SLOTS:  # rows reshaped into words of EXPERT_LANES (= TILE_OUT) weights
-        slots += [Array("expert_ffn", f"{slot}_w1", dim * math.ceil(hidden / lanes_h),
-                        lanes_h * p.weight),
-                  Array("expert_ffn", f"{slot}_w2", hidden * math.ceil(dim / lanes_d),
-                        lanes_d * p.weight),
-                  Array("expert_ffn", f"{slot}_b1", math.ceil(hidden / lanes_h),
-                        lanes_h * p.weight),
-                  Array("expert_ffn", f"{slot}_b2", math.ceil(dim / lanes_d),
-                        lanes_d * p.weight)]
+    """The kernel's arrays (kernel.cpp.j2 and the units), named as its variables, sized by the
+    capacities and the geometry."""
+    c, p, g = design.capacities, design.precision, design.geometry
+    s = design.sizes
+    tokens, experts, qt = c["max_tokens"], c["max_experts"], g.query_tile
     return [
-        Array("linear", "acc", tokens, p.acc, banks=to),  # partitioned on its TILE_OUT axis
-        Array("layernorm", "row", dim, p.data),
-        Array("attention", "keys", tokens, hd * p.data),  # reshaped: a row per word
-        Array("attention", "values", tokens, hd * p.data),
-        Array("attention", "query", 1, p.data, banks=block * hd),
-        Array("attention", "mixed", 1, p.acc, banks=block * hd),
-        Array("attention", "weights", tokens, p.prob, banks=block),
-        Array("attention", "scores", tokens, p.logit, banks=block),
-        Array("route", "table", dim, experts * p.weight),  # reshaped: a row per word
-        Array("route", "sums", 1, p.acc, banks=experts),
-        Array("route", "queue_tokens", experts * tokens, 32),
-        Array("route", "queue_scores", experts * tokens, p.prob),
-        *slots,
-        Array("expert_ffn", "sums", 1, p.acc, banks=token_block * to),
-        Array("expert_ffn", "hidden_rows", hidden, p.data, banks=token_block),
-        Array("expert_ffn", "block_rows", dim, p.data, banks=token_block),
-        Array("expert_ffn", "out_rows", dim, p.data, banks=token_block),
-        Array("expert_ffn", "rows", rows_stream_depth(c), p.data),  # gather -> MLP FIFO
-        Array("expert_ffn", "results", rows_stream_depth(c), p.data),  # MLP -> scatter FIFO
+        Array("memory", "resid", s["RESID_DEPTH"], 64, banks=g.banks),
+        Array("memory", "act", s["ACT_DEPTH"], 64, banks=g.banks),
+        Array("matmul", "sums", g.row_tile, s["SUM_BITS"], banks=g.tm),
+        Array("matmul", "words", design.panel_fifo, g.port_bits),  # the panel FIFO
+        Array("attention", "scores", qt * s["SCORE_KEYS"] // g.tk, p.logit, banks=g.tk),
+        Array("attention", "row_max", qt, p.logit),
+        Array("attention", "totals", qt, p.acc),
+        Array("attention", "inverses", qt, p.prob + 6),
+        Array("moe", "logits", tokens, p.logit, banks=experts),
+        Array("moe", "queue_tokens", tokens, 32, banks=experts),
+        Array("moe", "queue_scores", tokens, p.prob, banks=experts),
+        Array("layernorm", "ln_mean", tokens, p.data),
+        Array("layernorm", "ln_inv", tokens, 24),
+        Array("layernorm", "gamma", s["NORM_WIDTH"] // g.tk, p.weight, banks=g.tk),
+        Array("layernorm", "beta", s["NORM_WIDTH"] // g.tk, p.weight, banks=g.tk),
     ]
-
-
-def rows_stream_depth(capacities: dict) -> int:
-    """Depth of the expert dataflow's row FIFOs: one row, so gather can run a row ahead."""
-    return capacities["max_dim"]
 
 
 def storage_bindings(design: Design, budget: float = 1.0) -> dict[str, str]:
@@ -328,13 +268,44 @@ def storage_bindings(design: Design, budget: float = 1.0) -> dict[str, str]:
             for b in bind_memories(unit_arrays(design), design.target, budget)}
 
 
+def _fabric(count: int, a: int, b: int) -> Resources:
+    return Resources(lut=math.ceil(count * a * b * FABRIC_LUT_PER_BIT2), ff=count * (a + b))
+
+
+def _control(units: int = 1) -> Resources:
+    return Resources(lut=units * UNIT_CONTROL[0], ff=units * UNIT_CONTROL[1])
+
+
+def unit_logic(design: Design) -> dict[str, Resources]:
+    """Each unit's arithmetic and control (DSP, LUT, FF, ROM copies), without its arrays."""
+    p, g, c = design.precision, design.geometry, design.capacities
+    s = design.sizes
+    macs = g.macs
+    array = Resources(dsp=macs * p.mac_dsp,
+                      ff=2 * macs * g.lane_bits + 2 * g.tm * s["SUM_BITS"])
+    if not p.floating and s["SUM_BITS"] > DSP_ACC_BITS:
+        array = array + Resources(lut=macs * s["SUM_BITS"])  # the sum leaves the cascade
+    data = 32 if p.floating else p.data
+    return {
+        "matmul": _control(2) + array + _fabric(4 * g.tm, data, 24),  # epilogue multipliers
+        "layernorm": _control() + _fabric(2 * g.tk, data + 1, 24) + _fabric(6, 40, 40),
+        "attention": _control() + Resources(bram18=math.ceil(g.tk / 2) * EXP_TABLE_BRAM18),
+        "moe": _control() + _fabric(c["max_experts"], p.prob, 24) + _fabric(4, 40, 40)
+        + Resources(lut=c["max_experts"] * c["max_top_k"] * 40,
+                    bram18=math.ceil(c["max_experts"] / 2) * EXP_TABLE_BRAM18),
+        "activations": Resources(bram18=math.ceil(g.tm / 2) * GELU_TABLE_BRAM18),
+        "embed": _control(2),
+        "interfaces": Resources(lut=BUNDLES * MAXI_BUNDLE[0], ff=BUNDLES * MAXI_BUNDLE[1]),
+    }
+
+
 def unit_resources(design: Design, budget: float = 1.0) -> dict[str, Resources]:
     """Each unit's logic plus its arrays as bound by `bind_memories`."""
     units = unit_logic(design)
     for binding in bind_memories(unit_arrays(design), design.target, budget):
         field_name = {"registers": "ff", "lutram": "lut"}.get(binding.storage, binding.storage)
-        units[binding.array.unit] = units[binding.array.unit] + Resources(
-            **{field_name: binding.blocks})
+        unit = binding.array.unit
+        units[unit] = units.get(unit, Resources()) + Resources(**{field_name: binding.blocks})
     return units
 
 
@@ -374,7 +345,7 @@ def check_fit(design: Design, budget: float = 1.0) -> Resources:
     used = total_resources(unit_resources(design, budget))
     if overflows(used, design.target, budget):
         raise EstimateError(
-            f"tiles {design.tiles[0]}x{design.tiles[1]} do not fit {design.target.name} "
+            f"array {design.tiles[0]}x{design.tiles[1]} does not fit {design.target.name} "
             f"({budget:.0%} of its resources):\n{overflow_table(design, budget)}",
             remedy="choose smaller --tiles, or let m3c pick them (omit --tiles)")
     return used
@@ -382,165 +353,48 @@ def check_fit(design: Design, budget: float = 1.0) -> Resources:
 
 # ------------------------------------------------------------------------------------- cycles
 
-def pipelined(trip: int, ii: int, depth: int) -> int:
-    return trip * ii + depth if trip > 0 else 0
-
-
-def _linear(call: dict, d: Design) -> int:
-    p, (ti, to) = d.precision, d.tiles
-    n, k, m = call["tokens"], call["in_dim"], call["out_dim"]
-    out_tiles, in_tiles = math.ceil(m / to), math.ceil(k / ti)
-    init = pipelined(n, d.beats(to, p.weight), DDR_LATENCY)
-    load = pipelined(ti, d.beats(to, p.weight), DDR_LATENCY)
-    # Each token's TILE_IN inputs come over gmem_ain; the adder chain sets the depth.
-    mac = pipelined(n, d.beats(ti, p.data), DDR_LATENCY + p.mac_latency + ti * p.acc_ii)
-    act_depth = SPECIAL_LATENCY["gelu"] if call.get("activation", "none") != "none" else 1
-    store = pipelined(n, d.beats(to, p.data), DDR_LATENCY + act_depth)
-    return out_tiles * (init + in_tiles * (load + mac) + store)
-
-
-def _layernorm(call: dict, d: Design) -> int:
-    p = d.precision
-    n, dim = call["tokens"], call["dim"]
-    passes = 2 * pipelined(dim, p.acc_ii, DDR_LATENCY)  # mean, then variance
-    scale = SPECIAL_LATENCY["sqrt"] + SPECIAL_LATENCY["div"]
-    write = pipelined(dim, 2, DDR_LATENCY)  # gamma and beta share gmem_w
-    return n * (passes + scale + write)
-
-
-def _attention(call: dict, d: Design) -> int:
-    """Per block of QUERY_BLOCK queries: their rows into registers, one key row per cycle
-    scored against all of them (head_dim MACs each), their softmaxes side by side, one value
-    row per cycle into their accumulators, then their output rows."""
-    p, block = d.precision, d.query_block
-    n, dim, heads = call["tokens"], call["dim"], call["heads"]
-    hd = dim // heads
-    load_kv = pipelined(n * hd, 2, DDR_LATENCY)  # keys and values share gmem_ain
-    queries = pipelined(block * hd, 1, DDR_LATENCY)
-    scores = pipelined(n, 1, p.mac_latency + hd * p.acc_ii)  # no sum spans two scores
-    softmax = (pipelined(n, p.acc_ii, SPECIAL_LATENCY["exp"])
-               + pipelined(block, 1, SPECIAL_LATENCY["div"]))
-    mix = pipelined(n, p.acc_ii, p.mac_latency)  # each accumulator adds once per cycle
-    store = pipelined(block * hd, 1, DDR_LATENCY + p.mac_latency)
-    return heads * (load_kv + math.ceil(n / block) * (queries + scores + softmax + mix + store))
-
-
-def _add(call: dict, d: Design) -> int:
-    return pipelined(call["count"], 2, DDR_LATENCY)  # a and b share gmem_ain
-
-
-def _narrow(call: dict, d: Design) -> int:
-    return pipelined(call["count"], 1, 2 * DDR_LATENCY)  # read, round, write back
-
-
-def _patchify(call: dict, d: Design) -> int:
-    return pipelined(call["channels"] * call["height"] * call["width"], 1, DDR_LATENCY)
-
-
-def _finish_embedding(call: dict, d: Design) -> int:
-    return pipelined(call["count"] * call["dim"], 1, DDR_LATENCY) + call["dim"]
-
-
-def _route(call: dict, d: Design) -> int:
-    """The task's router matrix onto the chip, then per token: all experts' logits side by
-    side over its row, softmax, top-k selection, the queue appends."""
-    p = d.precision
-    n, dim, e, k = call["tokens"], call["dim"], call["experts"], call["top_k"]
-    load = pipelined(dim, d.beats(e, p.weight), DDR_LATENCY)  # a table row per iteration
-    logits = pipelined(dim, p.acc_ii, DDR_LATENCY + p.mac_latency) + e
-    softmax = e * SPECIAL_LATENCY["exp"] + SPECIAL_LATENCY["div"] + e
-    return load + n * (e + logits + softmax + k * e + e)
-
-
-def expert_load_cycles(call: dict, d: Design) -> int:
-    """load_expert: w1 then w2 a slot word (EXPERT_LANES weights) per iteration over gmem_w,
-    then the biases."""
-    p, lanes = d.precision, d.tiles[1]
-    dim, hidden = call["dim"], call["hidden"]
-    word = d.beats(lanes, p.weight)
-    return (pipelined(dim * math.ceil(hidden / lanes), word, DDR_LATENCY)
-            + pipelined(hidden * math.ceil(dim / lanes), word, DDR_LATENCY)
-            + pipelined(hidden, 1, DDR_LATENCY) + pipelined(dim, 1, DDR_LATENCY))
-
-
-def expert_compute_cycles(call: dict, d: Design, count: int) -> int:
-    """compute_expert on `count` queued tokens, TOKEN_BLOCK at a time: gather, MLP (rows in,
-    D->H then H->D with EXPERT_LANES outputs of every token in the block per pass, rows out)
-    and scatter-add are dataflow processes, so a block costs its slowest stage, plus filling
-    and draining."""
-    if count == 0:
-        return 0
-    full, rest = divmod(count, d.token_block)
-    cycles = full * _expert_block_cycles(call, d, d.token_block)
-    if rest:
-        cycles += _expert_block_cycles(call, d, rest)
-    first = min(count, d.token_block)
-    return cycles + first * pipelined(call["dim"], 1, DDR_LATENCY) + pipelined(
-        call["dim"], 1, 2 * DDR_LATENCY)
-
-
-def _expert_block_cycles(call: dict, d: Design, tokens: int) -> int:
-    """One block of `tokens` (<= TOKEN_BLOCK) queued tokens through its slowest process."""
-    p, lanes, block = d.precision, d.tiles[1], d.token_block
-    dim, hidden = call["dim"], call["hidden"]
-    gather = tokens * pipelined(dim, 1, DDR_LATENCY)
-    # the activation and store loops over (token, lane) are (semi-)perfect nests, which HLS
-    # flattens into one pipeline
-    fc1 = math.ceil(hidden / lanes) * (pipelined(dim, p.acc_ii, p.mac_latency)
-                                       + pipelined(tokens * lanes, 1, SPECIAL_LATENCY["gelu"]))
-    fc2 = math.ceil(dim / lanes) * (pipelined(hidden, p.acc_ii, p.mac_latency)
-                                    + pipelined(block * lanes, 1, 1))
-    mlp = block * pipelined(dim, 1, 1) + fc1 + fc2 + tokens * pipelined(dim, 1, 1)
-    scatter = tokens * pipelined(dim, 1, 2 * DDR_LATENCY)  # read, add, write back
-    return max(gather, mlp, scatter)
-
-
-@dataclass
-class ExpertStep:
-    """One expert of the double-buffered loop: its load (prefetched one step ahead) and compute."""
-
-    expert: int
-    tokens: int
-    load_start: int
-    load_end: int
-    compute_start: int
-    compute_end: int
-
-
-def expert_schedule(call: dict, d: Design, queue_lengths: Sequence[int]) -> list[ExpertStep]:
-    """Timeline of expert_ffn: experts with non-empty queues in index order; expert s + 1
-    loads into the other slot while s computes, so step s lasts max(compute s, load s + 1)."""
-    load = expert_load_cycles(call, d)
-    zero = pipelined(call["tokens"] * call["dim"], 1, DDR_LATENCY)
-    active = [(e, int(n)) for e, n in enumerate(queue_lengths) if n > 0]
-    steps: list[ExpertStep] = []
-    load_end = zero + load
-    clock = load_end
-    for index, (expert, count) in enumerate(active):
-        load_start = load_end - load
-        compute = expert_compute_cycles(call, d, count)
-        steps.append(ExpertStep(expert, count, load_start, load_end, clock, clock + compute))
-        if index + 1 < len(active):
-            load_end = clock + load  # the next expert's load starts with this compute
-        clock = max(clock + compute, load_end if index + 1 < len(active) else 0)
-    return steps
-
-
 def uniform_queues(call: dict, top_k: int) -> list[int]:
     """Balanced routing: tokens * top_k assignments spread evenly (compile-time default)."""
     total, experts = call["tokens"] * top_k, call["experts"]
     return [total // experts + (1 if e < total % experts else 0) for e in range(experts)]
 
 
-def _expert_ffn(call: dict, d: Design, queue_lengths: Sequence[int]) -> int:
-    steps = expert_schedule(call, d, queue_lengths)
-    return steps[-1].compute_end if steps else pipelined(call["tokens"] * call["dim"], 1,
-                                                         DDR_LATENCY)
+def call_cost(call: dict, d: Design, queue_lengths: Sequence[int] | None = None) -> hw.Cost:
+    if call["op"] not in hw._COSTS:
+        raise EstimateError(f"no cycle model for op {call['op']!r} ({call['layer']})",
+                            remedy="update m3c/hw/units.py for the new op")
+    return hw.cost(call, d.geometry, d.sizes | {"BAND_ROWS": band_rows(call, d)},
+                   queue_lengths)
 
 
-CYCLES = {"linear": _linear, "layernorm": _layernorm, "attention": _attention, "add": _add,
-          "patchify": _patchify, "finish_embedding": _finish_embedding, "route": _route,
-          "narrow": _narrow}
+def band_rows(call: dict, d: Design) -> int:
+    if call["op"] != "embed":
+        return 1
+    return hw.band_rows(call, d.geometry, d.sizes["ACT_DEPTH"])
+
+
+def call_cycles(call: dict, d: Design, queue_lengths: Sequence[int] | None = None) -> int:
+    if call["op"] == "experts" and queue_lengths is None:
+        raise EstimateError(f"experts {call['layer']!r} needs their queue lengths")
+    return call_cost(call, d, queue_lengths).cycles
+
+
+def call_macs(call: dict, top_k: int = 1) -> int:
+    """Multiply-accumulates of one call (the expert layer counts top_k experts per token)."""
+    op = call["op"]
+    if op == "linear":
+        return call["tokens"] * call["in_dim"] * call["out_dim"]
+    if op == "qkv":
+        return call["tokens"] * call["dim"] * 3 * call["dim"]
+    if op == "embed":
+        return call["patches"] * call["channels"] * call["patch"] ** 2 * call["dim"]
+    if op == "attention":
+        return 2 * call["tokens"] ** 2 * call["dim"]
+    if op == "route":
+        return call["tokens"] * call["dim"] * call["experts"]
+    if op == "experts":
+        return 2 * call["tokens"] * top_k * call["dim"] * call["hidden"]
+    return 0
 
 
 @dataclass
@@ -551,53 +405,30 @@ class CallEstimate:
     part: str
     cycles: int
     macs: int
-
-
-def call_cycles(call: dict, d: Design, queue_lengths: Sequence[int] | None = None) -> int:
-    if call["op"] == "expert_ffn":
-        if queue_lengths is None:
-            raise EstimateError(f"expert_ffn {call['layer']!r} needs its queue lengths")
-        return _expert_ffn(call, d, queue_lengths)
-    if call["op"] not in CYCLES:
-        raise EstimateError(f"no cycle model for op {call['op']!r} ({call['layer']})",
-                            remedy="update m3c/estimate.py for the new op")
-    return CYCLES[call["op"]](call, d)
-
-
-def call_macs(call: dict, top_k: int = 1) -> int:
-    """Multiply-accumulates of one call (the expert layer counts top_k experts per token)."""
-    op = call["op"]
-    if op == "linear":
-        return call["tokens"] * call["in_dim"] * call["out_dim"]
-    if op == "attention":
-        return 2 * call["tokens"] ** 2 * call["dim"]
-    if op == "route":
-        return call["tokens"] * call["dim"] * call["experts"]
-    if op == "expert_ffn":
-        return 2 * call["tokens"] * top_k * call["dim"] * call["hidden"]
-    return 0
+    array_cycles: int = 0
+    beats: dict = field(default_factory=dict)
 
 
 def label_calls(calls: Iterable[dict]) -> list[tuple[int | None, str]]:
     """(block, part) per call; parts: patch_embedding, self_attention, dense_fc, experts.
 
-    A block's calls up to and including its first residual add are self-attention; the rest
-    is its MLP: `experts` in a block with an expert_ffn call, else `dense_fc`."""
+    A block's calls up to and including its attention projection are self-attention; the rest
+    is its MLP: `experts` in a block with an experts call, else `dense_fc`."""
     calls = list(calls)
-    moe_blocks, block, labels, seen_add = set(), None, [], set()
+    moe_blocks, block = set(), None
     for call in calls:
         block = _block_of(call["layer"], block)
-        if call["op"] == "expert_ffn":
+        if call["op"] in ("route", "experts"):
             moe_blocks.add(block)
-    block = None
+    block, labels, projected = None, [], set()
     for call in calls:
         block = _block_of(call["layer"], block)
-        if block is None:
+        if block is None or call["op"] == "embed":
             labels.append((None, "patch_embedding"))
             continue
-        if block not in seen_add:
-            if call["op"] == "add":
-                seen_add.add(block)
+        if block not in projected:
+            if call["op"] == "linear" and call.get("source") == "attention":
+                projected.add(block)
             labels.append((block, "self_attention"))
         else:
             labels.append((block, "experts" if block in moe_blocks else "dense_fc"))
@@ -620,24 +451,26 @@ def _with_queues(calls: Sequence[dict], routing: dict[str, Sequence[int]] | None
         if call["op"] == "route":
             top_k = call["top_k"]
         queues = None
-        if call["op"] == "expert_ffn":
+        if call["op"] == "experts":
             queues = routing.get(call["layer"]) or uniform_queues(call, top_k)
         yield call, queues, top_k
 
 
 def estimate_calls(calls: Sequence[dict], d: Design,
                    routing: dict[str, Sequence[int]] | None = None) -> list[CallEstimate]:
-    """Cycles and MACs of every call."""
-    return [CallEstimate(call["op"], call["layer"], block, part, call_cycles(call, d, queues),
-                         call_macs(call, top_k))
-            for (call, queues, top_k), (block, part)
-            in zip(_with_queues(calls, routing), label_calls(calls), strict=True)]
+    """Cycles, MACs, array cycles and DDR beats of every call."""
+    estimates = []
+    for (call, queues, top_k), (block, part) in zip(_with_queues(calls, routing),
+                                                    label_calls(calls), strict=True):
+        cost = call_cost(call, d, queues)
+        estimates.append(CallEstimate(call["op"], call["layer"], block, part, cost.cycles,
+                                      call_macs(call, top_k), cost.array_cycles, cost.beats))
+    return estimates
 
 
 def cycle_key(op: str, d: Design) -> tuple:
     """What the cycle model of `op` reads of a design besides its target and precision."""
-    return {"linear": d.tiles, "attention": (d.query_block,),
-            "expert_ffn": (d.tiles[1], d.token_block)}.get(op, ())
+    return (d.tiles, d.row_tile, d.query_tile)
 
 
 def total_cycles(calls: Sequence[dict], d: Design,
@@ -650,7 +483,7 @@ def total_cycles(calls: Sequence[dict], d: Design,
     for index, (call, queues, _) in enumerate(_with_queues(calls, routing)):
         key = (index, cycle_key(call["op"], d))
         if key not in memo:
-            memo[key] = call_cycles(call, d, queues)
+            memo[key] = call_cost(call, d, queues).cycles
         total += memo[key]
     return total
 
@@ -672,52 +505,129 @@ def summarize(estimates: Sequence[CallEstimate], clock_mhz: float) -> dict:
             "blocks": grouped(lambda e: "embed" if e.block is None else e.block)}
 
 
+def mac_efficiency(estimates: Sequence[CallEstimate], d: Design) -> dict:
+    """Per op: MACs, cycles and the share of the array's peak (MACs / (cycles x TK x TM))."""
+    rows: dict[str, dict] = {}
+    for e in estimates:
+        row = rows.setdefault(e.op, {"macs": 0, "cycles": 0})
+        row["macs"] += e.macs
+        row["cycles"] += e.cycles
+    peak = d.geometry.macs
+    for row in rows.values():
+        row["efficiency"] = row["macs"] / (row["cycles"] * peak) if row["cycles"] else 0.0
+    return rows
+
+
 def calls_for_config(config: dict) -> tuple[list[dict], dict]:
     """The kernel's call list and capacities for a model config (project.json["config"]), in
     the order m3c.codegen emits them, without compiling: estimates for models too big to lower
-    quickly. Pointer offsets are omitted; the estimates do not read them."""
+    quickly. Weight offsets are omitted; the estimates do not read them."""
     d, heads, patch = config["embed_dim"], config["num_heads"], config["patch_size"]
     height, width = config["image_size"]
     patches = (height // patch) * (width // patch)
     n, patch_len = patches + 1, config["in_chans"] * patch * patch
     mlp, hidden = int(d * config["mlp_ratio"]), int(d * config["moe_mlp_ratio"])
     experts, top_k = config["num_experts"], config["top_k"]
-    # multi-gate: one router table per task; task-conditioned: one table, a bias per task
     tasks = len(config["tasks"])
     multi = config.get("gate", "multi") == "multi"
     router_rows = {"weight_rows": tasks if multi else 1, "bias_rows": 1 if multi else tasks}
-    calls = [{"op": "patchify", "layer": "embed/Embed", "channels": config["in_chans"],
-              "height": height, "width": width, "patch": patch},
-             _linear_call("embed/Embed", patches, patch_len, d),
-             {"op": "finish_embedding", "layer": "embed/Embed", "count": n, "dim": d}]
+    calls = [{"op": "embed", "layer": "embed/Embed", "channels": config["in_chans"],
+              "height": height, "width": width, "patch": patch, "dim": d, "patches": patches,
+              "tokens": n}]
     for block in range(config["depth"]):
         name = f"/model/backbone/blocks.{block}"
-        calls += [{"op": "layernorm", "layer": f"{name}/norm1", "tokens": n, "dim": d},
-                  _linear_call(f"{name}/attn/qkv", n, d, 3 * d),
+        norm = {"op": "layernorm", "tokens": n, "dim": d, "epsilon": 1e-6}
+        calls += [{**norm, "layer": f"{name}/norm1"},
+                  {"op": "qkv", "layer": f"{name}/attn/qkv", "tokens": n, "in_dim": d,
+                   "out_dim": 3 * d, "dim": d, "heads": heads, "head_dim": d // heads,
+                   "activation": "none"},
                   {"op": "attention", "layer": f"{name}/attn", "tokens": n, "dim": d,
-                   "heads": heads},
-                  _linear_call(f"{name}/attn/proj", n, d, d),
-                  {"op": "add", "layer": f"{name}/Add", "count": n * d},
-                  {"op": "layernorm", "layer": f"{name}/norm2", "tokens": n, "dim": d}]
+                   "heads": heads, "head_dim": d // heads, "scale": (d // heads) ** -0.5},
+                  _linear_call(f"{name}/attn/proj", n, d, d, "attention", "residual"),
+                  {**norm, "layer": f"{name}/norm2"}]
         if block in config["moe_blocks"]:
             layer = f"moe{list(config['moe_blocks']).index(block)}"
             calls += [{"op": "route", "layer": f"{layer}/Route", "tokens": n, "dim": d,
                        "experts": experts, "top_k": top_k, **router_rows},
-                      {"op": "expert_ffn", "layer": layer, "tokens": n, "dim": d,
+                      {"op": "experts", "layer": layer, "tokens": n, "dim": d,
                        "hidden": hidden, "experts": experts, "activation": "gelu"}]
         else:
-            calls += [_linear_call(f"{name}/mlp/fc1", n, d, mlp, "gelu"),
-                      _linear_call(f"{name}/mlp/fc2", n, mlp, d)]
-        calls.append({"op": "add", "layer": f"{name}/Add_1", "count": n * d})
+            calls += [_linear_call(f"{name}/mlp/fc1", n, d, mlp, "normalised", "hidden",
+                                   "gelu"),
+                      _linear_call(f"{name}/mlp/fc2", n, mlp, d, "hidden", "residual")]
+    calls.append({"op": "features", "layer": "features", "tokens": n, "dim": d,
+                  "source": "residual"})
     moe = bool(config["moe_blocks"])
     capacities = {"max_tokens": n, "max_dim": d, "max_in": max(patch_len, d, mlp),
                   "max_out": max(3 * d, mlp, d), "max_head_dim": d // heads,
-                  "max_experts": experts if moe else 1,
-                  "max_expert_hidden": hidden if moe else 1, "max_top_k": top_k if moe else 1}
+                  "max_heads": heads, "max_experts": experts if moe else 1,
+                  "max_expert_hidden": hidden if moe else 1, "max_top_k": top_k if moe else 1,
+                  "max_hidden": mlp, "max_patches": patches, "max_patch_len": patch_len,
+                  "patch_grid_w": width // patch, "patch_grid_h": height // patch,
+                  "image_elements": config["in_chans"] * height * width}
     return calls, capacities
 
 
-def _linear_call(layer: str, tokens: int, in_dim: int, out_dim: int,
+def _linear_call(layer: str, tokens: int, in_dim: int, out_dim: int, source: str, target: str,
                  activation: str = "none") -> dict:
     return {"op": "linear", "layer": layer, "tokens": tokens, "in_dim": in_dim,
-            "out_dim": out_dim, "activation": activation}
+            "out_dim": out_dim, "activation": activation, "source": source, "target": target}
+
+
+# ------------------------------------------------------- the MoE layer, for m3c.memsim
+
+@dataclass
+class ExpertStep:
+    """One expert of the expert-major loop: its panels stream in while it computes."""
+
+    expert: int
+    tokens: int
+    load_start: int
+    load_end: int
+    compute_start: int
+    compute_end: int
+
+
+def expert_load_cycles(call: dict, d: Design) -> int:
+    """One expert's weights from DDR, a word per cycle (fc1 and fc2 blobs)."""
+    g = d.geometry
+    return (g.matmul_words(call["dim"], g.padded(call["hidden"]))
+            + g.matmul_words(call["hidden"], call["dim"]))
+
+
+def expert_compute_cycles(call: dict, d: Design, count: int) -> int:
+    """An expert on `count` tokens with its weights at hand: the array's steps without
+    waiting for panels (what a design holding every expert on chip would take)."""
+    g = d.geometry
+    total = 0
+    for rows in g.row_tiles(count):
+        for in_dim, cols in ((call["dim"], g.padded(call["hidden"])),
+                             (call["hidden"], call["dim"])):
+            k_panels, m_panels = g.panels(in_dim, cols)
+            steps = k_panels * m_panels
+            total += steps * (max(rows, hw.MIN_SPAN) + hw.MAC_DEPTH) + hw.LOOP_DEPTH
+    return total
+
+
+def expert_schedule(call: dict, d: Design, queue_lengths: Sequence[int]) -> list[ExpertStep]:
+    """Timeline of the experts call: experts with queued tokens in index order, each step the
+    expert's tiles (panel loads overlapping the array's rows, m3c/hw/units.py)."""
+    g = d.geometry
+    load = expert_load_cycles(call, d)
+    clock = 0
+    steps: list[ExpertStep] = []
+    for expert, count in enumerate(queue_lengths):
+        if count <= 0:
+            continue
+        compute = 0
+        for rows in g.row_tiles(int(count)):
+            compute += hw.tile_cost(g, rows, call["dim"], g.padded(call["hidden"])).cycles
+            compute += hw.tile_cost(g, rows, call["hidden"], call["dim"]).cycles
+        steps.append(ExpertStep(expert, int(count), clock, clock + load, clock,
+                                clock + compute))
+        clock += compute
+    return steps
+
+
+# The expert weight storage of the expert-major design: the array's two panel register sets.
+SLOT_ARRAYS = frozenset()

@@ -172,17 +172,17 @@ def layer_weight_types(plan: dict, config: dict) -> dict[int, FixedType]:
 def layer_result_types(plan: dict, config: dict) -> dict[str, FixedType]:
     """Layer name -> the narrower type a per-layer override rounds its results to. Layers
     that leave no activations (a router) are passed over."""
-    from m3c.codegen import RESULTS
+    from m3c.codegen import NARROWABLE
 
-    final_op = {call["layer"]: call["op"] for call in plan["calls"]}
+    ops = {call["layer"]: call["op"] for call in plan["calls"]}
     results = {}
     for kind, calls in _layer_overrides(plan, config, "result"):
-        layers = {call["layer"] for call in calls if final_op[call["layer"]] in RESULTS}
+        layers = {call["layer"] for call in calls if ops[call["layer"]] in NARROWABLE}
         if not layers:
             named = sorted({call["layer"] for call in calls})
             raise CodegenError(f"precision config sets 'result' on {named}, which leave no "
-                               "activations",
-                               remedy="set it on layers ending in " + ", ".join(sorted(RESULTS)))
+                               "activations the kernel can round",
+                               remedy="set it on layers of kind " + ", ".join(sorted(NARROWABLE)))
         results.update(dict.fromkeys(layers, kind))
     return results
 
@@ -207,10 +207,10 @@ def _layer_overrides(plan: dict, config: dict, wanted: str) -> list[tuple[FixedT
     return overrides
 
 
-def _weight_arguments(op: str) -> list[str]:
-    from m3c.codegen import SIGNATURES, WEIGHT
+def _weight_arguments(op: str) -> tuple[str, ...]:
+    from m3c.codegen import WEIGHT_ARGS
 
-    return [name for name, kind in SIGNATURES[op] if kind == WEIGHT]
+    return WEIGHT_ARGS[op]
 
 
 QUANTIZE_CHUNK = 1 << 22

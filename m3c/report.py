@@ -19,6 +19,7 @@ from m3c.estimate import (
     capacity,
     estimate_calls,
     expert_schedule,
+    mac_efficiency,
     summarize,
     total_resources,
     uniform_queues,
@@ -56,7 +57,7 @@ def project_design(manifest: dict, kernel: dict, tiles=None,
     precision = Precision.from_types(manifest.get("types"))
     recorded = parse_tiles(manifest.get("tiles"))
     blocks = {name: manifest.get(name) if tiles is None else None
-              for name in ("query_block", "token_block")}
+              for name in ("row_tile", "query_tile")}
     choice = choose_design(kernel["calls"], kernel["capacities"], target, precision, budget,
                            parse_tiles(tiles) or recorded, routing, **blocks)
     if tiles is None and recorded is not None:  # describe the choice made at compile time
@@ -89,9 +90,13 @@ def build_report(manifest: dict, kernel: dict, choice, power_w: float | None = N
     return {
         "target": target.name, "clock_mhz": target.clock_mhz, "precision": _precision(design),
         "tiles": {"tile_in": design.tiles[0], "tile_out": design.tiles[1],
-                  "query_block": design.query_block, "token_block": design.token_block,
+                  "row_tile": design.row_tile, "query_tile": design.query_tile,
                   "forced": choice.forced, "budget": choice.budget,
                   "candidates": choice.candidates},
+        "efficiency": {"array_macs_per_cycle": design.geometry.macs,
+                       "roofline_ms": summary["macs"] / design.geometry.macs
+                       / (target.clock_mhz * 1e3),
+                       "ops": mac_efficiency(estimates, design)},
         "resources": _resources(design, choice.budget),
         "latency": {**summary, "calls": [_call_row(e, target.clock_mhz) for e in estimates]},
         "routing": f"real (m3c simulate, {len(simulation['routing'])} inputs)"

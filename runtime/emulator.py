@@ -227,7 +227,8 @@ class FixedArithmetic:
 
 
 class KernelEmulator:
-    """Runs kernel.json on numpy buffers shaped like the kernel's DDR buffers."""
+    """Runs kernel.json: the residual stream, its layer norm and a layer's on-chip tensors as
+    numpy arrays, each call as the kernel's units compute it."""
 
     def __init__(self, plan: dict, weights: np.ndarray,
                  types: dict[str, FixedType] | None = None, raw: bool = False) -> None:
@@ -249,14 +250,10 @@ class KernelEmulator:
 
     def run(self, image: np.ndarray, task: int, observer: Observer | None = None) -> np.ndarray:
         """Features (float32, flat) for one image and task; `observer` sees every result."""
-        arena = np.zeros(self.plan["arena_elements"], self.ops.dtype)
-        state = _State(self, arena, self.ops.data_in(np.asarray(image).reshape(-1)), task,
-                       observer)
+        state = _State(self, self.ops.data_in(np.asarray(image).reshape(-1)), task, observer)
         for call in self.plan["calls"]:
             _OPS[call["op"]](state, call)
-        start = self.plan["features_offset"]
-        features = arena[start:start + self.plan["features_elements"]]
-        return self.ops.data_out(features).astype(np.float32)
+        return self.ops.data_out(state.features).astype(np.float32).reshape(-1)
 
     def run_many(self, samples: list[tuple[np.ndarray, int]],
                  observers: list[Observer] | None = None) -> list[np.ndarray]:
@@ -271,68 +268,82 @@ class KernelEmulator:
 
 
 class _State:
-    def __init__(self, emulator: KernelEmulator, arena, image, task, observer) -> None:
-        self.ops, self.weights, self.arena = emulator.ops, emulator.weights, arena
+    """What the kernel holds on chip between calls."""
+
+    def __init__(self, emulator: KernelEmulator, image, task, observer) -> None:
+        self.ops, self.weights = emulator.ops, emulator.weights
         self.image, self.task, self.observer = image, task, observer
+        self.residual = self.normalised = self.qkv = self.attention = self.hidden = None
+        self.features = None
         self.queues: list[np.ndarray] = []
         self.scores: np.ndarray | None = None
-
-    def act(self, offset: int, shape: tuple[int, ...]) -> np.ndarray:
-        return self.arena[offset:offset + int(np.prod(shape))].reshape(shape)
 
     def weight(self, offset: int, shape: tuple[int, ...]) -> np.ndarray:
         return self.weights[offset:offset + int(np.prod(shape))].reshape(shape)
 
-    def store(self, call: dict, offset: int, values: np.ndarray, what: str = "output") -> None:
-        flat = np.asarray(values).reshape(-1)
-        self.arena[offset:offset + flat.size] = flat
-        self.observe(call, what, flat)
+    def source(self, name: str) -> np.ndarray:
+        return {"normalised": self.normalised, "attention": self.attention,
+                "hidden": self.hidden}[name]
+
+    def narrowed(self, call: dict, values: np.ndarray) -> np.ndarray:
+        """A layer's results rounded to its `result` type, as its epilogue does."""
+        if "narrow" not in call:
+            return values
+        return self.ops.narrow(values, FixedType.from_json(call["narrow"]))
 
     def observe(self, call: dict, what: str, values: np.ndarray) -> None:
         if self.observer is not None:
-            self.observer(call, what, values)
+            self.observer(call, what, np.asarray(values).reshape(-1))
 
 
-def _patchify(state: _State, c: dict) -> None:
-    channels, height, width, patch = c["channels"], c["height"], c["width"], c["patch"]
+def _embed(state: _State, c: dict) -> None:
+    channels, height, width, patch, dim = (c[k] for k in ("channels", "height", "width",
+                                                          "patch", "dim"))
     image = state.image.reshape(channels, height // patch, patch, width // patch, patch)
     patches = image.transpose(1, 3, 0, 2, 4).reshape(-1, channels * patch * patch)
-    state.store(c, c["patches"], patches)
-
-
-def _linear(state: _State, c: dict) -> None:
-    n, k, m = c["tokens"], c["in_dim"], c["out_dim"]
-    y = state.ops.linear(state.act(c["x"], (n, k)), state.weight(c["w"], (k, m)),
-                         state.weight(c["b"], (m,)), c["activation"])
-    state.store(c, c["y"], y)
-
-
-def _finish_embedding(state: _State, c: dict) -> None:
-    count, dim = c["count"], c["dim"]
-    tokens = state.ops.finish_embedding(state.act(c["tokens"], (count, dim)),
-                                        state.weight(c["cls"], (dim,)),
-                                        state.weight(c["pos"], (count, dim)))
-    state.store(c, c["tokens"], tokens)
+    projected = state.ops.linear(patches, state.weight(c["w"], (patches.shape[1], dim)),
+                                 state.weight(c["b"], (dim,)), "none")
+    tokens = np.concatenate([np.zeros((1, dim), projected.dtype), projected])
+    state.residual = state.ops.finish_embedding(tokens, state.weight(c["cls"], (dim,)),
+                                                state.weight(c["pos"], (c["tokens"], dim)))
+    state.observe(c, "output", state.residual)
 
 
 def _layernorm(state: _State, c: dict) -> None:
-    n, dim = c["tokens"], c["dim"]
-    y = state.ops.layernorm(state.act(c["x"], (n, dim)), state.weight(c["gamma"], (dim,)),
-                            state.weight(c["beta"], (dim,)), c["epsilon"])
-    state.store(c, c["y"], y)
+    dim = c["dim"]
+    state.normalised = state.ops.layernorm(state.residual, state.weight(c["gamma"], (dim,)),
+                                           state.weight(c["beta"], (dim,)), c["epsilon"])
+    state.observe(c, "output", state.normalised)
+
+
+def _qkv(state: _State, c: dict) -> None:
+    k, m = c["in_dim"], c["out_dim"]
+    qkv = state.ops.linear(state.normalised, state.weight(c["w"], (k, m)),
+                           state.weight(c["b"], (m,)), "none")
+    state.qkv = state.narrowed(c, qkv)
+    state.observe(c, "output", state.qkv)
 
 
 def _attention(state: _State, c: dict) -> None:
-    n, dim, heads = c["tokens"], c["dim"], c["heads"]
-    qkv = state.act(c["qkv"], (n, 3, heads, dim // heads))
+    n, heads, hd = c["tokens"], c["heads"], c["head_dim"]
+    qkv = state.qkv.reshape(n, 3, heads, hd)
     out = np.concatenate([state.ops.attention_head(qkv[:, 0, h], qkv[:, 1, h], qkv[:, 2, h],
                                                    c["scale"]) for h in range(heads)], axis=1)
-    state.store(c, c["out"], out)
+    state.attention = state.narrowed(c, out)
+    state.observe(c, "output", state.attention)
 
 
-def _add(state: _State, c: dict) -> None:
-    count = c["count"]
-    state.store(c, c["y"], state.ops.add(state.act(c["a"], (count,)), state.act(c["b"], (count,))))
+def _linear(state: _State, c: dict) -> None:
+    k, m = c["in_dim"], c["out_dim"]
+    y = state.narrowed(c, state.ops.linear(state.source(c["source"]),
+                                           state.weight(c["w"], (k, m)),
+                                           state.weight(c["b"], (m,)), c["activation"]))
+    state.observe(c, "output", y)
+    if c["target"] == "hidden":
+        state.hidden = y
+    else:
+        state.residual = state.ops.add(state.residual, y)
+        state.observe(c, "residual", state.residual)
 
 
 def _route(state: _State, c: dict) -> None:
@@ -341,7 +352,7 @@ def _route(state: _State, c: dict) -> None:
     b_row = min(state.task, c["bias_rows"] - 1)
     w = state.weight(c["router_w"] + w_row * dim * experts, (dim, experts))
     b = state.weight(c["router_b"] + b_row * experts, (experts,))
-    probs = state.ops.route_probs(state.act(c["x"], (n, dim)), w, b)
+    probs = state.ops.route_probs(state.normalised, w, b)
     chosen = np.zeros(probs.shape, bool)
     for _ in range(top_k):  # the highest untaken probability, ties to the lower expert
         masked = np.where(chosen, -np.inf, probs.astype(np.float64))
@@ -351,30 +362,33 @@ def _route(state: _State, c: dict) -> None:
     state.observe(c, "queue_lengths", np.array([len(q) for q in state.queues]))
 
 
-def _expert_ffn(state: _State, c: dict) -> None:
-    n, dim, hidden, experts = c["tokens"], c["dim"], c["hidden"], c["experts"]
-    x = state.act(c["x"], (n, dim))
-    out = np.zeros((n, dim), x.dtype)
+def _experts(state: _State, c: dict) -> None:
+    """Experts in index order; each adds its gate-scaled results straight into the residual
+    rows of its tokens (the scatter-add is the array's epilogue)."""
+    dim, hidden, experts = c["dim"], c["hidden"], c["experts"]
     w1 = state.weight(c["w1"], (experts, dim, hidden))
     b1 = state.weight(c["b1"], (experts, hidden))
     w2 = state.weight(c["w2"], (experts, hidden, dim))
     b2 = state.weight(c["b2"], (experts, dim))
+    residual = state.residual.copy()
     for expert, tokens in enumerate(state.queues):
         if tokens.size == 0:
             continue
-        hidden_rows = state.ops.linear(x[tokens], w1[expert], b1[expert], c["activation"])
+        hidden_rows = state.ops.linear(state.normalised[tokens], w1[expert], b1[expert],
+                                       c["activation"])
         state.observe(c, "hidden", hidden_rows)
-        result = state.ops.linear(hidden_rows, w2[expert], b2[expert], "none")
+        result = state.narrowed(c, state.ops.linear(hidden_rows, w2[expert], b2[expert],
+                                                    "none"))
         state.observe(c, "expert_output", result)
-        out[tokens] = state.ops.scatter_add(out[tokens], state.scores[tokens, expert], result)
-    state.store(c, c["out"], out)
+        residual[tokens] = state.ops.scatter_add(residual[tokens],
+                                                 state.scores[tokens, expert], result)
+    state.residual = residual
+    state.observe(c, "residual", state.residual)
 
 
-def _narrow(state: _State, c: dict) -> None:
-    values = state.act(c["x"], (c["count"],))
-    state.store(c, c["y"], state.ops.narrow(values, FixedType.from_json(c["type"])))
+def _features(state: _State, c: dict) -> None:
+    state.features = state.residual if c["source"] == "residual" else state.normalised
 
 
-_OPS = {"patchify": _patchify, "linear": _linear, "finish_embedding": _finish_embedding,
-        "layernorm": _layernorm, "attention": _attention, "add": _add, "route": _route,
-        "expert_ffn": _expert_ffn, "narrow": _narrow}
+_OPS = {"embed": _embed, "layernorm": _layernorm, "qkv": _qkv, "attention": _attention,
+        "linear": _linear, "route": _route, "experts": _experts, "features": _features}

@@ -1,0 +1,133 @@
+"""The kernel's DDR weight blob and its top function's calls, for a chosen MAC array.
+
+Every call's segments (m3c/hw/units.py) are laid out one after the other in call order, each
+starting on a DDR word, in the order the units read them; each call then becomes one line of
+the top function (a query/key/value projection with its attention, an MLP's two layers and a
+router with its experts are one unit call each).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from m3c.errors import CodegenError
+from m3c.hw import units
+from m3c.hw.geometry import Geometry
+
+
+@dataclass
+class DdrLayout:
+    """The blob as lanes (weight codes or fp32 values) and each call's segments in words."""
+
+    lanes: np.ndarray
+    segments: list[dict[str, list[int]]]  # per call: segment -> [first word, words]
+
+    @property
+    def words(self) -> int:
+        return len(self.lanes) // self.port_lanes
+
+    port_lanes: int = 1
+
+
+def layout_weights(calls: list[dict], g: Geometry, values: np.ndarray) -> DdrLayout:
+    """`values`: the kernel's constants at their kernel.json offsets (raw weight_t codes in
+    fixed point, fp32 values in float), packed into DDR lanes."""
+    read = units.Weights(values)
+    parts, segments, offset = [], [], 0
+    for call in calls:
+        placed = {}
+        for name, lanes in units.segments(call, g, read).items():
+            words = len(lanes) // g.port_lanes
+            placed[name] = [offset, words]
+            parts.append(lanes)
+            offset += words
+        segments.append(placed)
+    lanes = np.concatenate(parts) if parts else np.zeros(g.port_lanes, values.dtype)
+    return DdrLayout(lanes, segments, g.port_lanes)
+
+
+def _narrow(call: dict, kinds: list[str]) -> int:
+    return kinds.index(call["narrow"]["cpp"]) + 1 if "narrow" in call else 0
+
+
+MEMORIES = ("resid, act, scores, row_max, totals, inverses, logits, queue_tokens, queue_scores, "
+            "queue_len, ln_mean, ln_inv, gamma, beta")
+
+
+def render_calls(calls: list[dict], layout: DdrLayout, g: Geometry, sizes: dict,
+                 kinds: list[str]) -> list[str]:
+    """The top function's unit calls, in order."""
+    lines, index = [], 0
+    while index < len(calls):
+        call, seg = calls[index], layout.segments[index]
+        op = call["op"]
+        following = calls[index + 1] if index + 1 < len(calls) else {}
+        if op == "embed":
+            blob = seg["blob"]
+            args = [*blob, seg["cls"][0], seg["pos"][0], call["channels"], call["height"],
+                    call["width"], call["patch"], call["dim"], sizes["BAND_ROWS"], index]
+            lines.append(_line("embed_layer", "weights, image", args))
+        elif op == "layernorm":
+            args = [seg["gamma"][0], seg["beta"][0], call["tokens"], call["dim"],
+                    f"var_t({call['epsilon']!r}f)", index]
+            lines.append(_line("layernorm_stats", "weights", args))
+        elif op == "qkv":
+            _expect(call, following, "attention")
+            blob = seg["blob"]
+            args = [blob[0], blob[1] // call["heads"], call["tokens"], call["dim"],
+                    call["heads"], call["head_dim"], f"norm_t({following['scale']!r}f)",
+                    _narrow(call, kinds), _narrow(following, kinds), index, index + 1]
+            lines.append(_line("attention_layer", "weights", args))
+            index += 1
+        elif op == "linear" and call["source"] == "attention":
+            args = [*seg["blob"], call["tokens"], call["in_dim"], call["out_dim"],
+                    _narrow(call, kinds), index]
+            lines.append(_line("projection_layer", "weights", args))
+        elif op == "linear":
+            _expect(call, following, "linear")
+            second = layout.segments[index + 1]["blob"]
+            args = [*seg["blob"], *second, call["tokens"], call["in_dim"], call["out_dim"],
+                    f"m3c::{_activation(call)}", _narrow(call, kinds),
+                    _narrow(following, kinds), index, index + 1]
+            lines.append(_line("mlp_layer", "weights", args))
+            index += 1
+        elif op == "route":
+            _expect(call, following, "experts")
+            tasks = units.router_tasks(call)
+            experts_blob = layout.segments[index + 1]["blob"]
+            fc1 = g.matmul_words(following["dim"], g.padded(following["hidden"]))
+            fc2 = g.matmul_words(following["hidden"], following["dim"])
+            args = [seg["blob"][0], seg["blob"][1] // tasks, tasks, "task", experts_blob[0],
+                    fc1 + fc2, fc1, fc2, call["tokens"], call["dim"], following["hidden"],
+                    call["experts"], call["top_k"], f"m3c::{_activation(following)}",
+                    _narrow(following, kinds), index, index + 1]
+            lines.append(_line("moe_layer", "weights", args))
+            index += 1
+        elif op == "features":
+            args = [call["tokens"], call["dim"],
+                    "true" if call["source"] == "normalised" else "false", index]
+            lines.append(_line("store_features", "features", args))
+        else:
+            raise CodegenError(f"call {call['layer']!r} ({op}) has no unit call here",
+                               remedy="report this as an m3c issue")
+        index += 1
+    return lines
+
+
+def _activation(call: dict) -> str:
+    from m3c.codegen import ACTIVATIONS
+
+    return ACTIVATIONS[call.get("activation", "none")]
+
+
+def _expect(call: dict, following: dict, op: str) -> None:
+    if following.get("op") != op:
+        raise CodegenError(f"call {call['layer']!r} ({call['op']}) must be followed by {op}",
+                           remedy="report this as an m3c issue")
+
+
+def _line(unit: str, buffers: str, args: list) -> str:
+    rendered = ", ".join(str(arg) for arg in args)
+    return f"m3c::{unit}({buffers}, {rendered}, {MEMORIES});"
