@@ -2,18 +2,18 @@
 
 For every MoE layer the routing (which tokens each expert gets) is captured by running the
 project's expert-major graph (intermediate/NN_*.onnx) in the reference evaluator with the
-ExpertQueues outputs exposed. The same routing then drives, on the same compute unit
-(m3c.estimate's compute_expert and load_expert cycle models; the token-major designs take
-their tokens one at a time, so TOKEN_BLOCK is 1 for them):
+ExpertQueues outputs exposed. The same routing then drives, on the same MAC array
+(m3c.estimate's expert_compute_cycles and expert_load_cycles; the token-major designs take
+their tokens one at a time):
 
 - naive: every expert of the layer on chip; all E are loaded before the first token (stall
   E x load), then tokens run token-major with no further stall;
 - cache: token-major with an LRU cache of `slots` experts (by default two, the on-chip weight
   memory of the expert-major design): each token visits its top-k experts, best score first;
   a miss stalls for one load (what the next token needs is not known ahead);
-- expert-major: m3c's design, experts in index order over their queues, the next expert
-  loading into the other of two slots while the current one computes (m3c.estimate's
-  expert_schedule): stall = the first load + each step's load not hidden by compute.
+- expert-major: m3c's design, experts in index order over their queues, each expert's weight
+  panels streaming into the array's shadow registers while it computes (m3c.estimate's
+  expert_schedule): stall = the panel loads the rows of a tile do not hide.
 
 Latency adds the non-MoE calls (the same in all three), so ratios are whole-inference ratios,
 like the paper's Table 4.
@@ -24,14 +24,13 @@ from __future__ import annotations
 import json
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnx
 
 from m3c.estimate import (
-    SLOT_ARRAYS,
     Design,
     EstimateError,
     estimate_calls,
@@ -137,15 +136,10 @@ def expert_bytes(call: dict, weight_bits: int) -> int:
     return (2 * d * h + d + h) * weight_bits // 8
 
 
-def _token_major(design: Design) -> Design:
-    """A token-by-token design has no queue to take a block of tokens from."""
-    return replace(design, token_block=1)
-
-
 def simulate_naive(call: dict, design: Design, routing: LayerRouting) -> LayerResult:
     load = expert_load_cycles(call, design)
     stall = routing.experts * load
-    compute = sum(expert_compute_cycles(call, _token_major(design), len(chosen))
+    compute = sum(len(chosen) * expert_compute_cycles(call, design, 1)
                   for chosen in routing.token_experts)
     size = expert_bytes(call, design.precision.weight)
     return LayerResult("naive", routing.layer, stall + compute, stall,
@@ -156,7 +150,7 @@ def simulate_cache(call: dict, design: Design, routing: LayerRouting,
                    slots: int = 2) -> LayerResult:
     """Token-major with an LRU expert cache of `slots` entries."""
     load = expert_load_cycles(call, design)
-    one_token = expert_compute_cycles(call, _token_major(design), 1)
+    one_token = expert_compute_cycles(call, design, 1)
     cache: OrderedDict[int, None] = OrderedDict()
     misses = compute = 0
     for chosen in routing.token_experts:
@@ -178,7 +172,7 @@ def simulate_expert_major(call: dict, design: Design, routing: LayerRouting) -> 
     steps = expert_schedule(call, design, routing.queue_lengths)
     if not steps:
         return LayerResult("expert_major", routing.layer, 0, 0, 0, 0)
-    busy = sum(s.compute_end - s.compute_start for s in steps)
+    busy = sum(expert_compute_cycles(call, design, s.tokens) for s in steps)
     zero = steps[0].load_start
     cycles = steps[-1].compute_end - zero
     return LayerResult("expert_major", routing.layer, cycles, cycles - busy,
@@ -186,14 +180,17 @@ def simulate_expert_major(call: dict, design: Design, routing: LayerRouting) -> 
 
 
 def onchip_bytes(design: Design, kind: str, slots: int = 2) -> dict[str, int]:
-    """On-chip bytes of a design: expert weight storage and everything else (the arrays of
-    the other units; the expert-major slot buffers are replaced by the design's own)."""
-    c, p = design.capacities, design.precision
+    """On-chip bytes of a design: expert weight storage and everything else (the kernel's
+    other arrays). The expert-major kernel holds two weight panels of the MAC array (current
+    and shadow), whatever the number of experts; the token-major designs hold whole experts."""
+    c, p, g = design.capacities, design.precision, design.geometry
     call = {"dim": c["max_dim"], "hidden": c["max_expert_hidden"]}
-    held = {"naive": c["max_experts"], "cache": slots, "expert_major": 2}[kind]
-    other = sum(a.banks * a.bank_bits for a in unit_arrays(design)
-                if a.name not in SLOT_ARRAYS) // 8
-    weights = held * expert_bytes(call, p.weight)
+    if kind == "expert_major":
+        weights = 2 * g.macs * g.lane_bits // 8
+    else:
+        held = c["max_experts"] if kind == "naive" else slots
+        weights = held * expert_bytes(call, p.weight)
+    other = sum(a.banks * a.bank_bits for a in unit_arrays(design)) // 8
     return {"weights": weights, "other": other, "total": weights + other}
 
 
@@ -204,14 +201,14 @@ SIMULATORS = {"naive": simulate_naive, "cache": simulate_cache,
 def simulate(calls: Sequence[dict], design: Design, runs: list[list[LayerRouting]],
              slots: int = 2) -> dict:
     """Per design: mean latency, stall cycles, DDR bytes over the runs; on-chip bytes."""
-    moe_calls = {c["layer"]: c for c in calls if c["op"] == "expert_ffn"}
+    moe_calls = {c["layer"]: c for c in calls if c["op"] == "experts"}
     results: dict[str, dict] = {}
     for kind in DESIGNS:
         totals = {"cycles": 0, "stall_cycles": 0, "ddr_bytes": 0, "loads": 0}
         per_layer: dict[str, list[LayerResult]] = {}
         for run in runs:
             other = sum(e.cycles for e in estimate_calls(calls, design, _routing(run))
-                        if e.op != "expert_ffn")
+                        if e.op != "experts")
             totals["cycles"] += other
             for routing in run:
                 sim = SIMULATORS[kind]

@@ -141,7 +141,7 @@ def _call_row(estimate, clock_mhz: float) -> dict:
 def _timeline(calls: list[dict], design: Design, routing: dict | None) -> dict | None:
     """Load/compute steps of the first MoE layer."""
     top_k = next((c["top_k"] for c in calls if c["op"] == "route"), 1)
-    call = next((c for c in calls if c["op"] == "expert_ffn"), None)
+    call = next((c for c in calls if c["op"] == "experts"), None)
     if call is None:
         return None
     queues = (routing or {}).get(call["layer"]) or uniform_queues(call, top_k)

@@ -33,17 +33,17 @@ class CSimKernelFunction:
         self.project = project
         self.lib = ctypes.CDLL(str(csim.build(project.root)))
         self.lib.m3c_run.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int]
-        expected = self.lib.m3c_weight_elements()
-        if expected != project.elements["weights"]:
-            raise AcceleratorError(f"{project.root}: kernel expects {expected} weights, "
+        lanes = self.lib.m3c_weight_words() * int(project.manifest["ddr"]["port_lanes"])
+        if lanes != project.elements["weights"]:
+            raise AcceleratorError(f"{project.root}: kernel reads {lanes} weight lanes, "
                                    f"project.json says {project.elements['weights']}",
                                    remedy="recompile the project")
 
     def __call__(self, buffers: dict[str, np.ndarray], task: int) -> None:
-        # m3c_run takes float values and converts them to the hardware types itself.
-        weights = decode(buffers["weights"], self.project.weight_word)
+        # m3c_run takes the weight words as DDR holds them, image and features as floats.
+        weights = np.ascontiguousarray(buffers["weights"])
         image = decode(buffers["image"], self.project.data_word)
-        features = np.zeros(buffers["features"].size, np.float32)
+        features = np.zeros(int(np.prod(self.project.features_shape)), np.float32)
         status = self.lib.m3c_run(weights.ctypes.data, image.ctypes.data, features.ctypes.data,
                                   int(task))
         if status == 3:
@@ -51,7 +51,8 @@ class CSimKernelFunction:
                                    remedy="see the stream named on stderr")
         if status != 0:
             raise AcceleratorError(f"the C-simulated kernel refused task {task}")
-        buffers["features"][:] = encode(features, self.project.data_word)
+        buffers["features"][:] = self.project.lanes_from_features(
+            encode(features, self.project.data_word))
 
 
 class ReferenceEngine:

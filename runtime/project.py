@@ -54,8 +54,7 @@ class Project:
                                         "host/register_map.json"))
         layout = _read_json(_find(root, "weights/weights.json"))
         types = manifest.get("types")
-        # Older float projects have only weights_f32.bin; its words are the DDR words.
-        weights_path = _find(root, "weights/weights.bin", "weights/weights_f32.bin")
+        weights_path = _find(root, "weights/weights.bin")
         weight_word = WordFormat.from_types(types, "weight", layout.get("ddr_dtype"))
         if (weight_word.spec is None) != (np.dtype(weight_word.dtype).kind == "f"):
             raise AcceleratorError(f"{root / 'weights/weights.json'}: DDR dtype "
@@ -78,17 +77,33 @@ class Project:
 
     @property
     def elements(self) -> dict[str, int]:
-        """Elements of each kernel pointer argument's buffer."""
-        features = int(np.prod(self.features_shape))
-        arena = int(self.manifest["arena_elements"])
-        return {"weights": int(self.manifest["weight_elements"]), "act_in": arena,
-                "act_out": arena, "image": int(np.prod(self.image_shape)),
-                "features": features}
+        """Elements (DDR lanes) of each kernel pointer argument's buffer."""
+        ddr = self.manifest["ddr"]
+        return {name: int(ddr[name]) for name in ("weights", "image", "features")}
+
+    @property
+    def features_row(self) -> int:
+        """Lanes of one features row in DDR: the features padded to whole DDR words."""
+        return int(self.manifest["ddr"]["features_row"])
+
+    def features_from_lanes(self, lanes: np.ndarray) -> np.ndarray:
+        """The features (float32, features_shape) out of their padded DDR rows."""
+        rows = np.asarray(lanes).reshape(-1, self.features_row)
+        dim = self.features_shape[-1]
+        return rows[:, :dim].reshape(self.features_shape)
+
+    def lanes_from_features(self, features: np.ndarray) -> np.ndarray:
+        """Features into padded DDR rows (what the kernel writes)."""
+        dim = self.features_shape[-1]
+        rows = np.zeros((self.elements["features"] // self.features_row, self.features_row),
+                        features.dtype)
+        rows[:, :dim] = features.reshape(-1, dim)
+        return rows.reshape(-1)
 
     def weight_words(self) -> np.ndarray:
         words = np.fromfile(self.weights_path, dtype=self.weight_word.dtype)
         if words.size != self.elements["weights"]:
-            raise AcceleratorError(f"{self.weights_path} holds {words.size} weights, "
+            raise AcceleratorError(f"{self.weights_path} holds {words.size} weight lanes, "
                                    f"project.json expects {self.elements['weights']}",
                                    remedy=REMEDY)
         return words

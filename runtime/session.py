@@ -16,9 +16,8 @@ from .drivers import AP_DONE, AP_IDLE, AP_START, Buffer, Driver
 from .errors import AcceleratorError
 from .project import Project
 
-# act_in and act_out are two ports onto the same DDR activation arena.
-BUFFER_OF_ARGUMENT = {"weights": "weights", "act_in": "arena", "act_out": "arena",
-                      "image": "image", "features": "features"}
+# Activations stay on chip: the kernel's DDR buffers are its weights, the image, the features.
+BUFFER_OF_ARGUMENT = {"weights": "weights", "image": "image", "features": "features"}
 
 
 class KernelSession:
@@ -72,7 +71,10 @@ class KernelSession:
         if self._busy and not self.driver.read_register(self.ctrl) & (AP_IDLE | AP_DONE):
             raise AcceleratorError("the kernel is still busy with a run that timed out",
                                    remedy="reload the overlay (Accelerator.open) and retry")
-        self.driver.write_buffer(self.buffers["image"], encode(image, self.project.data_word))
+        lanes = np.zeros(self.project.elements["image"], self.project.data_word.dtype)
+        encoded = encode(image, self.project.data_word)
+        lanes[:encoded.size] = encoded
+        self.driver.write_buffer(self.buffers["image"], lanes)
         if task != self._task_written:  # switching tasks is this one register write
             self.driver.write_register(self._argument("task")["offset"], task & 0xFFFF_FFFF)
             self._task_written = task
@@ -81,7 +83,7 @@ class KernelSession:
         self._wait(task)
         self._busy = False
         words = self.driver.read_buffer(self.buffers["features"])
-        return decode(words, self.project.data_word)
+        return self.project.features_from_lanes(decode(words, self.project.data_word)).reshape(-1)
 
     def _wait(self, task: int) -> None:
         deadline = time.monotonic() + self.timeout

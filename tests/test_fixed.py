@@ -18,6 +18,7 @@ from m3c.errors import CodegenError
 from m3c.graph import ort_session
 from m3c.runtime.emulator import KernelEmulator
 from m3c.runtime.fixed import FixedType
+from m3c.trace import trace_project
 
 
 def _assert_bit_exact(project: Path, scales=(1.0, 4.0, 60.0)) -> None:
@@ -47,6 +48,41 @@ def test_fixed_csim_equals_emulation(compiled, preset, gate):
 def test_fixed_odd_shapes(compiled, overrides):
     _assert_bit_exact(compiled("micro-nyud", "multi", **overrides, precision="fixed")[1],
                       scales=(1.0,))
+
+
+def _assert_estimate_is_the_trace(project: Path) -> None:
+    """Per call, the estimate's DDR beats per bundle and array cycles against the traced
+    C-simulation of the project's first test vector (within 2%; the models are exact)."""
+    rows = trace_project(project)
+    kernel = json.loads((project / "kernel.json").read_text())
+    assert [row["layer"] for row in rows] == [call["layer"] for call in kernel["calls"]]
+    assert sum(row["traced"]["array_cycles"] for row in rows) > 0
+    for row in rows:
+        traced, estimated = row["traced"], row["estimated"]
+        assert abs(traced["array_cycles"] - estimated["array_cycles"]) <= 0.02 * max(
+            traced["array_cycles"], 1), row
+        for bundle, beats in traced["ddr_beats"].items():
+            assert abs(beats - estimated["ddr_beats"][bundle]) <= 0.02 * max(beats, 1), row
+
+
+@pytest.mark.parametrize("preset, gate, overrides", [
+    ("micro-nyud", "multi", {}), ("micro-nyud", "task", {}), ("tiny-cityscapes", "multi", {}),
+    ("micro-nyud", "multi", {"num_experts": 1, "top_k": 1}),
+    ("micro-nyud", "multi", {"num_experts": 4, "top_k": 4}),
+])
+def test_estimate_equals_the_traced_csim(compiled, preset, gate, overrides):
+    _assert_estimate_is_the_trace(compiled(preset, gate, **overrides, precision="fixed")[1])
+
+
+def test_report_trace_writes_traced_and_estimated(compiled):
+    project = compiled("micro-nyud", "multi", precision="fixed")[1]
+    result = subprocess.run([sys.executable, "-m", "m3c", "report", str(project), "--trace",
+                             "--no-plots"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "equal the estimate" in result.stdout
+    rows = json.loads((project / "report" / "trace.json").read_text())
+    assert {"layer", "traced", "estimated"} <= set(rows[0])
+    assert set(rows[0]["traced"]) == {"ddr_beats", "array_cycles"}
 
 
 def test_project_testbench_checks_the_emulation_exactly(compiled):
@@ -115,7 +151,7 @@ def test_precision_config_overrides_a_class_and_a_layer(export_model, tmp_path):
     _, path = export_model("micro-nyud", "multi")
     probe = compile_model(path, out=tmp_path / "probe")
     plan = json.loads((probe / "kernel.json").read_text())
-    expert_layer = next(c for c in plan["calls"] if c["op"] == "expert_ffn")
+    expert_layer = next(c for c in plan["calls"] if c["op"] == "experts")
     config = tmp_path / "precision.yaml"
     config.write_text("types:\n  data: ap_fixed<18,8>\n"
                       f"layers:\n  '{expert_layer['layer']}':\n    weight: ap_fixed<6,1>\n")
@@ -145,9 +181,9 @@ def test_precision_config_narrows_a_layers_results(export_model, tmp_path):
     project = compile_model(path, out=tmp_path / "build", precision_config=config)
     plan = json.loads((project / "kernel.json").read_text())
     narrows = [(index, call) for index, call in enumerate(plan["calls"]) if call["op"] == "narrow"]
-    moe_layers = sum(call["op"] == "expert_ffn" for call in plan["calls"])
+    moe_layers = sum(call["op"] == "experts" for call in plan["calls"])
     assert [plan["calls"][index - 1]["op"] for index, _ in narrows] == (
-        ["attention"] + ["expert_ffn"] * moe_layers)
+        ["attention"] + ["experts"] * moe_layers)
     assert "m3c::narrow<ap_fixed<8, 2, AP_RND_CONV, AP_SAT>>(" in (
         project / "hls/src/kernel.cpp").read_text()
 

@@ -13,10 +13,12 @@ from pathlib import Path
 
 import pytest
 
+from m3c.compile import UNITS
 from m3c.estimate import Design, Precision, bind_memories, unit_arrays
 from m3c.target import load_target
 
 SYNTHESIS_SOURCES = ("kernel.cpp", "m3c_ops.h", "m3c_types.h", "m3c_tables.h")
+PARTITIONED = r"array_partition variable={} type=complete dim=0"
 SMALL_ARRAY_BITS = 512  # "a few hundred bits": smaller arrays may go where HLS puts them
 PROJECTS = [("micro-nyud", "multi", "fixed"), ("micro-pascal", "task", "fixed"),
             ("micro-nyud", "task", "float")]
@@ -41,7 +43,7 @@ def _design(project: Path) -> tuple[Design, float]:
     kernel = json.loads((project / "kernel.json").read_text())
     design = Design(load_target(manifest["target"]), kernel["capacities"],
                     tuple(manifest["tiles"]), Precision.from_types(manifest["types"]),
-                    manifest["query_block"], manifest["token_block"])
+                    manifest["row_tile"], manifest["query_tile"])
     return design, manifest["budget"]
 
 
@@ -52,18 +54,23 @@ def _constants(source: str) -> dict[str, int]:
 
 def _declared_arrays(source: str, design: Design) -> dict[str, int]:
     """Array variable -> bits, for every array the sources declare (sizes evaluated)."""
-    p = design.precision
+    p, g = design.precision, design.geometry
+    sizes = design.sizes
     widths = {"data_t": p.data, "weight_t": p.weight, "acc_t": p.acc, "prob_t": p.prob,
-              "logit_t": p.logit, "int": 32, "bool": 1}
-    names = {**_constants(source), "TILE_OUT": design.tiles[1], "TILE_IN": design.tiles[0],
-             "EXPERT_LANES": design.tiles[1]}
+              "logit_t": p.logit, "recip_t": p.prob + 6, "norm_t": 24, "int": 32, "bool": 1,
+              "bank_t": 64, "lane_t": g.lane_bits, "word_t": g.port_bits,
+              "mac_w_t": g.lane_bits, "mac_x_t": sizes["X_BITS"], "mac_sum_t": sizes["SUM_BITS"]}
+    names = {**_constants(source), "PORT_BITS": g.port_bits, "BANKS": g.banks,
+             "PORT_LANES": g.port_lanes, "LANES": g.lanes}
     arrays = {}
-    declaration = r"^\s*(?:static )?(\w+) (\w+)((?:\[[^\]]+\])+);"
+    declaration = r"^\s*(?:static )?(?:m3c::)?(\w+) (\w+)((?:\[[^\]]+\])+);"
     for type_name, variable, dims in re.findall(declaration, source, re.M):
         if type_name not in widths:
             continue
         elements = 1
         for dim in re.findall(r"\[([^\]]+)\]", dims):
+            if not re.fullmatch(r"[\w\s*+/-]+", dim.replace("m3c::", "")):
+                continue
             elements *= eval(dim.replace("m3c::", ""), {}, dict(names))  # noqa: S307
         arrays[variable] = elements * widths[type_name]
     return arrays
@@ -71,18 +78,21 @@ def _declared_arrays(source: str, design: Design) -> dict[str, int]:
 
 @pytest.mark.parametrize("preset, gate, precision", PROJECTS)
 def test_every_unit_is_one_non_inlined_instance(compiled, preset, gate, precision):
+    """The units (functions with their own loops or dataflow) are never inlined and have one
+    instance each however many call sites they have; helpers that are part of a unit's
+    pipeline (window reads, the feed, the epilogue) are inlined into it on purpose."""
     _, project = compiled(preset, gate, precision)
     source = _sources(project)
-    units = _functions(source)
-    assert {"linear", "attention", "expert_ffn", "load_expert", "compute_expert"} <= set(units)
-    for name, body in units.items():
-        assert "M3C_HLS(inline off)" in body, f"{name} may be inlined into its callers"
-    calls = {name: len(re.findall(rf"\b{name}(?:<[^>]*>)?\(", source)) - 1 for name in units}
-    shared = {name for name, count in calls.items() if count > 1}
-    assert {"load_expert", "compute_expert", "linear"} <= shared
-    for name in shared:
-        assert f"allocation function instances=m3c::{name} limit=1" in source, (
-            f"{name} has {calls[name]} call sites and no single-instance directive")
+    bodies = _functions(source)
+    assert set(UNITS) <= set(bodies)
+    for name in UNITS:
+        assert "M3C_HLS(inline off)" in bodies[name], f"{name} may be inlined into its callers"
+        assert f"allocation function instances=m3c::{name} limit=1" in source, name
+    for name, body in bodies.items():
+        if name not in UNITS:  # a helper: no loop of its own that would need a pipeline
+            assert "M3C_LOOP(" not in body and "pipeline" not in body, name
+    calls = {name: len(re.findall(rf"\b{name}(?:<[^>]*>)?\(", source)) - 1 for name in UNITS}
+    assert calls["matmul"] > 1 and calls["mlp_tile"] > 1  # shared by several callers
 
 
 @pytest.mark.parametrize("preset, gate, precision", PROJECTS)
@@ -95,8 +105,7 @@ def test_every_large_array_has_the_storage_the_estimate_counts(compiled, preset,
     declared = _declared_arrays(source, design)
     pragmas = dict(re.findall(r"bind_storage variable=(\w+) type=\w+ impl=(\w+)", source))
     for variable, bits in declared.items():
-        partitioned = re.search(rf"array_partition variable={variable} type=complete dim=0",
-                                source)
+        partitioned = re.search(PARTITIONED.format(variable), source)
         if bits <= SMALL_ARRAY_BITS or partitioned:
             continue
         assert variable in bindings, f"the estimate does not count array {variable}"
@@ -118,19 +127,24 @@ def test_no_double_and_no_undeclared_aliasing(compiled, preset, gate, precision)
         if path.exists():
             assert not re.search(r"\bdouble\b", path.read_text()), f"double in {name}"
     kernel = (project / "hls/src/kernel.cpp").read_text()
-    ports = dict(re.findall(r"interface mode=m_axi port=(\w+) bundle=\w+ offset=slave "
-                            r"depth=(\d+)", kernel))
-    assert ports["act_in"] == ports["act_out"]  # one buffer, declared as such
-    assert "alias ports=act_in,act_out distance=0" in kernel
-    header = (project / "hls/src/kernel.h").read_text()
-    testbench = (project / "hls/tb/testbench.cpp").read_text()
-    assert "arena.data(), arena.data()" in testbench and "act_in" in header
+    bundles = re.findall(r"interface mode=m_axi port=(\w+) bundle=(\w+)", kernel)
+    assert len({bundle for _, bundle in bundles}) == len(bundles) == 3  # a bundle per buffer
+    # burst-friendly DDR: every m_axi access in a loop of its own, unconditional and sequential
+    ops = (project / "hls/src/m3c_ops.h").read_text()
+    for pointer in ("weights", "image", "features"):
+        for access in re.findall(rf"\b{pointer}\[[^\]]+\]", ops):
+            assert "?" not in access and "if" not in access, access
 
 
-def test_accumulators_wider_than_the_dsp_cascade_cost_fabric_adders():
-    from m3c.estimate import DSP_ACC_BITS, _macs
+def test_sums_wider_than_the_dsp_cascade_cost_fabric_adders():
+    from m3c.estimate import DSP_ACC_BITS, calls_for_config, unit_logic
+    from m3c.models.config import preset
 
-    narrow = Precision(data=16, weight=16, acc=DSP_ACC_BITS, prob=18, floating=False)
-    wide = Precision(data=16, weight=16, acc=DSP_ACC_BITS + 1, prob=18, floating=False)
-    assert _macs(10, wide).dsp == _macs(10, narrow).dsp == 10
-    assert _macs(10, wide).lut - _macs(10, narrow).lut >= 10 * DSP_ACC_BITS
+    _, capacities = calls_for_config(json.loads(preset("tiny-cityscapes").to_json()))
+    target = load_target("zcu104")
+    narrow = Design(target, capacities, (32, 16), Precision(16, 16, 40, 18, False))
+    wide = Design(target, capacities, (32, 16), Precision(24, 16, 56, 18, False))
+    assert narrow.sizes["SUM_BITS"] <= DSP_ACC_BITS < wide.sizes["SUM_BITS"]
+    macs = narrow.geometry.macs
+    extra = unit_logic(wide)["matmul"].lut - unit_logic(narrow)["matmul"].lut
+    assert extra >= macs * wide.sizes["SUM_BITS"]

@@ -49,7 +49,7 @@ def test_captured_routing_gives_each_token_its_top_k(runs, kernel):
     assert len(runs) == 3 * 2  # images x tasks
     for run in runs:
         assert [r.layer for r in run] == [c["layer"] for c in kernel["calls"]
-                                          if c["op"] == "expert_ffn"]
+                                          if c["op"] == "experts"]
         for layer in run:
             assert len(layer.token_experts) == route["tokens"]
             for chosen in layer.token_experts:
@@ -75,12 +75,14 @@ def test_expert_major_loads_each_used_expert_once(runs, kernel):
     assert cache["loads"] >= em["loads"] and cache["stall_cycles"] >= em["stall_cycles"]
     assert cache["ddr_bytes"] >= em["ddr_bytes"]
     assert naive["onchip_bytes"]["weights"] > em["onchip_bytes"]["weights"]
-    assert cache["onchip_bytes"] == em["onchip_bytes"]  # same budget: two expert slots
+    # expert-major holds two weight panels of the array; the cache two whole experts
+    assert em["onchip_bytes"]["weights"] < cache["onchip_bytes"]["weights"]
+    assert cache["onchip_bytes"]["other"] == em["onchip_bytes"]["other"]
     assert cache["cycles"] >= em["cycles"]
 
 
 def test_cache_holding_every_expert_loads_each_once(runs, kernel):
-    call = next(c for c in kernel["calls"] if c["op"] == "expert_ffn")
+    call = next(c for c in kernel["calls"] if c["op"] == "experts")
     design = _design(kernel)
     for layer in runs[0]:
         used = sum(1 for n in layer.queue_lengths if n)
@@ -89,7 +91,7 @@ def test_cache_holding_every_expert_loads_each_once(runs, kernel):
 
 
 def test_slow_loads_stall_the_cache_more_than_expert_major(kernel):
-    call = {**next(c for c in kernel["calls"] if c["op"] == "expert_ffn"), "tokens": 8}
+    call = {**next(c for c in kernel["calls"] if c["op"] == "experts"), "tokens": 8}
     # Token t needs experts (t, t+1) mod 3: with two LRU slots the first token loads two,
     # every later one finds t but not t+1 (evicted by t-1's visit to t-1).
     routing = LayerRouting("moe0", call["experts"], [[t % 3, (t + 1) % 3] for t in range(8)])
@@ -110,7 +112,7 @@ def test_onchip_weights_constant_in_experts_for_expert_major_linear_for_naive(pr
         expert_major.append(onchip_bytes(design, "expert_major")["weights"])
         naive.append(onchip_bytes(design, "naive")["weights"])
     assert len(set(expert_major)) == 1
-    call = next(c for c in calls if c["op"] == "expert_ffn")
+    call = next(c for c in calls if c["op"] == "experts")
     per_expert = expert_bytes(call, precision.weight)
     assert naive == [e * per_expert for e in (4, 8, 16, 32, 64)]
 

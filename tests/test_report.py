@@ -29,7 +29,7 @@ def test_compile_writes_the_report(project):
     report = _report(project)
     manifest = json.loads((project / "project.json").read_text())
     assert [report["tiles"]["tile_in"], report["tiles"]["tile_out"]] == manifest["tiles"]
-    for block in ("query_block", "token_block"):
+    for block in ("row_tile", "query_tile"):
         assert report["tiles"][block] == manifest[block]
     assert report["routing"].startswith("balanced")
     assert f"{report['latency']['ms']:.3f} ms" in (folder / "report.md").read_text()

@@ -14,6 +14,10 @@ def _configure_report(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--power", type=float, default=None,
                         help="board power in W for the energy figure (default: the target's)")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    parser.add_argument("--trace", action="store_true",
+                        help="also run the traced C-simulation of one test vector and write "
+                             "report/trace.json (DDR beats and array cycles per call, traced "
+                             "beside estimated)")
 
 
 @command("report", "estimate resources, latency, FLOPs and energy of a compiled project",
@@ -22,10 +26,26 @@ def run_report(args: argparse.Namespace) -> int:
     from m3c.report import report_project
 
     report, written = report_project(args.project, power_w=args.power, plots=not args.no_plots)
+    if args.trace:
+        from m3c.trace import trace_project, write_trace
+
+        rows = trace_project(args.project)
+        written.append(write_trace(args.project, rows))
+        if not args.quiet:
+            print(_trace_summary(rows))
     if not args.quiet:
         print(summary_line(report))
         print(f"wrote {', '.join(str(path) for path in written)}")
     return 0
+
+
+def _trace_summary(rows: list[dict]) -> str:
+    traced = sum(row["traced"]["array_cycles"] for row in rows)
+    estimated = sum(row["estimated"]["array_cycles"] for row in rows)
+    mismatched = [row["layer"] for row in rows if row["traced"] != row["estimated"]]
+    return (f"trace: {len(rows)} calls, array cycles traced {traced} / estimated {estimated}; "
+            + (f"{len(mismatched)} calls differ (first: {mismatched[0]})" if mismatched
+               else "every call's DDR beats and array cycles equal the estimate"))
 
 
 def summary_line(report: dict) -> str:
