@@ -33,7 +33,7 @@ def compile(model, target: str = "zcu104", out: str | os.PathLike = "build",  # 
 
     Fixed precision (the default) calibrates its integer bits on `calib` (images or a .npy);
     `precision_config` overrides types per class and weight types per layer. `tiles` =
-    (TILE_IN, TILE_OUT) forces the linear unit's size; otherwise the fastest that fits
+    (TK, TM) forces the MAC array's size; otherwise the fastest that fits
     `budget` x the target's resources is chosen. The project's report/ holds the resource,
     latency and energy estimates.
     """

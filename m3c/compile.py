@@ -80,7 +80,7 @@ def compile_model(model, target: str = "zcu104", out: str | os.PathLike = "build
 
     Fixed precision calibrates on `calib` (images [N,3,H,W] or a .npy of them; by default the
     project's own test vectors) and applies the overrides of `precision_config` (JSON/YAML).
-    `tiles` (TILE_IN, TILE_OUT) force the linear unit's size; by default m3c.dse picks the
+    `tiles` (TK, TM) force the MAC array's size; by default m3c.dse picks the
     fastest that fits `budget` x the target's resources.
     """
     tiles = parse_tiles(tiles)

@@ -68,7 +68,7 @@ def parse_tiles(text: str | Sequence[int] | None) -> tuple[int, int] | None:
         tiles = tuple(int(t) for t in text)
     if len(tiles) != 2 or min(tiles) < 1:
         raise EstimateError(f"tiles {text!r} are not two positive integers",
-                            remedy="write them as TILE_INxTILE_OUT, e.g. --tiles 32x16")
+                            remedy="write them as TKxTM, e.g. --tiles 48x32")
     return tiles
 
 

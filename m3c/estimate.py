@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 
 from m3c.errors import M3CError
 from m3c.hw import units as hw
@@ -108,12 +109,12 @@ class Design:
     row_tile: int = 128
     query_tile: int = 32
 
-    @property
+    @cached_property
     def geometry(self) -> Geometry:
         return Geometry(self.tiles[0], self.tiles[1], lane_bits(self.precision),
                         self.target.hp_port_bits, self.row_tile, self.query_tile)
 
-    @property
+    @cached_property
     def sizes(self) -> dict[str, int]:
         return kernel_sizes(self.capacities, self.geometry, self.precision)
 
@@ -470,7 +471,11 @@ def estimate_calls(calls: Sequence[dict], d: Design,
 
 def cycle_key(op: str, d: Design) -> tuple:
     """What the cycle model of `op` reads of a design besides its target and precision."""
-    return (d.tiles, d.row_tile, d.query_tile)
+    if op == "attention":
+        return d.tiles, d.query_tile
+    if op in ("layernorm", "features"):
+        return (d.tiles,)
+    return d.tiles, d.row_tile
 
 
 def total_cycles(calls: Sequence[dict], d: Design,

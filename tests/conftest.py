@@ -32,11 +32,14 @@ def compiled(export_model, tmp_path_factory):
     def get(preset: str, gate: str = "multi", precision: str = "float", **overrides):
         key = (preset, gate, precision, repr(sorted(overrides.items())))
         if key not in cache:
+            from hygiene import check
+
             from m3c.compile import compile_model
 
             _, path = export_model(preset, gate, **overrides)
             out = tmp_path_factory.mktemp(precision) / "build"
             cache[key] = (path, compile_model(path, out=out, precision=precision))
+            check(cache[key][1])  # every compiled project passes the HLS hygiene checks
         return cache[key]
 
     return get

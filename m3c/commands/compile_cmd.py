@@ -20,7 +20,7 @@ def _configure(parser: argparse.ArgumentParser) -> None:
                         help="JSON/YAML overrides: types per class; weight and result "
                              "types per layer")
     parser.add_argument("--force", action="store_true", help="replace a non-empty directory")
-    parser.add_argument("--tiles", help="force the linear unit's TILE_INxTILE_OUT, e.g. 32x16 "
+    parser.add_argument("--tiles", help="force the MAC array's TKxTM, e.g. 48x32 "
                         "(default: the fastest that fits --budget)")
     parser.add_argument("--budget", type=float, default=0.8,
                         help="fraction of the target's resources the design may use (0, 1]")
