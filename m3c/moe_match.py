@@ -8,6 +8,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from m3c.errors import LoweringError
+from m3c.graph import fresh_name
 from m3c.routing import Router, constant_value, producer, skip_shape_ops
 
 ACTIVATIONS = {"Erf": "gelu", "Tanh": "gelu_tanh", "Relu": "relu"}
@@ -72,7 +73,7 @@ def task_tensor(graph: gs.Graph) -> tuple[gs.Tensor, str | None]:
     for tensor in graph.inputs:
         if tensor.name == "task":
             return tensor, tensor.name
-    return gs.Constant("m3c_task_zero", np.array(0, dtype=np.int64)), None
+    return gs.Constant(fresh_name(graph, "m3c_task_zero"), np.array(0, dtype=np.int64)), None
 
 
 def num_tasks(graph: gs.Graph) -> int:
@@ -92,13 +93,15 @@ def num_tasks(graph: gs.Graph) -> int:
 
 def replace_with_moe(graph: gs.Graph, match: MoEMatch, index: int) -> gs.Node:
     """Put one m3c.MoE node in place of the matched subgraph (cleanup removes the rest)."""
-    prefix = f"moe{index}"
+    # Provisional names; RecognizeMoE renames the layers moe0, moe1, ... in execution order.
+    prefix = f"m3c_moe_found{index}"
     task, _ = task_tensor(graph)
     weights = {
         "router_w": match.router.weights, "router_b": match.router.bias,
         "w1": match.w1, "b1": match.b1, "w2": match.w2, "b2": match.b2,
     }
-    constants = [gs.Constant(f"{prefix}.{name}", np.ascontiguousarray(value, np.float32))
+    constants = [gs.Constant(fresh_name(graph, f"{prefix}.{name}"),
+                             np.ascontiguousarray(value, np.float32))
                  for name, value in weights.items()]
     match.output.inputs.clear()
     node = gs.Node(

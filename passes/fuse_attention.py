@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from m3c.graph import fresh_node_name
 from m3c.passmanager import RewritePass
 from m3c.routing import constant_value, producer
 
@@ -30,8 +31,9 @@ class FuseAttention(RewritePass):
                 continue
             qkv, num_heads, scale, output = found
             output.inputs.clear()
+            name = fresh_node_name(graph, f"{softmax.name.rsplit('/', 1)[0]}/Attention")
             graph.nodes.append(gs.Node(
-                "Attention", name=f"{softmax.name.rsplit('/', 1)[0]}/Attention", domain="m3c",
+                "Attention", name=name, domain="m3c",
                 attrs={"num_heads": num_heads, "scale": scale}, inputs=[qkv], outputs=[output]))
             graph.cleanup()
             return True

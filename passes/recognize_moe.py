@@ -8,7 +8,7 @@ so switching tasks changes only which router row is read.
 
 from __future__ import annotations
 
-from m3c.graph import Graph
+from m3c.graph import Graph, fresh_name, fresh_node_name
 from m3c.moe_forms import find_contrib_moes, find_dense_moes, find_sparse_moes
 from m3c.moe_match import replace_with_moe
 from m3c.passmanager import Pass
@@ -37,6 +37,6 @@ def _number_layers_in_order(graph: Graph) -> None:
     """Name layers moe0, moe1, ... in execution order whatever order the forms were found in."""
     layers = [node for node in graph.graph.nodes if node.domain == "m3c" and node.op == "MoE"]
     for index, node in enumerate(layers):
-        node.name = f"moe{index}/MoE"
+        node.name = fresh_node_name(graph.graph, f"moe{index}/MoE")
         for tensor in node.inputs[2:]:
-            tensor.name = f"moe{index}.{tensor.name.split('.', 1)[1]}"
+            tensor.name = fresh_name(graph.graph, f"moe{index}.{tensor.name.split('.', 1)[1]}")
