@@ -42,6 +42,89 @@ class MoEMatch:
             raise LoweringError(f"{where}: top-k {self.top_k} outside 1..{experts}")
 
 
+# What MoE layers are built of, in every form m3c reads: a node outside this list inside a
+# layer that does not check out numerically is what the match failed to account for.
+MOE_VOCABULARY = {
+    "Add", "Cast", "Concat", "Constant", "ConstantOfShape", "Div", "Einsum", "Equal", "Erf",
+    "Expand", "Flatten", "Gather", "GatherElements", "GatherND", "Gemm", "Identity", "MatMul",
+    "MoE", "Mul", "NonZero", "OneHot", "Pow", "ReduceSum", "Relu", "Reshape", "ScatterElements",
+    "ScatterND", "Shape", "Slice", "Softmax", "Split", "Squeeze", "Sub", "Tanh", "Tile", "TopK",
+    "Transpose", "Unsqueeze", "Where",
+}
+# Routing decisions closer than this (between the k-th and the next probability) may flip
+# with float32 rounding; such tokens are left out of the comparison.
+NEAR_TIE = 1e-5
+MATCH_TOLERANCE = 1e-4
+
+
+def check_match(graph: gs.Graph, match: MoEMatch, where: str, seed: int = 0) -> None:
+    """Refuse a match that does not compute what the subgraph it replaces computes.
+
+    The subgraph from the router's tokens (and `task`) to the layer output runs in
+    onnxruntime on random tokens for every task and is compared with m3c.MoE's reference on
+    the matched weights. A node the recogniser did not understand (and would have dropped)
+    shows up here as a difference, and is named.
+    """
+    from m3c.graph import Graph, ort_session
+    from m3c.ops.moe import moe, router_probs
+
+    sub, feeds_for = _layer_subgraph(graph, match, where)
+    session = ort_session(Graph(sub).to_onnx())
+    rng = np.random.default_rng(seed)
+    tokens = rng.standard_normal(match.router.tokens.shape).astype(np.float32)
+    args = (match.router.weights, match.router.bias, match.w1, match.b1, match.w2, match.b2)
+    worst = 0.0
+    for task in range(num_tasks(graph)):
+        got = session.run(None, feeds_for(tokens, task))[0].reshape(tokens.shape)
+        want = moe(tokens, np.array(task), *args, match.top_k, match.activation)
+        ranked = np.sort(router_probs(tokens, task, *args[:2]), axis=-1)[:, ::-1]
+        decided = np.ones(len(tokens), bool)
+        if match.top_k < ranked.shape[1]:
+            decided = ranked[:, match.top_k - 1] - ranked[:, match.top_k] > NEAR_TIE
+        scale = max(1.0, float(np.abs(want).max()))
+        worst = max(worst, float(np.abs(got - want)[decided].max(initial=0.0)) / scale)
+    if worst > MATCH_TOLERANCE:
+        unknown = sorted({f"{n.name!r} ({n.op})" for n in sub.nodes
+                          if n.op not in MOE_VOCABULARY})
+        raise LoweringError(
+            f"{where}: the recognised MoE layer differs from the graph by {worst:.2e}; "
+            + (f"nodes not accounted for: {', '.join(unknown[:5])}" if unknown else
+               "its routing or expert MLP is not the M3ViT form"),
+            remedy="keep the MoE layer to router -> softmax -> top-k -> expert MLPs -> "
+                   "weighted sum, with any extra computation outside it")
+
+
+def _layer_subgraph(graph: gs.Graph, match: MoEMatch, where: str):
+    """The graph cut to the MoE layer: inputs tokens (and task), output the layer output."""
+    sub = graph.copy()
+    tensors = sub.tensors()
+    tokens = tensors[match.router.tokens.name]
+    if tokens.shape is None or any(not isinstance(d, int) for d in tokens.shape):
+        raise LoweringError(f"{where}: the router input {tokens.name!r} has no static shape",
+                            remedy="export with static shapes")
+    tokens.inputs.clear()
+    _, task_name = task_tensor(graph)
+    sub.inputs = [tokens] + ([tensors[task_name]] if task_name else [])
+    output = tensors[match.output.name]
+    output.dtype = output.dtype or np.float32
+    sub.outputs = [output]
+    sub.cleanup()
+    extra = [t.name for node in sub.nodes for t in node.inputs
+             if isinstance(t, gs.Variable) and not t.inputs and t not in sub.inputs]
+    if extra:
+        raise LoweringError(f"{where}: the MoE layer reads {sorted(set(extra))[:3]} besides "
+                            "its tokens and the task", remedy="compute the MoE from its tokens")
+
+    def feeds_for(tokens_value: np.ndarray, task: int) -> dict[str, np.ndarray]:
+        feeds = {tokens.name: tokens_value}
+        if task_name:
+            shape = tensors[task_name].shape or []
+            feeds[task_name] = np.full(shape, task, np.int64)
+        return feeds
+
+    return sub, feeds_for
+
+
 def activation_between(start: gs.Tensor, end: gs.Tensor, where: str) -> str:
     """Name the elementwise activation computing `end` from `start` (GELU erf/tanh, ReLU)."""
     ops = {node.op for node in nodes_between(start, end)}

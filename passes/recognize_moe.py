@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from m3c.graph import Graph, fresh_name, fresh_node_name
 from m3c.moe_forms import find_contrib_moes, find_dense_moes, find_sparse_moes
-from m3c.moe_match import replace_with_moe
+from m3c.moe_match import check_match, replace_with_moe
 from m3c.passmanager import Pass
 
 FINDERS = {"dense": find_dense_moes, "contrib": find_contrib_moes, "sparse": find_sparse_moes}
@@ -24,7 +24,9 @@ class RecognizeMoE(Pass):
         found = 0
         for form, finder in FINDERS.items():
             for match in finder(graph.graph):
-                match.check(f"MoE layer {found} ({form} form)")
+                where = f"MoE layer {found} ({form} form)"
+                match.check(where)
+                check_match(graph.graph, match, where)
                 replace_with_moe(graph.graph, match, found)
                 found += 1
         if found:
