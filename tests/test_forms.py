@@ -1,0 +1,91 @@
+"""Models m3c's own exporter did not write: each is built here, lowered, compared with
+onnxruntime on the original file, and compiled (float), which itself refuses a lowered graph
+more than 1e-4 away from onnxruntime."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from torch import nn
+
+import m3c
+from m3c.compile import compile_model
+from m3c.errors import LoweringError
+from m3c.graph import ort_session
+from m3c.models import build_model
+
+
+def _feeds(path, seed=0):
+    proto = onnx.load(str(path))
+    inputs = {value.name: value for value in proto.graph.input}
+    shape = [d.dim_value for d in inputs["image"].type.tensor_type.shape.dim]
+    image = np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+    tasks = len(proto.graph.output) if "task" in inputs else 1
+    return [{"image": image, **({"task": np.array(t, np.int64)} if "task" in inputs else {})}
+            for t in range(tasks)]
+
+
+def assert_lowers_like_onnxruntime(path, tmp_path, atol=1e-4):
+    """Lowered (end to end, heads included) within `atol` of onnxruntime for every task, and
+    the float compile accepts it; returns the lowered graph."""
+    oracle = ort_session(onnx.load(str(path)))
+    names = [output.name for output in oracle.get_outputs()]
+    lowered = m3c.lower(path)
+    for feeds in _feeds(path):
+        want = dict(zip(names, oracle.run(None, feeds), strict=True))
+        got = lowered.run_end_to_end(feeds)
+        for name in names:
+            np.testing.assert_allclose(got[name], want[name], atol=atol, rtol=0)
+    compile_model(path, out=tmp_path / "build", precision="float")
+    return lowered
+
+
+def _standard_only(graph) -> bool:
+    return all((node.domain or "") in ("", "ai.onnx") for node in graph.nodes)
+
+
+class LinearHead(nn.Module):
+    """A per-token Linear task head (as in SETR's naive head)."""
+
+    def __init__(self, dim: int, channels: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.fc = nn.Linear(dim, channels)
+
+    def forward(self, tokens, grid):
+        x = self.fc(self.norm(tokens[:, 1:]))
+        return x.transpose(1, 2).reshape(x.shape[0], -1, *grid)
+
+
+def test_linear_in_a_task_head_stays_standard_onnx(tmp_path):
+    model = build_model("micro-nyud", seed=3)
+    model.decoders["depth"] = LinearHead(model.config.embed_dim, 1)
+    path = m3c.export(model, tmp_path / "linear_head.onnx")
+    lowered = assert_lowers_like_onnxruntime(path, tmp_path)
+    assert all(_standard_only(head) for head in lowered.heads.values())
+    assert "MatMul" in {node.op for node in lowered.heads["depth"].nodes}
+    saved = onnx.load(str(tmp_path / "build" / "host" / "heads" / "depth.onnx"))
+    assert {node.domain for node in saved.graph.node} <= {""}
+
+
+def test_compile_refuses_a_lowering_that_changes_the_numbers(tmp_path, monkeypatch):
+    import m3c.passes.fuse_dense as fuse_dense
+
+    original = fuse_dense._replace
+
+    def off_by_a_little(graph, node, x, weight, bias):
+        original(graph, node, x, weight, bias + 1e-2)
+
+    monkeypatch.setattr(fuse_dense, "_replace", off_by_a_little)
+    path = m3c.export(build_model("micro-nyud", seed=1), tmp_path / "m.onnx")
+    with pytest.raises(LoweringError, match="first diverging stage: fuse_dense"):
+        compile_model(path, out=tmp_path / "build", precision="float")
+    assert not (tmp_path / "build").exists()
+    assert not list(tmp_path.glob(".build*"))
+
+
+def test_compile_accepts_the_unchanged_model(tmp_path):
+    path = m3c.export(build_model("micro-nyud", seed=1), tmp_path / "m.onnx")
+    assert_lowers_like_onnxruntime(path, tmp_path)
+    assert (tmp_path / "build" / "project.json").is_file()
