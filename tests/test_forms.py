@@ -89,3 +89,30 @@ def test_compile_accepts_the_unchanged_model(tmp_path):
     path = m3c.export(build_model("micro-nyud", seed=1), tmp_path / "m.onnx")
     assert_lowers_like_onnxruntime(path, tmp_path)
     assert (tmp_path / "build" / "project.json").is_file()
+
+
+def test_single_shared_router_runs_as_a_one_row_router_table(tmp_path):
+    import json
+
+    import torch
+
+    model = build_model("micro-nyud", gate="single", seed=4)
+    path = m3c.export(model, tmp_path / "single.onnx")
+    session = ort_session(onnx.load(str(path)))
+    assert [i.name for i in session.get_inputs()] == ["image", "task"]
+    for feeds in _feeds(path, seed=1):  # torch as the independent oracle for the export
+        with torch.no_grad():
+            expected = model(torch.from_numpy(feeds["image"]), int(feeds["task"]))
+        for want, got in zip(expected, session.run(None, feeds), strict=True):
+            np.testing.assert_allclose(got, want.numpy(), atol=1e-4, rtol=0)
+    lowered = assert_lowers_like_onnxruntime(path, tmp_path)
+    routes = [n for n in lowered.graph.nodes if n.op == "Route"]
+    assert len(routes) == len(model.config.moe_blocks)
+    for route in routes:
+        assert route.inputs[1].name == "task"
+        assert route.inputs[2].values.shape[0] == 1 and route.inputs[3].values.shape[0] == 1
+        assert not np.any(route.inputs[3].values)
+    calls = json.loads((tmp_path / "build" / "kernel.json").read_text())["calls"]
+    rows = [(c["weight_rows"], c["bias_rows"]) for c in calls
+            if c["op"] == "route"]
+    assert rows == [(1, 1)] * len(routes)
