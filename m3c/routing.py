@@ -101,13 +101,20 @@ def _bias_rows(bias, experts: int) -> np.ndarray:
 
 
 def _fold_task_embedding(concat, weight, bias, graph, task_name, num_tasks, where) -> Router:
-    if len(concat.inputs) != 2 or task_name is None:
+    if len(concat.inputs) != 2:
         raise LoweringError(f"{where}: the router input concat {concat.name!r} is not "
                             "(tokens, task embedding)", remedy="concatenate tokens first")
     tokens, embedding = concat.inputs
     while (expand := producer(embedding, "Expand")) is not None:
         embedding = expand.inputs[0]  # broadcast over tokens: one row is enough
-    per_task = evaluate_for_each_task(graph, embedding, task_name, num_tasks)
+    constant = constant_value(embedding)
+    if constant is not None:  # one task: the embedding was folded to a constant
+        per_task = [constant]
+    elif task_name is None:
+        raise LoweringError(f"{where}: the router input concat {concat.name!r} is not "
+                            "(tokens, task embedding)", remedy="concatenate tokens first")
+    else:
+        per_task = evaluate_for_each_task(graph, embedding, task_name, num_tasks)
     # Every token carries the same embedding row: keep one row per task.
     rows = np.stack([value.reshape(-1, value.shape[-1])[0] for value in per_task])
     dim = weight.shape[0] - rows.shape[-1]

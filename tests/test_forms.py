@@ -116,3 +116,11 @@ def test_single_shared_router_runs_as_a_one_row_router_table(tmp_path):
     rows = [(c["weight_rows"], c["bias_rows"]) for c in calls
             if c["op"] == "route"]
     assert rows == [(1, 1)] * len(routes)
+
+
+def test_one_task_task_conditioned_export_lowers(tmp_path):
+    model = build_model("micro-nyud", gate="task", tasks={"semseg": 40}, seed=6)
+    path = m3c.export(model, tmp_path / "one_task.onnx")
+    lowered = assert_lowers_like_onnxruntime(path, tmp_path)
+    assert [t.name for t in lowered.graph.inputs] == ["image"]
+    assert lowered.op_counts()["m3c.Route"] == len(model.config.moe_blocks)
