@@ -9,7 +9,7 @@ import onnx_graphsurgeon as gs
 
 from m3c.errors import LoweringError
 from m3c.graph import fresh_name
-from m3c.routing import Router, constant_value, producer, skip_shape_ops
+from m3c.routing import Router, constant_value, depends_only_on_task, producer
 
 ACTIVATIONS = {"Erf": "gelu", "Tanh": "gelu_tanh", "Relu": "relu"}
 
@@ -168,8 +168,7 @@ def num_tasks(graph: gs.Graph) -> int:
     for node in graph.nodes:
         if node.op == "Gather" and len(node.inputs) == 2:
             table = constant_value(node.inputs[0])
-            index = skip_shape_ops(node.inputs[1])
-            if table is not None and getattr(index, "name", None) == name:
+            if table is not None and depends_only_on_task(node.inputs[1], name):
                 rows.append(table.shape[0])
     return max(rows)
 

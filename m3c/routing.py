@@ -54,16 +54,46 @@ def skip_shape_ops(tensor: gs.Tensor) -> gs.Tensor:
     return tensor
 
 
-def task_indexed_table(tensor: gs.Tensor, task_name: str | None) -> np.ndarray | None:
-    """The constant table [T, ...] if `tensor` is Gather(table, task) along axis 0."""
+def depends_only_on_task(tensor: gs.Tensor, task_name: str | None) -> bool:
+    """Whether `tensor` is computed from the `task` input (and constants) alone."""
+    if task_name is None:
+        return False
+    stack, seen, reached = [tensor], set(), False
+    while stack:
+        current = stack.pop()
+        if id(current) in seen or isinstance(current, gs.Constant):
+            continue
+        seen.add(id(current))
+        if not current.inputs:
+            if current.name != task_name:
+                return False
+            reached = True
+            continue
+        stack.extend(current.inputs[0].inputs)
+    return reached
+
+
+def task_indexed_table(tensor: gs.Tensor, graph: gs.Graph, task_name: str | None
+                       ) -> np.ndarray | None:
+    """The constant table [T, ...] read at row `task`, if `tensor` = Gather(table, f(task)).
+
+    The index may be `task` itself or anything computed from it alone (the dynamo exporter
+    reshapes `task` and takes its element 0, for `w_gate[task]`): it is evaluated for every
+    task, and the table's rows are put in the order the tasks pick them.
+    """
     node = producer(tensor, "Gather")
     if node is None or node.attrs.get("axis", 0) != 0:
         return None
-    table = constant_value(node.inputs[0])
-    index = skip_shape_ops(node.inputs[1])
-    if table is None or not isinstance(index, gs.Variable) or index.name != task_name:
+    table, index = constant_value(node.inputs[0]), node.inputs[1]
+    if table is None or not depends_only_on_task(index, task_name):
         return None
-    return table
+    direct = skip_shape_ops(index)
+    if isinstance(direct, gs.Variable) and direct.name == task_name:
+        return table
+    picks = evaluate_for_each_task(graph, index, task_name, table.shape[0])
+    if any(np.asarray(pick).size != 1 for pick in picks):
+        return None
+    return table[[int(np.asarray(pick).reshape(-1)[0]) for pick in picks]]
 
 
 def analyse_router(
@@ -83,7 +113,7 @@ def analyse_router(
         raise LoweringError(f"{where}: router logits are not computed by a MatMul",
                             remedy="route with logits = tokens @ w_gate")
     tokens, weight = matmul.inputs
-    table = task_indexed_table(weight, task_name)
+    table = task_indexed_table(weight, graph, task_name)
     if table is not None:
         return Router(tokens, table.astype(np.float32), _bias_rows(bias, table.shape[-1]))
     value = constant_value(weight)
@@ -139,7 +169,7 @@ def evaluate_for_each_task(
         raise LoweringError(f"the task embedding {tensor.name!r} depends on {missing[:3]}, "
                             "not only on the task", remedy="use a task-only router embedding")
     if target.dtype is None:
-        target.dtype = np.float32
+        target.dtype = np.float32  # task embeddings; indices have their inferred type
     model = gs.export_onnx(sub)
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     task = graph.tensors()[task_name]

@@ -97,12 +97,31 @@ def _head_slice(tensor: gs.Tensor) -> tuple[gs.Tensor, int] | None:
             return None
         return node.inputs[0], int(index)
     axes = constant_value(node.inputs[1]) if len(node.inputs) > 1 else node.attrs.get("axes")
+    if axes is None or list(np.asarray(axes).reshape(-1)) != [0]:
+        return None
+    sliced = _unit_slice(node.inputs[0])
+    if sliced is not None:  # the dynamo exporter's unbind: Squeeze(Slice(T, i, i+1, axis 0))
+        return sliced
     split = producer(node.inputs[0], "Split")
-    if split is None or axes is None or list(np.asarray(axes).reshape(-1)) != [0]:
+    if split is None:
         return None
     if split.attrs.get("axis", 0) != 0 or len(split.outputs) != 3:
         return None
     return split.inputs[0], split.outputs.index(node.inputs[0])
+
+
+def _unit_slice(tensor: gs.Tensor) -> tuple[gs.Tensor, int] | None:
+    """(T, i) for Slice(T, starts=[i], ends=[i+1], axes=[0], steps=[1])."""
+    node = producer(tensor, "Slice")
+    if node is None or len(node.inputs) < 4:
+        return None
+    values = [constant_value(t) for t in node.inputs[1:]]
+    if any(v is None or v.size != 1 for v in values):
+        return None
+    start, end, axis, *step = (int(v.reshape(-1)[0]) for v in values)
+    if axis != 0 or end != start + 1 or start < 0 or step not in ([], [1]):
+        return None
+    return node.inputs[0], start
 
 
 def _head_split(heads: gs.Tensor) -> tuple[gs.Tensor, int] | None:
