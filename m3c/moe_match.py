@@ -57,7 +57,7 @@ NEAR_TIE = 1e-5
 MATCH_TOLERANCE = 1e-4
 
 
-def check_match(graph: gs.Graph, match: MoEMatch, where: str, seed: int = 0) -> None:
+def check_match(graph: gs.Graph, match: MoEMatch, where: str) -> None:
     """Refuse a match that does not compute what the subgraph it replaces computes.
 
     The subgraph from the router's tokens (and `task`) to the layer output runs in
@@ -65,6 +65,21 @@ def check_match(graph: gs.Graph, match: MoEMatch, where: str, seed: int = 0) -> 
     the matched weights. A node the recogniser did not understand (and would have dropped)
     shows up here as a difference, and is named.
     """
+    worst, sub = match_error(graph, match, where)
+    if worst > MATCH_TOLERANCE:
+        unknown = sorted({f"{n.name!r} ({n.op})" for n in sub.nodes
+                          if n.op not in MOE_VOCABULARY})
+        raise LoweringError(
+            f"{where}: the recognised MoE layer differs from the graph by {worst:.2e}; "
+            + (f"nodes not accounted for: {', '.join(unknown[:5])}" if unknown else
+               "its routing or expert MLP is not the M3ViT form"),
+            remedy="keep the MoE layer to router -> softmax -> top-k -> expert MLPs -> "
+                   "weighted sum, with any extra computation outside it")
+
+
+def match_error(graph: gs.Graph, match: MoEMatch, where: str, seed: int = 0
+                ) -> tuple[float, gs.Graph]:
+    """(largest relative difference between the match and the graph, the layer subgraph)."""
     from m3c.graph import Graph, ort_session
     from m3c.ops.moe import moe, router_probs
 
@@ -83,15 +98,7 @@ def check_match(graph: gs.Graph, match: MoEMatch, where: str, seed: int = 0) -> 
             decided = ranked[:, match.top_k - 1] - ranked[:, match.top_k] > NEAR_TIE
         scale = max(1.0, float(np.abs(want).max()))
         worst = max(worst, float(np.abs(got - want)[decided].max(initial=0.0)) / scale)
-    if worst > MATCH_TOLERANCE:
-        unknown = sorted({f"{n.name!r} ({n.op})" for n in sub.nodes
-                          if n.op not in MOE_VOCABULARY})
-        raise LoweringError(
-            f"{where}: the recognised MoE layer differs from the graph by {worst:.2e}; "
-            + (f"nodes not accounted for: {', '.join(unknown[:5])}" if unknown else
-               "its routing or expert MLP is not the M3ViT form"),
-            remedy="keep the MoE layer to router -> softmax -> top-k -> expert MLPs -> "
-                   "weighted sum, with any extra computation outside it")
+    return worst, sub
 
 
 def _layer_subgraph(graph: gs.Graph, match: MoEMatch, where: str):
@@ -110,7 +117,7 @@ def _layer_subgraph(graph: gs.Graph, match: MoEMatch, where: str):
     sub.outputs = [output]
     sub.cleanup()
     extra = [t.name for node in sub.nodes for t in node.inputs
-             if isinstance(t, gs.Variable) and not t.inputs and t not in sub.inputs]
+             if isinstance(t, gs.Variable) and t.name and not t.inputs and t not in sub.inputs]
     if extra:
         raise LoweringError(f"{where}: the MoE layer reads {sorted(set(extra))[:3]} besides "
                             "its tokens and the task", remedy="compute the MoE from its tokens")

@@ -108,6 +108,9 @@ def analyse_router(
             if value is not None:
                 bias, logits = value, add.inputs[1 - i]
                 break
+    gemm = producer(logits, "Gemm")
+    if gemm is not None and not isinstance(bias, np.ndarray):
+        return _gemm_router(gemm, where)
     matmul = producer(logits, "MatMul")
     if matmul is None:
         raise LoweringError(f"{where}: router logits are not computed by a MatMul",
@@ -124,6 +127,20 @@ def analyse_router(
     if concat is None:
         return Router(tokens, value[None].astype(np.float32), _bias_rows(bias, value.shape[-1]))
     return _fold_task_embedding(concat, value, bias, graph, task_name, num_tasks, where)
+
+
+def _gemm_router(gemm: gs.Node, where: str) -> Router:
+    """An `nn.Linear` router: Gemm(tokens, W, b) with constant W (maybe transposed) and b."""
+    values = [constant_value(t) for t in gemm.inputs[1:]]
+    alpha, beta = gemm.attrs.get("alpha", 1.0), gemm.attrs.get("beta", 1.0)
+    if values[0] is None or gemm.attrs.get("transA", 0) or any(
+            v is None for v in values[1:]):
+        raise LoweringError(f"{where}: router Gemm {gemm.name!r} has non-constant weights",
+                            remedy="export the router weights as constants")
+    weight = values[0].T if gemm.attrs.get("transB", 0) else values[0]
+    bias = values[1] * beta if len(values) > 1 else 0.0
+    return Router(gemm.inputs[0], (weight * alpha)[None].astype(np.float32),
+                  _bias_rows(bias, weight.shape[-1]))
 
 
 def _bias_rows(bias, experts: int) -> np.ndarray:

@@ -47,7 +47,9 @@ def sample_feeds(model: onnx.ModelProto, count: int = 2, seed: int = 0) -> list[
     images = [(rng.standard_normal(image_shape) * (1 + i)).astype(np.float32)
               for i in range(count)]
     if "task" not in inputs:
-        return [{"image": image} for image in images]
+        # Several outputs without a task input (one router shared by all tasks): the same
+        # images serve every task, in task order as below.
+        return [{"image": image} for _ in task_names(model) for image in images]
     tasks = range(len(task_names(model)))
     return [{"image": image, "task": np.array(t, dtype=np.int64)}
             for t in tasks for image in images]

@@ -9,11 +9,18 @@ so switching tasks changes only which router row is read.
 from __future__ import annotations
 
 from m3c.graph import Graph, fresh_name, fresh_node_name
-from m3c.moe_forms import find_contrib_moes, find_dense_moes, find_sparse_moes
+from m3c.moe_forms import (
+    find_computed_moes,
+    find_contrib_moes,
+    find_dense_moes,
+    find_sparse_moes,
+)
 from m3c.moe_match import check_match, replace_with_moe
 from m3c.passmanager import Pass
 
-FINDERS = {"dense": find_dense_moes, "contrib": find_contrib_moes, "sparse": find_sparse_moes}
+# The spelled-out forms first; whatever top-k routing is left is read by what it computes.
+FINDERS = {"dense": find_dense_moes, "contrib": find_contrib_moes, "sparse": find_sparse_moes,
+           "computed": find_computed_moes}
 
 
 class RecognizeMoE(Pass):
@@ -29,6 +36,7 @@ class RecognizeMoE(Pass):
                 check_match(graph.graph, match, where)
                 replace_with_moe(graph.graph, match, found)
                 found += 1
+            graph.graph.cleanup()  # a replaced layer's routing is not found again
         if found:
             graph.graph.cleanup().toposort()
             _number_layers_in_order(graph)

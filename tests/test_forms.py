@@ -4,9 +4,18 @@ more than 1e-4 away from onnxruntime."""
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import onnx
 import pytest
+from moe_forms import (
+    export_dynamo,
+    export_form,
+    lowered_structure,
+    rewrite_moe_layers,
+    without_optional_contrib_inputs,
+)
 from torch import nn
 
 import m3c
@@ -124,3 +133,60 @@ def test_one_task_task_conditioned_export_lowers(tmp_path):
     lowered = assert_lowers_like_onnxruntime(path, tmp_path)
     assert [t.name for t in lowered.graph.inputs] == ["image"]
     assert lowered.op_counts()["m3c.Route"] == len(model.config.moe_blocks)
+
+
+# (MoE form, gate, exporter, nn.Linear router with bias): every one lowers to the same
+# expert-major graph as m3c's own export of the same model.
+FORMS = [
+    ("index_add", "multi", "torchscript", False),
+    ("sparse", "single", "torchscript", True),
+    ("einsum", "multi", "torchscript", False),
+    *[pytest.param(*case, marks=pytest.mark.slow) for case in [  # dynamo exports take seconds
+        ("index_add", "task", "dynamo", False),
+        ("sparse", "task", "dynamo", False),
+        ("einsum", "task", "dynamo", False),
+        ("einsum", "single", "dynamo", True),
+        ("dense", "multi", "dynamo", False),  # m3c's own model through the dynamo exporter
+    ]],
+]
+
+
+def _base(gate):
+    return build_model("micro-nyud", gate=gate, seed=5)
+
+
+@pytest.mark.parametrize("form, gate, exporter, gemm", FORMS)
+def test_moe_form_lowers_to_the_expert_major_graph(tmp_path, form, gate, exporter, gemm):
+    base = _base(gate)
+    model = copy.deepcopy(base)
+    if form != "dense":
+        rewrite_moe_layers(model, form, gemm_router=gemm)
+    write = export_dynamo if exporter == "dynamo" else export_form
+    path = write(model, tmp_path / f"{form}.onnx")
+    ops = {node.op_type for node in onnx.load(str(path)).graph.node}
+    if form == "index_add" and exporter == "torchscript":
+        assert "ScatterElements" in ops and "ScatterND" not in ops
+    if form == "einsum" and exporter == "torchscript":
+        assert {"OneHot", "Einsum"} <= ops
+    if gemm and exporter == "torchscript":
+        assert "Gemm" in ops
+    lowered = assert_lowers_like_onnxruntime(path, tmp_path)
+    reference = m3c.lower(m3c.export(base, tmp_path / "reference.onnx"))
+    assert lowered_structure(lowered) == lowered_structure(reference)
+    routes = [n for n in lowered.graph.nodes if n.op == "Route"]
+    if gemm:  # the router's bias is kept, in the one row of the router table
+        assert all(np.any(route.inputs[3].values) for route in routes)
+
+
+@pytest.mark.parametrize("tasks, drop", [(None, (5,)), ({"semseg": 40}, (3, 5))])
+def test_contrib_moe_without_optional_inputs_or_value_info(tmp_path, tasks, drop):
+    overrides = {"tasks": tasks} if tasks else {}
+    base = build_model("micro-nyud", gate="multi", seed=5, **overrides)
+    full = export_form(rewrite_moe_layers(copy.deepcopy(base), "contrib"), tmp_path / "c.onnx")
+    path = without_optional_contrib_inputs(full, tmp_path / "stripped.onnx", drop)
+    proto = onnx.load(str(path))
+    assert not proto.graph.value_info
+    assert all(len(n.input) == 5 or n.input[3] == "" for n in proto.graph.node
+               if n.op_type == "MoE")
+    lowered = assert_lowers_like_onnxruntime(path, tmp_path)
+    assert lowered.op_counts()["m3c.Route"] == len(base.config.moe_blocks)
