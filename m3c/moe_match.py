@@ -236,19 +236,33 @@ def linear_with_constants(node: gs.Node | None) -> tuple[gs.Tensor, np.ndarray, 
     """(input, weight as x@W, bias) for Add(MatMul(x, W), b) or Gemm(x, W, b)."""
     if node is None:
         return None
-    if node.op == "Gemm" and len(node.inputs) == 3:
-        weight, bias = constant_value(node.inputs[1]), constant_value(node.inputs[2])
-        if weight is None or bias is None or node.attrs.get("transA", 0):
-            return None
-        weight = weight.T if node.attrs.get("transB", 0) else weight
-        return node.inputs[0], weight, bias
+    if node.op == "Gemm":
+        return _gemm(node)
     if node.op != "Add":
         return None
     for i, operand in enumerate(node.inputs):
         bias = constant_value(operand)
-        matmul = producer(node.inputs[1 - i], "MatMul")
-        if bias is not None and matmul is not None:
-            weight = constant_value(matmul.inputs[1])
-            if weight is not None:
-                return matmul.inputs[0], weight, bias
+        matmul = producer(node.inputs[1 - i], "MatMul", "Gemm")
+        if bias is None or matmul is None:
+            continue
+        if matmul.op == "Gemm":  # a Gemm without bias input, its bias added after it
+            found = _gemm(matmul)
+            if found is not None and not np.any(found[2]):
+                return found[0], found[1], bias
+            continue
+        weight = constant_value(matmul.inputs[1])
+        if weight is not None:
+            return matmul.inputs[0], weight, bias
     return None
+
+
+def _gemm(node: gs.Node) -> tuple[gs.Tensor, np.ndarray, np.ndarray] | None:
+    """(input, weight as x@W, bias) for Gemm(x, W[, b]) with constants (zero bias if absent)."""
+    values = [constant_value(t) for t in node.inputs[1:]]
+    if values[0] is None or any(v is None for v in values[1:]) or node.attrs.get("transA", 0):
+        return None
+    weight = values[0].T if node.attrs.get("transB", 0) else values[0]
+    weight = weight * node.attrs.get("alpha", 1.0)
+    bias = values[1] * node.attrs.get("beta", 1.0) if len(values) > 1 \
+        else np.zeros(weight.shape[1], np.float32)
+    return node.inputs[0], weight, bias

@@ -9,6 +9,8 @@ import copy
 import numpy as np
 import onnx
 import pytest
+import torch
+import torch.nn.functional as F
 from moe_forms import (
     export_dynamo,
     export_form,
@@ -190,3 +192,52 @@ def test_contrib_moe_without_optional_inputs_or_value_info(tmp_path, tasks, drop
                if n.op_type == "MoE")
     lowered = assert_lowers_like_onnxruntime(path, tmp_path)
     assert lowered.op_counts()["m3c.Route"] == len(base.config.moe_blocks)
+
+
+class TorchMHA(nn.Module):
+    """`nn.MultiheadAttention` holding the weights of an m3c.models Attention."""
+
+    def __init__(self, attention) -> None:
+        super().__init__()
+        dim = attention.proj.in_features
+        self.mha = nn.MultiheadAttention(dim, attention.num_heads, batch_first=True)
+        with torch.no_grad():
+            self.mha.in_proj_weight.copy_(attention.qkv.weight)
+            self.mha.in_proj_bias.copy_(attention.qkv.bias)
+            self.mha.out_proj.weight.copy_(attention.proj.weight)
+            self.mha.out_proj.bias.copy_(attention.proj.bias)
+
+    def forward(self, x):
+        return self.mha(x, x, x, need_weights=False)[0]
+
+
+class SDPAttention(nn.Module):
+    """The same attention through `F.scaled_dot_product_attention`."""
+
+    def __init__(self, attention) -> None:
+        super().__init__()
+        self.attention = attention
+
+    def forward(self, x):
+        b, n, d = x.shape
+        heads = self.attention.num_heads
+        qkv = self.attention.qkv(x).reshape(b, n, 3, heads, d // heads).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(*qkv.unbind(0))
+        return self.attention.proj(out.transpose(1, 2).reshape(b, n, d))
+
+
+@pytest.mark.parametrize("layer, exporter", [
+    ("mha", "torchscript"), ("sdpa", "torchscript"),
+    pytest.param("mha", "dynamo", marks=pytest.mark.slow),
+    pytest.param("sdpa", "dynamo", marks=pytest.mark.slow),
+])
+def test_standard_attention_layers_fuse_to_m3c_attention(tmp_path, layer, exporter):
+    base = build_model("micro-nyud", seed=2)
+    model = copy.deepcopy(base)
+    for block in model.backbone.blocks:
+        block.attn = (TorchMHA if layer == "mha" else SDPAttention)(block.attn)
+    write = export_dynamo if exporter == "dynamo" else export_form
+    path = write(model.eval(), tmp_path / f"{layer}.onnx")
+    lowered = assert_lowers_like_onnxruntime(path, tmp_path)
+    reference = m3c.lower(m3c.export(base, tmp_path / "reference.onnx"))
+    assert lowered_structure(lowered) == lowered_structure(reference)
