@@ -5,6 +5,7 @@ more than 1e-4 away from onnxruntime."""
 from __future__ import annotations
 
 import copy
+import json
 
 import numpy as np
 import onnx
@@ -103,10 +104,6 @@ def test_compile_accepts_the_unchanged_model(tmp_path):
 
 
 def test_single_shared_router_runs_as_a_one_row_router_table(tmp_path):
-    import json
-
-    import torch
-
     model = build_model("micro-nyud", gate="single", seed=4)
     path = m3c.export(model, tmp_path / "single.onnx")
     session = ort_session(onnx.load(str(path)))
@@ -241,3 +238,22 @@ def test_standard_attention_layers_fuse_to_m3c_attention(tmp_path, layer, export
     lowered = assert_lowers_like_onnxruntime(path, tmp_path)
     reference = m3c.lower(m3c.export(base, tmp_path / "reference.onnx"))
     assert lowered_structure(lowered) == lowered_structure(reference)
+
+
+def test_fixed_project_is_held_to_onnxruntime_too(tmp_path):
+    from m3c.verify import FIXED_ORT_STEPS, fixed_onnxruntime_tolerance, verify_project
+
+    path = m3c.export(build_model("micro-nyud", seed=1), tmp_path / "m.onnx")
+    project = compile_model(path, out=tmp_path / "build", precision="fixed")
+    manifest = json.loads((project / "project.json").read_text())
+    tolerance = fixed_onnxruntime_tolerance(manifest)
+    assert tolerance == FIXED_ORT_STEPS * 2.0 ** -manifest["types"]["data"]["frac"]
+    rows = verify_project(project)
+    assert all(row.passed and row.kernel_error == 0 for row in rows)
+    assert all(0 < row.features_error <= tolerance for row in rows)
+    # An emulation and kernel that agree with each other but not with the model must fail.
+    reference = project / "data" / "features_onnxruntime_task1.bin"
+    values = np.fromfile(reference, np.float32)
+    (values + np.float32(2 * tolerance)).tofile(reference)
+    verdicts = {row.task: row.passed for row in verify_project(project)}
+    assert verdicts == {"semseg": True, "depth": False}
