@@ -33,9 +33,16 @@ class FuseAttention(RewritePass):
     description = ("reshape/transpose/matmul/softmax attention core -> m3c.Attention; "
                    "transposes of size-1 axes -> Reshape")
 
+    def __init__(self) -> None:
+        self.rejected: set[int] = set()  # softmaxes checked numerically and not attention
+
     def rewrite_once(self, graph: gs.Graph) -> bool:
         for softmax in [n for n in graph.nodes if n.op == "Softmax"]:
-            found = _match(softmax) or _match_by_computation(graph, softmax)
+            found = _match(softmax)
+            if found is None and id(softmax) not in self.rejected:
+                found = _match_by_computation(graph, softmax)
+                if found is None:
+                    self.rejected.add(id(softmax))
             if found is None:
                 continue
             qkv, num_heads, scale, output = found

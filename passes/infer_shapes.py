@@ -28,15 +28,15 @@ class InferShapes(Pass):
         before = _known(graph.graph)
         rules = shape_rules()
         for _ in range(MAX_ROUNDS):
-            known = _known(graph.graph)
             inferred = _onnx_shapes(graph)
             for name, tensor in graph.graph.tensors().items():
                 if isinstance(tensor, gs.Variable) and name in inferred:
                     tensor.shape, tensor.dtype = inferred[name]
+            known = _known(graph.graph)
             for node in graph.graph.nodes:
                 if _inputs_known(node):
                     _apply_rule(node, rules)
-            if _known(graph.graph) == known:
+            if _known(graph.graph) == known:  # m3c's rules taught ONNX nothing new
                 break
         return graph, _known(graph.graph) != before
 
