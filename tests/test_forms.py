@@ -243,7 +243,8 @@ def test_standard_attention_layers_fuse_to_m3c_attention(tmp_path, layer, export
 def test_fixed_project_is_held_to_onnxruntime_too(tmp_path):
     from m3c.verify import FIXED_ORT_STEPS, fixed_onnxruntime_tolerance, verify_project
 
-    path = m3c.export(build_model("micro-nyud", seed=1), tmp_path / "m.onnx")
+    # the single shared router: its one-row router table on the C-simulated kernel too
+    path = m3c.export(build_model("micro-nyud", gate="single", seed=1), tmp_path / "m.onnx")
     project = compile_model(path, out=tmp_path / "build", precision="fixed")
     manifest = json.loads((project / "project.json").read_text())
     tolerance = fixed_onnxruntime_tolerance(manifest)
