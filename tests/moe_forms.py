@@ -120,13 +120,22 @@ class EinsumMoE(nn.Module):
         tokens = x.reshape(-1, shape[-1])
         probs = self.layer.router_logits(tokens, task, task_embedding).softmax(-1)
         top_probs, top_index = probs.topk(self.layer.config.top_k, dim=-1)
-        experts = self.layer.config.num_experts
-        combine = (F.one_hot(top_index, experts).to(tokens.dtype)
-                   * top_probs.unsqueeze(-1)).sum(1)
+        combine = self.combine(probs, top_index, top_probs)
         fc1, fc2 = self.layer.experts.htoh4, self.layer.experts.h4toh
         hidden = F.gelu(torch.einsum("nd,ehd->enh", tokens, fc1.weight) + fc1.bias[:, None])
         expert_out = torch.einsum("enh,edh->end", hidden, fc2.weight) + fc2.bias[:, None]
         return torch.einsum("ne,end->nd", combine, expert_out).reshape(shape)
+
+    def combine(self, probs, top_index, top_probs):
+        experts = self.layer.config.num_experts
+        return (F.one_hot(top_index, experts).to(probs.dtype) * top_probs.unsqueeze(-1)).sum(1)
+
+
+class ScatterEinsumMoE(EinsumMoE):
+    """The einsum MoE with its combine matrix scattered, as m3c's own export builds it."""
+
+    def combine(self, probs, top_index, top_probs):
+        return torch.zeros_like(probs).scatter(1, top_index, top_probs)
 
 
 class GemmRouter(nn.Module):
@@ -153,7 +162,7 @@ def _linear(weight: torch.Tensor, bias: torch.Tensor) -> nn.Linear:
 
 
 FORMS = {"contrib": ContribMoE, "sparse": SparseMoE, "index_add": IndexAddMoE,
-         "einsum": EinsumMoE}
+         "einsum": EinsumMoE, "scatter_einsum": ScatterEinsumMoE}
 
 
 def rewrite_moe_layers(model: M3ViT, form: str, gemm_router: bool = False) -> M3ViT:

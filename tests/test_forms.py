@@ -140,6 +140,7 @@ FORMS = [
     ("index_add", "multi", "torchscript", False),
     ("sparse", "single", "torchscript", True),
     ("einsum", "multi", "torchscript", False),
+    ("scatter_einsum", "task", "torchscript", False),  # with expert hidden = 2 D
     *[pytest.param(*case, marks=pytest.mark.slow) for case in [  # dynamo exports take seconds
         ("index_add", "task", "dynamo", False),
         ("sparse", "task", "dynamo", False),
@@ -150,13 +151,14 @@ FORMS = [
 ]
 
 
-def _base(gate):
-    return build_model("micro-nyud", gate=gate, seed=5)
+def _base(gate, form):
+    ratio = 2.0 if form == "scatter_einsum" else 1.0
+    return build_model("micro-nyud", gate=gate, seed=5, moe_mlp_ratio=ratio)
 
 
 @pytest.mark.parametrize("form, gate, exporter, gemm", FORMS)
 def test_moe_form_lowers_to_the_expert_major_graph(tmp_path, form, gate, exporter, gemm):
-    base = _base(gate)
+    base = _base(gate, form)
     model = copy.deepcopy(base)
     if form != "dense":
         rewrite_moe_layers(model, form, gemm_router=gemm)
