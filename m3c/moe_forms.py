@@ -252,17 +252,19 @@ def _computed_match(graph: gs.Graph, topk: gs.Node, router, k: int, where: str) 
         raise LoweringError(f"{where}: expert activation built from {sorted(ops)} is not "
                             "GELU or ReLU", remedy="use GELU (erf or tanh form) or ReLU experts")
     activation = activations.pop()
-    best = None
+    candidates = []
     for w1, w2 in _layouts(first.values, second.values, dim):
-        hidden = w1.shape[-1]
-        b1, b2 = _biases(layer, stacked, experts, hidden, dim)
+        b1, b2 = _biases(layer, stacked, experts, w1.shape[-1], dim)
         match = MoEMatch(router=router, output=output, w1=w1, b1=b1, w2=w2, b2=b2, top_k=k,
                          activation=activation)
-        error, _ = match_error(graph, match, where)
-        if error <= MATCH_TOLERANCE:
+        if match_error(graph, match, where)[0] <= MATCH_TOLERANCE:
             return match
-        best = match if best is None else best
-    return best  # RecognizeMoE's check names what does not match
+        candidates.append(match)
+    if not candidates:
+        raise LoweringError(f"{where}: expert weights {list(first.shape)} and "
+                            f"{list(second.shape)} do not chain D -> H -> D (D = {dim})",
+                            remedy="stack the expert Linears [E, ...]")
+    return candidates[0]  # RecognizeMoE's check refuses it, naming what does not match
 
 
 def _layer_output(graph: gs.Graph, topk: gs.Node, tokens: gs.Tensor) -> gs.Tensor | None:
@@ -341,12 +343,13 @@ def _layouts(first: np.ndarray, second: np.ndarray, dim: int):
 
 def _biases(layer, stacked, experts: int, hidden: int, dim: int):
     """Per-expert biases [E, H] and [E, D], in the order the layer adds them (zero if absent)."""
-    candidates = [t for t in _constants_of([n for n in layer if n.op == "Add"])
-                  if t not in stacked and t.values.size in (experts * hidden, experts * dim)
-                  and t.shape[0] == experts]
-    b1 = next((t.values for t in candidates if t.values.size == experts * hidden), None)
-    rest = [t.values for t in candidates if b1 is None or t.values is not b1]
-    b2 = next((v for v in rest if v.size == experts * dim), None)
-    zeros = np.zeros
-    return (zeros((experts, hidden), np.float32) if b1 is None else b1.reshape(experts, hidden),
-            zeros((experts, dim), np.float32) if b2 is None else b2.reshape(experts, dim))
+    weights = {id(t) for t in stacked}
+    candidates = [t.values for t in _constants_of([n for n in layer if n.op == "Add"])
+                  if id(t) not in weights and t.values.ndim >= 1
+                  and t.values.shape[0] == experts
+                  and t.values.size in (experts * hidden, experts * dim)]
+    b1 = next((v for v in candidates if v.size == experts * hidden), None)
+    b2 = next((v for v in candidates if v is not b1 and v.size == experts * dim), None)
+    return (np.zeros((experts, hidden), np.float32) if b1 is None
+            else b1.reshape(experts, hidden),
+            np.zeros((experts, dim), np.float32) if b2 is None else b2.reshape(experts, dim))
