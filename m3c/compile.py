@@ -24,7 +24,6 @@ from m3c.dse import DEFAULT_BUDGET, Choice, check_budget, choose_design, parse_t
 from m3c.errors import CodegenError
 from m3c.estimate import Design, Precision
 from m3c.graph import Graph, load_model, ort_session
-from m3c.lowering_check import check_lowering
 from m3c.precision import (
     ROLES,
     calibrate,
@@ -112,6 +111,7 @@ def _calibration_images(calib) -> np.ndarray | None:
 
 def _build(original: Graph, board: Target, settings: dict, project: Path, tiles,
            budget: float) -> None:
+    from m3c.lowering_check import check_lowering
     from m3c.passmanager import default_pipeline
 
     graph = default_pipeline().run(original.copy(), save_dir=project / "intermediate")
