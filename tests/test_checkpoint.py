@@ -383,3 +383,20 @@ def test_pos_embed_resize_is_bilinear_as_upstream():
     bottom = grid[r1][:, c0] * (1 - fc)[None, :, None] + grid[r1][:, c1] * fc[None, :, None]
     expected = top * (1 - fr)[:, None, None] + bottom * fr[:, None, None]
     np.testing.assert_allclose(resized, expected, atol=1e-6)
+
+
+def test_numpy_1_pickles_of_best_result_load(tmp_path):
+    """Checkpoints written under numpy 1 name `numpy.core.multiarray` (numpy 2: `numpy._core`);
+    the legacy (non-zip) format keeps the pickle as plain bytes, so the name can be set here."""
+    import io
+
+    config = preset("micro-nyud")
+    sd = reference_state_dict(config, seed=10)
+    buffer = io.BytesIO()
+    torch.save(_upstream_payload(sd), buffer, _use_new_zipfile_serialization=False)
+    data = buffer.getvalue()
+    assert b"numpy._core.multiarray" in data or b"numpy.core.multiarray" in data
+    (tmp_path / "old.pth").write_bytes(
+        data.replace(b"numpy._core.multiarray", b"numpy.core.multiarray"))
+    model = load_checkpoint(config, tmp_path / "old.pth")
+    _assert_matches_reference(model, sd, config)
