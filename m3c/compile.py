@@ -117,12 +117,14 @@ def _calibration_images(calib) -> np.ndarray | None:
 
 def _build(original: Graph, board: Target, settings: dict, project: Path, tiles,
            budget: float) -> None:
+    from m3c.lowering_check import check_lowering
     from m3c.passmanager import default_pipeline
 
     graph = default_pipeline().run(original.copy(), save_dir=project / "intermediate")
+    tasks, vectors = _test_vectors(original, graph)
+    check_lowering(original, graph, tasks, vectors)  # no silently wrong project
     plan = plan_kernel(graph.graph)
     kernel = plan.to_json()
-    tasks, vectors = _test_vectors(original, graph)
     images = [vector["image"] for vector in vectors]
     # The emulator runs images in parallel threads; BLAS threads on top would oversubscribe.
     with threadpool_limits(limits=1, user_api="blas"):

@@ -61,6 +61,16 @@ def _trace_to_onnx(model, inputs: tuple, path: Path) -> None:
         )
 
 
+def _keep_task_input(model_proto: onnx.ModelProto, config) -> None:
+    """Every multi-task model takes `task`, even when no layer reads it (a `single` router
+    shared by all tasks): tools and the runtime select the task the same way for every model,
+    and the exporter drops inputs nothing uses."""
+    names = {value.name for value in model_proto.graph.input}
+    if len(config.tasks) > 1 and "task" not in names:
+        model_proto.graph.input.append(
+            onnx.helper.make_tensor_value_info("task", onnx.TensorProto.INT64, []))
+
+
 def _check_static(model_proto: onnx.ModelProto) -> None:
     ops = {node.op_type for node in model_proto.graph.node}
     if ops & FORBIDDEN_OPS:
@@ -117,6 +127,7 @@ def export(model, path: str | os.PathLike) -> Path:
         except Exception as error:  # torch raises many types; report them as one export error
             raise ExportError(f"torch.onnx.export failed for {config.name}: {error}") from error
         model_proto = onnx.load(str(traced))
+    _keep_task_input(model_proto, config)
     _check_static(model_proto)
     _add_metadata(model_proto, config)
     partial = target.with_name(target.name + ".partial")

@@ -15,7 +15,7 @@ import onnx
 import onnx_graphsurgeon as gs
 from google.protobuf.message import DecodeError
 
-from m3c.errors import GraphImportError
+from m3c.errors import GraphImportError, LoweringError
 
 M3C_DOMAIN = "m3c"
 OPSET = 17
@@ -107,6 +107,42 @@ class Graph:
         if self.heads:
             lines.append(f"  host heads: {', '.join(self.heads)}")
         return "\n".join(lines)
+
+
+def fresh_name(graph: gs.Graph, base: str) -> str:
+    """`base`, or `base_1`, `base_2`, ... : a tensor name no tensor of `graph` has yet.
+
+    Passes name the constants they create after the nodes they fuse, and exporters reuse node
+    name prefixes (`/MatMul`, `/MatMul_1` share the prefix ""); two distinct constants under
+    one name would be merged by name downstream (one weight silently replacing the other).
+    """
+    taken = graph.tensors().keys()
+    name, suffix = base, 0
+    while name in taken:
+        suffix += 1
+        name = f"{base}_{suffix}"
+    return name
+
+
+def fresh_node_name(graph: gs.Graph, base: str) -> str:
+    """`base` made unique among the node names of `graph` (layers are named after nodes)."""
+    taken = {node.name for node in graph.nodes}
+    name, suffix = base, 0
+    while name in taken:
+        suffix += 1
+        name = f"{base}_{suffix}"
+    return name
+
+
+def check_unique_names(graph: gs.Graph, where: str) -> None:
+    """Refuse a graph in which two different tensors share a name."""
+    seen: dict[str, gs.Tensor] = {}
+    for node in graph.nodes:
+        for tensor in [*node.inputs, *node.outputs]:
+            if tensor.name and seen.setdefault(tensor.name, tensor) is not tensor:
+                raise LoweringError(f"{where}: two different tensors are named {tensor.name!r} "
+                                    f"(one used by node {node.name!r})",
+                                    remedy="report this: a pass created a duplicate name")
 
 
 def _qualified(node: gs.Node) -> str:

@@ -8,7 +8,8 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from m3c.errors import LoweringError
-from m3c.routing import Router, constant_value, producer, skip_shape_ops
+from m3c.graph import fresh_name
+from m3c.routing import Router, constant_value, depends_only_on_task, producer
 
 ACTIVATIONS = {"Erf": "gelu", "Tanh": "gelu_tanh", "Relu": "relu"}
 
@@ -39,6 +40,96 @@ class MoEMatch:
             raise LoweringError(f"{where}: inconsistent expert shapes: {'; '.join(wrong)}")
         if not 1 <= self.top_k <= experts:
             raise LoweringError(f"{where}: top-k {self.top_k} outside 1..{experts}")
+
+
+# What MoE layers are built of, in every form m3c reads: a node outside this list inside a
+# layer that does not check out numerically is what the match failed to account for.
+MOE_VOCABULARY = {
+    "Add", "Cast", "Concat", "Constant", "ConstantOfShape", "Div", "Einsum", "Equal", "Erf",
+    "Expand", "Flatten", "Gather", "GatherElements", "GatherND", "Gemm", "Identity", "MatMul",
+    "MoE", "Mul", "NonZero", "OneHot", "Pow", "ReduceSum", "Relu", "Reshape", "ScatterElements",
+    "ScatterND", "Shape", "Slice", "Softmax", "Split", "Squeeze", "Sub", "Tanh", "Tile", "TopK",
+    "Transpose", "Unsqueeze", "Where",
+}
+# Routing decisions closer than this (between the k-th and the next probability) may flip
+# with float32 rounding; such tokens are left out of the comparison.
+NEAR_TIE = 1e-5
+MATCH_TOLERANCE = 1e-4
+
+
+def check_match(graph: gs.Graph, match: MoEMatch, where: str) -> None:
+    """Refuse a match that does not compute what the subgraph it replaces computes.
+
+    The subgraph from the router's tokens (and `task`) to the layer output runs in
+    onnxruntime on random tokens for every task and is compared with m3c.MoE's reference on
+    the matched weights. A node the recogniser did not understand (and would have dropped)
+    shows up here as a difference, and is named.
+    """
+    worst, sub = match_error(graph, match, where)
+    if worst > MATCH_TOLERANCE:
+        unknown = sorted({f"{n.name!r} ({n.op})" for n in sub.nodes
+                          if n.op not in MOE_VOCABULARY})
+        raise LoweringError(
+            f"{where}: the recognised MoE layer differs from the graph by {worst:.2e}; "
+            + (f"nodes not accounted for: {', '.join(unknown[:5])}" if unknown else
+               "its routing or expert MLP is not the M3ViT form"),
+            remedy="keep the MoE layer to router -> softmax -> top-k -> expert MLPs -> "
+                   "weighted sum, with any extra computation outside it")
+
+
+def match_error(graph: gs.Graph, match: MoEMatch, where: str, seed: int = 0
+                ) -> tuple[float, gs.Graph]:
+    """(largest relative difference between the match and the graph, the layer subgraph)."""
+    from m3c.graph import Graph, ort_session
+    from m3c.ops.moe import moe, router_probs
+
+    sub, feeds_for = _layer_subgraph(graph, match, where)
+    session = ort_session(Graph(sub).to_onnx())
+    rng = np.random.default_rng(seed)
+    tokens = rng.standard_normal(match.router.tokens.shape).astype(np.float32)
+    args = (match.router.weights, match.router.bias, match.w1, match.b1, match.w2, match.b2)
+    worst = 0.0
+    for task in range(num_tasks(graph)):
+        got = session.run(None, feeds_for(tokens, task))[0].reshape(tokens.shape)
+        want = moe(tokens, np.array(task), *args, match.top_k, match.activation)
+        ranked = np.sort(router_probs(tokens, task, *args[:2]), axis=-1)[:, ::-1]
+        decided = np.ones(len(tokens), bool)
+        if match.top_k < ranked.shape[1]:
+            decided = ranked[:, match.top_k - 1] - ranked[:, match.top_k] > NEAR_TIE
+        scale = max(1.0, float(np.abs(want).max()))
+        worst = max(worst, float(np.abs(got - want)[decided].max(initial=0.0)) / scale)
+    return worst, sub
+
+
+def _layer_subgraph(graph: gs.Graph, match: MoEMatch, where: str):
+    """The graph cut to the MoE layer: inputs tokens (and task), output the layer output."""
+    sub = graph.copy()
+    tensors = sub.tensors()
+    tokens = tensors[match.router.tokens.name]
+    if tokens.shape is None or any(not isinstance(d, int) for d in tokens.shape):
+        raise LoweringError(f"{where}: the router input {tokens.name!r} has no static shape",
+                            remedy="export with static shapes")
+    tokens.inputs.clear()
+    _, task_name = task_tensor(graph)
+    sub.inputs = [tokens] + ([tensors[task_name]] if task_name else [])
+    output = tensors[match.output.name]
+    output.dtype = output.dtype or np.float32
+    sub.outputs = [output]
+    sub.cleanup()
+    extra = [t.name for node in sub.nodes for t in node.inputs
+             if isinstance(t, gs.Variable) and t.name and not t.inputs and t not in sub.inputs]
+    if extra:
+        raise LoweringError(f"{where}: the MoE layer reads {sorted(set(extra))[:3]} besides "
+                            "its tokens and the task", remedy="compute the MoE from its tokens")
+
+    def feeds_for(tokens_value: np.ndarray, task: int) -> dict[str, np.ndarray]:
+        feeds = {tokens.name: tokens_value}
+        if task_name:
+            shape = tensors[task_name].shape or []
+            feeds[task_name] = np.full(shape, task, np.int64)
+        return feeds
+
+    return sub, feeds_for
 
 
 def activation_between(start: gs.Tensor, end: gs.Tensor, where: str) -> str:
@@ -72,7 +163,7 @@ def task_tensor(graph: gs.Graph) -> tuple[gs.Tensor, str | None]:
     for tensor in graph.inputs:
         if tensor.name == "task":
             return tensor, tensor.name
-    return gs.Constant("m3c_task_zero", np.array(0, dtype=np.int64)), None
+    return gs.Constant(fresh_name(graph, "m3c_task_zero"), np.array(0, dtype=np.int64)), None
 
 
 def num_tasks(graph: gs.Graph) -> int:
@@ -84,21 +175,22 @@ def num_tasks(graph: gs.Graph) -> int:
     for node in graph.nodes:
         if node.op == "Gather" and len(node.inputs) == 2:
             table = constant_value(node.inputs[0])
-            index = skip_shape_ops(node.inputs[1])
-            if table is not None and getattr(index, "name", None) == name:
+            if table is not None and depends_only_on_task(node.inputs[1], name):
                 rows.append(table.shape[0])
     return max(rows)
 
 
 def replace_with_moe(graph: gs.Graph, match: MoEMatch, index: int) -> gs.Node:
     """Put one m3c.MoE node in place of the matched subgraph (cleanup removes the rest)."""
-    prefix = f"moe{index}"
+    # Provisional names; RecognizeMoE renames the layers moe0, moe1, ... in execution order.
+    prefix = f"m3c_moe_found{index}"
     task, _ = task_tensor(graph)
     weights = {
         "router_w": match.router.weights, "router_b": match.router.bias,
         "w1": match.w1, "b1": match.b1, "w2": match.w2, "b2": match.b2,
     }
-    constants = [gs.Constant(f"{prefix}.{name}", np.ascontiguousarray(value, np.float32))
+    constants = [gs.Constant(fresh_name(graph, f"{prefix}.{name}"),
+                             np.ascontiguousarray(value, np.float32))
                  for name, value in weights.items()]
     match.output.inputs.clear()
     node = gs.Node(
@@ -144,19 +236,33 @@ def linear_with_constants(node: gs.Node | None) -> tuple[gs.Tensor, np.ndarray, 
     """(input, weight as x@W, bias) for Add(MatMul(x, W), b) or Gemm(x, W, b)."""
     if node is None:
         return None
-    if node.op == "Gemm" and len(node.inputs) == 3:
-        weight, bias = constant_value(node.inputs[1]), constant_value(node.inputs[2])
-        if weight is None or bias is None or node.attrs.get("transA", 0):
-            return None
-        weight = weight.T if node.attrs.get("transB", 0) else weight
-        return node.inputs[0], weight, bias
+    if node.op == "Gemm":
+        return _gemm(node)
     if node.op != "Add":
         return None
     for i, operand in enumerate(node.inputs):
         bias = constant_value(operand)
-        matmul = producer(node.inputs[1 - i], "MatMul")
-        if bias is not None and matmul is not None:
-            weight = constant_value(matmul.inputs[1])
-            if weight is not None:
-                return matmul.inputs[0], weight, bias
+        matmul = producer(node.inputs[1 - i], "MatMul", "Gemm")
+        if bias is None or matmul is None:
+            continue
+        if matmul.op == "Gemm":  # a Gemm without bias input, its bias added after it
+            found = _gemm(matmul)
+            if found is not None and not np.any(found[2]):
+                return found[0], found[1], bias
+            continue
+        weight = constant_value(matmul.inputs[1])
+        if weight is not None:
+            return matmul.inputs[0], weight, bias
     return None
+
+
+def _gemm(node: gs.Node) -> tuple[gs.Tensor, np.ndarray, np.ndarray] | None:
+    """(input, weight as x@W, bias) for Gemm(x, W[, b]) with constants (zero bias if absent)."""
+    values = [constant_value(t) for t in node.inputs[1:]]
+    if values[0] is None or any(v is None for v in values[1:]) or node.attrs.get("transA", 0):
+        return None
+    weight = values[0].T if node.attrs.get("transB", 0) else values[0]
+    weight = weight * node.attrs.get("alpha", 1.0)
+    bias = values[1] * node.attrs.get("beta", 1.0) if len(values) > 1 \
+        else np.zeros(weight.shape[1], np.float32)
+    return node.inputs[0], weight, bias

@@ -6,12 +6,15 @@ The boundary is the encoder's output token tensor: the last tensor of the token 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import networkx as nx
+import numpy as np
 import onnx_graphsurgeon as gs
 
 from m3c.errors import LoweringError
+from m3c.graph import fresh_name, fresh_node_name
 
 FEATURES = "features"
 
@@ -86,5 +89,50 @@ def partition(graph: gs.Graph) -> Partition:
         head.cleanup().toposort()
         features.name = FEATURES
         head.name = f"head_{output.name}"
+        expand_to_standard_ops(head)
         heads[output.name] = head
     return Partition(accelerator, heads, boundary.name)
+
+
+def expand_to_standard_ops(head: gs.Graph) -> None:
+    """Write the m3c.Dense and m3c.Gelu nodes of a host head back as standard ONNX ops.
+
+    The canonicalisation fuses every Linear before the partition decides what runs where;
+    the heads run in plain onnxruntime on the host, which knows no m3c op.
+    """
+    for node in [n for n in head.nodes if n.domain == "m3c" and n.op in ("Dense", "Gelu")]:
+        output = node.outputs[0]
+        node.outputs.clear()
+        if node.op == "Gelu":
+            _gelu(head, node.inputs[0], output, node.name)
+            continue
+        x, weight, bias = node.inputs
+        activation = node.attrs.get("activation", "none")
+        product = _emit(head, "MatMul", [x, weight], node.name)
+        if activation == "none":
+            head.nodes.append(gs.Node("Add", name=fresh_node_name(head, f"{node.name}/Add"),
+                                      inputs=[product, bias], outputs=[output]))
+        else:
+            _gelu(head, _emit(head, "Add", [product, bias], node.name), output, node.name)
+    head.cleanup().toposort()
+
+
+def _emit(graph: gs.Graph, op: str, inputs: list, name: str) -> gs.Variable:
+    result = gs.Variable(fresh_name(graph, f"{name}/{op}:0"), np.float32)
+    graph.nodes.append(gs.Node(op, name=fresh_node_name(graph, f"{name}/{op}"), inputs=inputs,
+                               outputs=[result]))
+    return result
+
+
+def _constant(graph: gs.Graph, name: str, value: float) -> gs.Constant:
+    return gs.Constant(fresh_name(graph, name), np.array(value, np.float32))
+
+
+def _gelu(graph: gs.Graph, x: gs.Tensor, output: gs.Variable, name: str) -> None:
+    """0.5 * x * (1 + erf(x / sqrt 2)), the exact GELU that m3c.Gelu computes."""
+    scaled = _emit(graph, "Div", [x, _constant(graph, f"{name}.sqrt2", math.sqrt(2.0))], name)
+    erf = _emit(graph, "Erf", [scaled], name)
+    plus_one = _emit(graph, "Add", [erf, _constant(graph, f"{name}.one", 1.0)], name)
+    half = _emit(graph, "Mul", [x, _constant(graph, f"{name}.half", 0.5)], name)
+    graph.nodes.append(gs.Node("Mul", name=f"{name}/Gelu", inputs=[half, plus_one],
+                               outputs=[output]))

@@ -14,7 +14,7 @@ from pathlib import Path
 import onnx_graphsurgeon as gs
 
 from m3c.errors import LoweringError
-from m3c.graph import Graph
+from m3c.graph import Graph, check_unique_names
 from m3c.stage_store import StageStore
 
 
@@ -69,6 +69,10 @@ class Pipeline:
         yield 0, "import", graph.copy() if snapshot else graph
         for index, step in enumerate(self.passes, start=1):
             graph, _ = step.apply(graph)
+            # Downstream stages (weights, codegen) key tensors by name: a duplicate would
+            # silently merge two weights.
+            for part in [graph.graph, *graph.heads.values()]:
+                check_unique_names(part, f"after pass {step.name}")
             yield index, step.name, graph.copy() if snapshot else graph
             if step.name == until:
                 return

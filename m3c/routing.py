@@ -54,16 +54,46 @@ def skip_shape_ops(tensor: gs.Tensor) -> gs.Tensor:
     return tensor
 
 
-def task_indexed_table(tensor: gs.Tensor, task_name: str | None) -> np.ndarray | None:
-    """The constant table [T, ...] if `tensor` is Gather(table, task) along axis 0."""
+def depends_only_on_task(tensor: gs.Tensor, task_name: str | None) -> bool:
+    """Whether `tensor` is computed from the `task` input (and constants) alone."""
+    if task_name is None:
+        return False
+    stack, seen, reached = [tensor], set(), False
+    while stack:
+        current = stack.pop()
+        if id(current) in seen or isinstance(current, gs.Constant):
+            continue
+        seen.add(id(current))
+        if not current.inputs:
+            if current.name != task_name:
+                return False
+            reached = True
+            continue
+        stack.extend(current.inputs[0].inputs)
+    return reached
+
+
+def task_indexed_table(tensor: gs.Tensor, graph: gs.Graph, task_name: str | None
+                       ) -> np.ndarray | None:
+    """The constant table [T, ...] read at row `task`, if `tensor` = Gather(table, f(task)).
+
+    The index may be `task` itself or anything computed from it alone (the dynamo exporter
+    reshapes `task` and takes its element 0, for `w_gate[task]`): it is evaluated for every
+    task, and the table's rows are put in the order the tasks pick them.
+    """
     node = producer(tensor, "Gather")
     if node is None or node.attrs.get("axis", 0) != 0:
         return None
-    table = constant_value(node.inputs[0])
-    index = skip_shape_ops(node.inputs[1])
-    if table is None or not isinstance(index, gs.Variable) or index.name != task_name:
+    table, index = constant_value(node.inputs[0]), node.inputs[1]
+    if table is None or not depends_only_on_task(index, task_name):
         return None
-    return table
+    direct = skip_shape_ops(index)
+    if isinstance(direct, gs.Variable) and direct.name == task_name:
+        return table
+    picks = evaluate_for_each_task(graph, index, task_name, table.shape[0])
+    if any(np.asarray(pick).size != 1 for pick in picks):
+        return None
+    return table[[int(np.asarray(pick).reshape(-1)[0]) for pick in picks]]
 
 
 def analyse_router(
@@ -78,12 +108,15 @@ def analyse_router(
             if value is not None:
                 bias, logits = value, add.inputs[1 - i]
                 break
+    gemm = producer(logits, "Gemm")
+    if gemm is not None and not isinstance(bias, np.ndarray):
+        return _gemm_router(gemm, where)
     matmul = producer(logits, "MatMul")
     if matmul is None:
         raise LoweringError(f"{where}: router logits are not computed by a MatMul",
                             remedy="route with logits = tokens @ w_gate")
     tokens, weight = matmul.inputs
-    table = task_indexed_table(weight, task_name)
+    table = task_indexed_table(weight, graph, task_name)
     if table is not None:
         return Router(tokens, table.astype(np.float32), _bias_rows(bias, table.shape[-1]))
     value = constant_value(weight)
@@ -96,18 +129,39 @@ def analyse_router(
     return _fold_task_embedding(concat, value, bias, graph, task_name, num_tasks, where)
 
 
+def _gemm_router(gemm: gs.Node, where: str) -> Router:
+    """An `nn.Linear` router: Gemm(tokens, W, b) with constant W (maybe transposed) and b."""
+    values = [constant_value(t) for t in gemm.inputs[1:]]
+    alpha, beta = gemm.attrs.get("alpha", 1.0), gemm.attrs.get("beta", 1.0)
+    if values[0] is None or gemm.attrs.get("transA", 0) or any(
+            v is None for v in values[1:]):
+        raise LoweringError(f"{where}: router Gemm {gemm.name!r} has non-constant weights",
+                            remedy="export the router weights as constants")
+    weight = values[0].T if gemm.attrs.get("transB", 0) else values[0]
+    bias = values[1] * beta if len(values) > 1 else 0.0
+    return Router(gemm.inputs[0], (weight * alpha)[None].astype(np.float32),
+                  _bias_rows(bias, weight.shape[-1]))
+
+
 def _bias_rows(bias, experts: int) -> np.ndarray:
     return np.broadcast_to(np.asarray(bias, np.float32), (1, experts)).copy()
 
 
 def _fold_task_embedding(concat, weight, bias, graph, task_name, num_tasks, where) -> Router:
-    if len(concat.inputs) != 2 or task_name is None:
+    if len(concat.inputs) != 2:
         raise LoweringError(f"{where}: the router input concat {concat.name!r} is not "
                             "(tokens, task embedding)", remedy="concatenate tokens first")
     tokens, embedding = concat.inputs
     while (expand := producer(embedding, "Expand")) is not None:
         embedding = expand.inputs[0]  # broadcast over tokens: one row is enough
-    per_task = evaluate_for_each_task(graph, embedding, task_name, num_tasks)
+    constant = constant_value(embedding)
+    if constant is not None:  # one task: the embedding was folded to a constant
+        per_task = [constant]
+    elif task_name is None:
+        raise LoweringError(f"{where}: the router input concat {concat.name!r} is not "
+                            "(tokens, task embedding)", remedy="concatenate tokens first")
+    else:
+        per_task = evaluate_for_each_task(graph, embedding, task_name, num_tasks)
     # Every token carries the same embedding row: keep one row per task.
     rows = np.stack([value.reshape(-1, value.shape[-1])[0] for value in per_task])
     dim = weight.shape[0] - rows.shape[-1]
@@ -132,7 +186,7 @@ def evaluate_for_each_task(
         raise LoweringError(f"the task embedding {tensor.name!r} depends on {missing[:3]}, "
                             "not only on the task", remedy="use a task-only router embedding")
     if target.dtype is None:
-        target.dtype = np.float32
+        target.dtype = np.float32  # task embeddings; indices have their inferred type
     model = gs.export_onnx(sub)
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     task = graph.tensors()[task_name]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from m3c.graph import fresh_name, fresh_node_name
 from m3c.moe_match import linear_with_constants
 from m3c.passmanager import RewritePass
 from m3c.routing import constant_value, producer
@@ -49,9 +50,12 @@ def _replace(graph: gs.Graph, node: gs.Node, x, weight, bias) -> None:
     output = node.outputs[0]
     output.inputs.clear()
     base = node.name.rsplit("/", 1)[0] if "/" in node.name else node.name
-    constants = [gs.Constant(f"{base}.weight", np.ascontiguousarray(weight, np.float32)),
-                 gs.Constant(f"{base}.bias", np.ascontiguousarray(bias.reshape(-1), np.float32))]
-    graph.nodes.append(gs.Node("Dense", name=f"{base}/Dense", domain="m3c",
+    constants = [
+        gs.Constant(fresh_name(graph, f"{base}.weight"), np.ascontiguousarray(weight, np.float32)),
+        gs.Constant(fresh_name(graph, f"{base}.bias"),
+                    np.ascontiguousarray(bias.reshape(-1), np.float32)),
+    ]
+    graph.nodes.append(gs.Node("Dense", name=fresh_node_name(graph, f"{base}/Dense"), domain="m3c",
                                attrs={"activation": "none"}, inputs=[x, *constants],
                                outputs=[output]))
     graph.cleanup()

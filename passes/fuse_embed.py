@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from m3c.graph import Graph
+from m3c.graph import Graph, fresh_name, fresh_node_name
 from m3c.moe_match import find_downstream
 from m3c.passmanager import Pass
 from m3c.routing import constant_value
@@ -38,13 +38,14 @@ def fuse_embed(graph: gs.Graph) -> bool:
         "weight": weight.reshape(dim, -1).T, "bias": bias,
         "cls": cls.reshape(-1, dim)[0], "pos": pos.reshape(-1, dim),
     }
-    inputs = [conv.inputs[0]] + [gs.Constant(f"embed.{name}", np.ascontiguousarray(v, np.float32))
+    inputs = [conv.inputs[0]] + [gs.Constant(fresh_name(graph, f"embed.{name}"),
+                                             np.ascontiguousarray(v, np.float32))
                                  for name, v in constants.items()]
     output = add.outputs[0]
     add.outputs.clear()
     patch = int(conv.attrs["strides"][0])
-    graph.nodes.append(gs.Node("Embed", name="embed/Embed", domain="m3c", inputs=inputs,
-                               outputs=[output], attrs={"patch_size": patch}))
+    graph.nodes.append(gs.Node("Embed", name=fresh_node_name(graph, "embed/Embed"), domain="m3c",
+                               inputs=inputs, outputs=[output], attrs={"patch_size": patch}))
     graph.cleanup().toposort()
     return True
 

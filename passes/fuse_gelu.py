@@ -7,6 +7,7 @@ import math
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from m3c.graph import fresh_node_name
 from m3c.moe_match import find_downstream
 from m3c.passmanager import RewritePass
 from m3c.routing import constant_value, producer
@@ -45,7 +46,8 @@ class FuseGelu(RewritePass):
             if output is None:
                 continue
             output.inputs.clear()
-            graph.nodes.append(gs.Node("Gelu", name=f"{erf.name}/Gelu", domain="m3c",
+            graph.nodes.append(gs.Node("Gelu", name=fresh_node_name(graph, f"{erf.name}/Gelu"),
+                                       domain="m3c",
                                        inputs=[x], outputs=[output]))
             graph.cleanup()
             return True

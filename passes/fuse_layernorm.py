@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from m3c.graph import fresh_name, fresh_node_name
 from m3c.moe_match import find_downstream
 from m3c.passmanager import RewritePass
 from m3c.routing import constant_value, producer
@@ -31,10 +32,11 @@ class FuseLayerNorm(RewritePass):
             if found is not None:
                 x, epsilon, gamma, beta, output = found
                 output.inputs.clear()
-                constants = [gs.Constant(f"{sqrt.name}.{name}", np.asarray(v, np.float32))
+                constants = [gs.Constant(fresh_name(graph, f"{sqrt.name}.{name}"),
+                                         np.asarray(v, np.float32))
                              for name, v in (("gamma", gamma), ("beta", beta))]
                 graph.nodes.append(gs.Node(
-                    "LayerNormalization", name=f"{sqrt.name}/LayerNorm",
+                    "LayerNormalization", name=fresh_node_name(graph, f"{sqrt.name}/LayerNorm"),
                     attrs={"axis": -1, "epsilon": float(epsilon)},
                     inputs=[x, *constants], outputs=[output]))
                 graph.cleanup()

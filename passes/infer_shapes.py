@@ -13,6 +13,11 @@ from m3c.passmanager import Pass
 # Constants larger than this are weights: inference needs their shapes, not their values
 # (small ones, like Reshape targets, are kept for ONNX's data propagation).
 WEIGHT_ELEMENTS = 4096
+# Ops ONNX's inference does not know whose output has the shape and type of their first input.
+SAME_AS_INPUT = {("com.microsoft", "MoE")}
+# ONNX inference stops at ops it does not know; the shapes m3c knows for them are fed back in
+# (as value_info) until nothing new is learnt.
+MAX_ROUNDS = 8
 
 
 class InferShapes(Pass):
@@ -21,16 +26,18 @@ class InferShapes(Pass):
 
     def apply(self, graph: Graph) -> tuple[Graph, bool]:
         before = _known(graph.graph)
-        inferred = _onnx_shapes(graph)
-        for name, tensor in graph.graph.tensors().items():
-            if isinstance(tensor, gs.Variable) and name in inferred:
-                tensor.shape, tensor.dtype = inferred[name]
         rules = shape_rules()
-        for node in graph.graph.nodes:
-            rule = rules.get(node.op) if node.domain == "m3c" else None
-            if rule is not None and _inputs_known(node):
-                for tensor, (shape, dtype) in zip(node.outputs, rule(node), strict=False):
-                    tensor.shape, tensor.dtype = shape, dtype
+        for _ in range(MAX_ROUNDS):
+            inferred = _onnx_shapes(graph)
+            for name, tensor in graph.graph.tensors().items():
+                if isinstance(tensor, gs.Variable) and name in inferred:
+                    tensor.shape, tensor.dtype = inferred[name]
+            known = _known(graph.graph)
+            for node in graph.graph.nodes:
+                if _inputs_known(node):
+                    _apply_rule(node, rules)
+            if _known(graph.graph) == known:  # m3c's rules taught ONNX nothing new
+                break
         return graph, _known(graph.graph) != before
 
 
@@ -55,6 +62,16 @@ def _onnx_shapes(graph: Graph) -> dict[str, tuple[list, np.dtype]]:
                     for d in kind.shape.dim]
             found[info.name] = (dims, onnx.helper.tensor_dtype_to_np_dtype(kind.elem_type))
     return found
+
+
+def _apply_rule(node: gs.Node, rules: dict) -> None:
+    if (node.domain, node.op) in SAME_AS_INPUT:
+        node.outputs[0].shape, node.outputs[0].dtype = node.inputs[0].shape, node.inputs[0].dtype
+        return
+    rule = rules.get(node.op) if node.domain == "m3c" else None
+    if rule is not None:
+        for tensor, (shape, dtype) in zip(node.outputs, rule(node), strict=False):
+            tensor.shape, tensor.dtype = shape, dtype
 
 
 def _known(graph: gs.Graph) -> int:

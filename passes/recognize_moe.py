@@ -8,12 +8,19 @@ so switching tasks changes only which router row is read.
 
 from __future__ import annotations
 
-from m3c.graph import Graph
-from m3c.moe_forms import find_contrib_moes, find_dense_moes, find_sparse_moes
-from m3c.moe_match import replace_with_moe
+from m3c.graph import Graph, fresh_name, fresh_node_name
+from m3c.moe_forms import (
+    find_computed_moes,
+    find_contrib_moes,
+    find_dense_moes,
+    find_sparse_moes,
+)
+from m3c.moe_match import check_match, replace_with_moe
 from m3c.passmanager import Pass
 
-FINDERS = {"dense": find_dense_moes, "contrib": find_contrib_moes, "sparse": find_sparse_moes}
+# The spelled-out forms first; whatever top-k routing is left is read by what it computes.
+FINDERS = {"dense": find_dense_moes, "contrib": find_contrib_moes, "sparse": find_sparse_moes,
+           "computed": find_computed_moes}
 
 
 class RecognizeMoE(Pass):
@@ -24,9 +31,12 @@ class RecognizeMoE(Pass):
         found = 0
         for form, finder in FINDERS.items():
             for match in finder(graph.graph):
-                match.check(f"MoE layer {found} ({form} form)")
+                where = f"MoE layer {found} ({form} form)"
+                match.check(where)
+                check_match(graph.graph, match, where)
                 replace_with_moe(graph.graph, match, found)
                 found += 1
+            graph.graph.cleanup()  # a replaced layer's routing is not found again
         if found:
             graph.graph.cleanup().toposort()
             _number_layers_in_order(graph)
@@ -37,6 +47,6 @@ def _number_layers_in_order(graph: Graph) -> None:
     """Name layers moe0, moe1, ... in execution order whatever order the forms were found in."""
     layers = [node for node in graph.graph.nodes if node.domain == "m3c" and node.op == "MoE"]
     for index, node in enumerate(layers):
-        node.name = f"moe{index}/MoE"
+        node.name = fresh_node_name(graph.graph, f"moe{index}/MoE")
         for tensor in node.inputs[2:]:
-            tensor.name = f"moe{index}.{tensor.name.split('.', 1)[1]}"
+            tensor.name = fresh_name(graph.graph, f"moe{index}.{tensor.name.split('.', 1)[1]}")

@@ -51,6 +51,8 @@ def reference_state_dict(config, seed: int = 0, grid=None) -> dict[str, torch.Te
         if config.gate == "multi":
             for task in range(t):
                 sd[b + f"mlp.gate.{task}.w_gate"] = rand(d, e, scale=1.0)
+        elif config.gate == "single":
+            sd[b + "mlp.gate.w_gate"] = rand(d, e, scale=1.0)
         else:
             sd[b + "mlp.gate.w_gate"] = rand(d + te, e, scale=1.0)
     if config.gate == "task":
@@ -111,6 +113,8 @@ def _moe(x, sd, name, config, task, task_feature):
         token = x[index[0], index[1]]
         if config.gate == "multi":
             logits = token @ sd[f"{name}.gate.{task}.w_gate"]
+        elif config.gate == "single":
+            logits = token @ sd[f"{name}.gate.w_gate"]
         else:
             logits = torch.cat([token, task_feature]) @ sd[f"{name}.gate.w_gate"]
         probs = torch.softmax(logits, -1)
@@ -163,7 +167,7 @@ def _image(config, seed=5):
     return torch.randn(2, 3, *config.image_size, generator=torch.Generator().manual_seed(seed))
 
 
-def _assert_matches_reference(model, sd, config):
+def _assert_matches_reference(model, sd, config, decoder_prefix=None):
     image = _image(config)
     for task in range(len(config.tasks)):
         with torch.no_grad():
@@ -172,7 +176,8 @@ def _assert_matches_reference(model, sd, config):
             expected = reference_encoder(sd, config, image, task)
         torch.testing.assert_close(tokens, expected, atol=1e-4, rtol=1e-4)
         for name, output in zip(config.tasks, outputs, strict=True):
-            reference = reference_decoder(sd, f"decoders.{name}.", expected, config.grid)
+            prefix = decoder_prefix or f"decoders.{name}."
+            reference = reference_decoder(sd, prefix, expected, config.grid)
             torch.testing.assert_close(output, reference, atol=1e-4, rtol=1e-4)
 
 
@@ -293,3 +298,105 @@ def test_save_then_load_round_trips(tmp_path, gate):
     again = load_checkpoint(config, path)
     _assert_matches_reference(again, sd, config)
     assert [p.name for p in path.parent.iterdir()] == ["out.pth"]  # no temp file left
+
+
+def _tam_modules(seed: int) -> dict[str, torch.Tensor]:
+    """Task-affinity modules as NYUD configs with `tam: True` save them (training-only)."""
+    g = torch.Generator().manual_seed(seed)
+    return {f"tam_model{m}.{layer}.{kind}": torch.randn(8, 8, generator=g)
+            for m in range(3) for layer in ("conv1", "conv2") for kind in ("weight", "bias")}
+
+
+def _upstream_payload(state: dict) -> dict:
+    """A checkpoint as the public training code saves it: the evaluation's `best_result`
+    holds numpy float64 values, which `torch.load(weights_only=True)` alone refuses."""
+    import numpy as np
+
+    return {"model": _prefixed(state), "optimizer": {"state": {}, "param_groups": [{"lr": 1e-4}]},
+            "epoch": 40, "best_result": {"semseg": {"mIoU": np.float64(0.412)},
+                                         "depth": {"rmse": np.float64(0.61),
+                                                   "log_rmse": np.float64(0.22)},
+                                         "multi_task_performance": np.float64(1.59)}}
+
+
+@pytest.mark.parametrize("gate", ["single", "multi", "task"])
+def test_public_format_rank_directory_loads_as_saved(tmp_path, capsys, gate):
+    config = preset("micro-nyud", gate=gate)
+    sd = reference_state_dict(config, seed=7)
+    half = config.num_experts // 2
+    rank0 = {**{k: (v[:half] if ".experts." in k else v) for k, v in sd.items()},
+             **_tam_modules(7)}
+    rank1 = {k: v[half:] for k, v in sd.items() if ".experts." in k}
+    folder = tmp_path / "checkpoint"
+    folder.mkdir()
+    torch.save(_upstream_payload(rank0), folder / "0.pth")
+    torch.save(_upstream_payload(rank1), folder / "1.pth")
+    with pytest.raises(Exception, match="Weights only load failed"):
+        torch.load(folder / "0.pth", weights_only=True)  # what the loader has to get past
+    model = load_checkpoint(config, folder)
+    _assert_matches_reference(model, sd, config)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "12 training-only" in lines[0] and "tam_model0" in lines[0]
+
+
+def test_single_task_checkpoint_stores_decoder_not_decoders(tmp_path):
+    config = preset("micro-nyud", gate="single", tasks={"semseg": 40})
+    sd = reference_state_dict(config, seed=8)
+    single = {k.replace("decoders.semseg.", "decoder."): v for k, v in sd.items()}
+    torch.save(_upstream_payload(single), tmp_path / "semseg.pth")
+    model = load_checkpoint(config, tmp_path / "semseg.pth")
+    _assert_matches_reference(model, single, config, decoder_prefix="decoder.")
+
+
+def test_pickled_code_is_still_refused(tmp_path):
+    import argparse
+
+    torch.save({"model": reference_state_dict(preset("micro-nyud")),
+                "args": argparse.Namespace(lr=0.1)}, tmp_path / "code.pth")
+    with pytest.raises(ModelError, match="holds objects other than tensors"):
+        load_checkpoint(preset("micro-nyud"), tmp_path / "code.pth")
+
+
+@pytest.mark.parametrize("saved, loaded", [("single", "task"), ("task", "single"),
+                                           ("single", "multi")])
+def test_router_kind_mismatch_names_the_gate(tmp_path, saved, loaded):
+    torch.save(reference_state_dict(preset("micro-nyud", gate=saved)), tmp_path / "g.pth")
+    with pytest.raises(ModelError, match=f"--gate {saved}"):
+        load_checkpoint(preset("micro-nyud", gate=loaded), tmp_path / "g.pth")
+
+
+def test_pos_embed_resize_is_bilinear_as_upstream():
+    """Against bilinear interpolation (align_corners=False) written out in numpy."""
+    import numpy as np
+
+    source = torch.randn(1, 1 + 3 * 5, 2, generator=torch.Generator().manual_seed(9))
+    resized = interpolate_pos_embed(source, (4, 7), (3, 5))[0, 1:].numpy().reshape(4, 7, 2)
+    grid = source[0, 1:].numpy().reshape(3, 5, 2)
+
+    def taps(out_size, in_size):
+        centre = np.maximum((np.arange(out_size) + 0.5) * in_size / out_size - 0.5, 0)
+        low = np.minimum(np.floor(centre).astype(int), in_size - 1)
+        return low, np.minimum(low + 1, in_size - 1), centre - low
+
+    (r0, r1, fr), (c0, c1, fc) = taps(4, 3), taps(7, 5)
+    top = grid[r0][:, c0] * (1 - fc)[None, :, None] + grid[r0][:, c1] * fc[None, :, None]
+    bottom = grid[r1][:, c0] * (1 - fc)[None, :, None] + grid[r1][:, c1] * fc[None, :, None]
+    expected = top * (1 - fr)[:, None, None] + bottom * fr[:, None, None]
+    np.testing.assert_allclose(resized, expected, atol=1e-6)
+
+
+def test_numpy_1_pickles_of_best_result_load(tmp_path):
+    """Checkpoints written under numpy 1 name `numpy.core.multiarray` (numpy 2: `numpy._core`);
+    the legacy (non-zip) format keeps the pickle as plain bytes, so the name can be set here."""
+    import io
+
+    config = preset("micro-nyud")
+    sd = reference_state_dict(config, seed=10)
+    buffer = io.BytesIO()
+    torch.save(_upstream_payload(sd), buffer, _use_new_zipfile_serialization=False)
+    data = buffer.getvalue()
+    assert b"numpy._core.multiarray" in data or b"numpy.core.multiarray" in data
+    (tmp_path / "old.pth").write_bytes(
+        data.replace(b"numpy._core.multiarray", b"numpy.core.multiarray"))
+    model = load_checkpoint(config, tmp_path / "old.pth")
+    _assert_matches_reference(model, sd, config)

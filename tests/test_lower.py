@@ -213,3 +213,26 @@ def test_cli_errors_exit_2_without_traceback(export_model, tmp_path, make_bad):
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr and result.stderr.count("\n") <= 3
     assert not (tmp_path / "o.onnx").exists()
+
+
+def _insert_into_expert_hidden(path, tmp_path, op):
+    """A `op` node on the expert activation's output (the input of the second expert Linear)
+    in the first MoE layer."""
+    graph = gs.import_onnx(onnx.load(str(path)))
+    second = next(n for n in graph.nodes if n.name.endswith("blocks.1/mlp/experts/h4toh/MatMul"))
+    original = second.inputs[0]
+    bent = gs.Variable("bent", dtype=np.float32)
+    for node in list(original.outputs):
+        node.inputs[node.inputs.index(original)] = bent
+    graph.nodes.append(gs.Node(op, name="odd_node", inputs=[original], outputs=[bent]))
+    graph.toposort()
+    out = tmp_path / "odd_moe.onnx"
+    onnx.save(gs.export_onnx(graph), str(out))
+    return out
+
+
+def test_an_unknown_node_inside_a_moe_layer_is_an_error_not_dropped(export_model, tmp_path):
+    _, path = export_model("micro-nyud", "multi")
+    with pytest.raises(LoweringError) as caught:
+        m3c.lower(_insert_into_expert_hidden(path, tmp_path, "Sin"))
+    assert "'odd_node' (Sin)" in str(caught.value) and "MoE layer" in str(caught.value)

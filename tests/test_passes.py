@@ -128,3 +128,48 @@ def test_task_switch_only_changes_router_rows(export_model):
         # task-conditioned: shared weights, the task embedding folded into one bias row per task
         assert router_w.values.shape[0] == 1 and router_b.values.shape[0] == tasks
         assert not np.allclose(router_b.values[0], router_b.values[1])
+
+
+class TwoLinears(nn.Module):
+    """Two F.linear calls in one forward: the exporter names both MatMuls under prefix ''."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w1, self.b1 = nn.Parameter(torch.randn(6, 5)), nn.Parameter(torch.randn(6))
+        self.w2, self.b2 = nn.Parameter(torch.randn(4, 6)), nn.Parameter(torch.randn(4))
+
+    def forward(self, x):
+        return F.linear(F.linear(x, self.w1, self.b1), self.w2, self.b2)
+
+
+def test_fused_layers_with_colliding_node_names_keep_their_own_weights(tmp_path):
+    torch.manual_seed(3)
+    model = _export(TwoLinears(), (1, 3, 5), tmp_path / "two.onnx")
+    prefixes = {n.name.rsplit("/", 1)[0] for n in model.graph.node if n.op_type == "MatMul"}
+    assert len(prefixes) == 1  # the collision this test is about
+    x = np.random.default_rng(2).standard_normal((1, 3, 5)).astype(np.float32)
+    want = ort_session(model).run(None, {"x": x})[0]
+    final = _stages(model, CANONICAL)[-1][2]
+    assert final.op_counts() == {"m3c.Dense": 2}
+    names = [t.name for n in final.graph.nodes for t in n.inputs[1:]]
+    assert len(set(names)) == 4
+    # saved and reloaded: a name clash would make one weight replace the other here
+    reloaded = load_model(final.to_onnx())
+    np.testing.assert_allclose(reloaded.run({"x": x})["y"], want, atol=1e-5)
+
+
+def test_duplicate_tensor_names_are_refused():
+    import onnx_graphsurgeon as gs
+
+    from m3c.errors import LoweringError
+    from m3c.graph import check_unique_names
+
+    x = gs.Variable("x", np.float32, [2])
+    nodes = [gs.Node("Add", inputs=[x, gs.Constant("c", np.ones(2, np.float32))],
+                     outputs=[gs.Variable("y", np.float32, [2])])]
+    nodes.append(gs.Node("Mul", inputs=[nodes[0].outputs[0],
+                                        gs.Constant("c", np.zeros(2, np.float32))],
+                         outputs=[gs.Variable("z", np.float32, [2])]))
+    graph = gs.Graph(nodes=nodes, inputs=[x], outputs=[nodes[1].outputs[0]])
+    with pytest.raises(LoweringError, match="'c'"):
+        check_unique_names(graph, "test")

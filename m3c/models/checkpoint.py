@@ -1,10 +1,16 @@
 """Load and save M3ViT checkpoints in the public M3ViT format.
 
 A checkpoint is a `.pth` file holding a state dict, either bare or under `state_dict` / `model`
-(the rest of such a dict, e.g. optimizer state and epoch, is training bookkeeping), with keys
-usually prefixed `module.` by DistributedDataParallel. FastMoE's expert-parallel training saves
-a directory of `{rank}.pth` files instead: rank 0 holds everything, ranks > 0 only their local
-experts, so expert tensors are concatenated on dim 0 in rank order.
+(the rest of such a dict, e.g. optimizer state, epoch and `best_result`, is training
+bookkeeping), with keys usually prefixed `module.` by DistributedDataParallel. FastMoE's
+expert-parallel training saves a directory of `{rank}.pth` files instead: rank 0 holds
+everything, ranks > 0 only their local experts, so expert tensors are concatenated on dim 0 in
+rank order.
+
+Files are read with torch's weights-only unpickler (no code runs), allowing beside tensors only
+the numpy scalar and array types the training code's evaluation writes into `best_result`.
+Single-task models store their head as `decoder.*`; NYUD configs trained with task-affinity
+modules carry `tam_model{0,1,2}.*` tensors that feed only training losses: both are handled.
 """
 
 from __future__ import annotations
@@ -12,6 +18,8 @@ from __future__ import annotations
 import os
 import pickle
 import re
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -27,11 +35,22 @@ EXPERT_KEY = re.compile(r"\.mlp\.experts\.(htoh4|h4toh)\.(weight|bias)$")
 # M3ViT's NoisyGate, the auxiliary gate of `return_decoupled_activation`, and BatchNorm's
 # step counter (only used when momentum is None; old checkpoints lack it).
 TRAINING_ONLY = re.compile(r"(\.w_noise|\.w_gate_aux|\.num_batches_tracked)$")
+# Task-affinity modules of the NYUD multi-task configs (`tam: True`): training losses only.
+TRAINING_MODULES = re.compile(r"^tam_model\d*\.")
+SINGLE_DECODER = "decoder."
 LISTED = 10
 
 
-def load_checkpoint(config: ModelConfig, path: str | Path) -> M3ViT:
-    """An M3ViT for `config` with the weights of the checkpoint file or rank directory `path`."""
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def load_checkpoint(config: ModelConfig, path: str | Path,
+                    report: Callable[[str], None] | None = _stderr) -> M3ViT:
+    """An M3ViT for `config` with the weights of the checkpoint file or rank directory `path`.
+
+    `report` receives one informational line when training-only tensors are skipped.
+    """
     path = Path(path)
     if path.is_dir():
         state = _merge_ranks(path)
@@ -40,7 +59,9 @@ def load_checkpoint(config: ModelConfig, path: str | Path) -> M3ViT:
     else:
         raise ModelError(f"checkpoint {path} does not exist",
                          remedy="pass a .pth file or a directory of 0.pth, 1.pth, ...")
+    state = _skip_training_modules(state, path, report)
     model = M3ViT(config)
+    state = _single_task_decoder(state, config)
     state = _fit_to_model(model, state, path)
     model.load_state_dict(state, strict=False)  # _fit_to_model checked every key and shape
     return model.eval()
@@ -64,9 +85,27 @@ def save_checkpoint(model: M3ViT, path: str | Path) -> Path:
     return path
 
 
+def _numpy_globals() -> list:
+    """What pickling numpy scalars and arrays refers to, under numpy 2 and numpy 1 names."""
+    import numpy as np
+
+    try:
+        from numpy._core import multiarray
+    except ImportError:  # numpy 1
+        from numpy.core import multiarray
+    allowed: list = [np.ndarray, np.dtype, multiarray.scalar, multiarray._reconstruct]
+    for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
+        allowed += [(multiarray.scalar, f"{module}.scalar"),
+                    (multiarray._reconstruct, f"{module}._reconstruct")]
+    # Some numpy versions pickle a dtype through its class (numpy.dtypes.Float64DType, ...).
+    allowed += sorted({type(np.dtype(code)) for code in "?bBhHiIlLqQefdgFD"}, key=str)
+    return allowed
+
+
 def _read(path: Path) -> object:
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(_numpy_globals()):
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         if "Weights only load failed" not in str(error):
             raise ModelError(f"cannot read checkpoint {path}: not a PyTorch file",
@@ -116,6 +155,24 @@ def _merge_ranks(directory: Path) -> dict[str, torch.Tensor]:
                              f"{directory}", remedy="every rank must hold its local experts")
         state[key] = torch.cat(parts, dim=0)
     return state
+
+
+def _skip_training_modules(state: dict, path: Path, report) -> dict[str, torch.Tensor]:
+    skipped = sorted(k for k in state if TRAINING_MODULES.search(k))
+    if skipped and report is not None:
+        modules = sorted({k.split(".", 1)[0] for k in skipped})
+        report(f"{path}: skipped {len(skipped)} training-only tensors of {', '.join(modules)} "
+               "(task-affinity modules that feed only training losses)")
+    return {k: v for k, v in state.items() if not TRAINING_MODULES.search(k)}
+
+
+def _single_task_decoder(state: dict, config: ModelConfig) -> dict[str, torch.Tensor]:
+    """Single-task checkpoints name their one head `decoder.*`: m3c's `decoders.<task>.*`."""
+    if len(config.tasks) != 1 or not any(k.startswith(SINGLE_DECODER) for k in state):
+        return state
+    (task,) = config.tasks
+    return {(f"decoders.{task}." + k.removeprefix(SINGLE_DECODER)
+             if k.startswith(SINGLE_DECODER) else k): v for k, v in state.items()}
 
 
 def _fit_to_model(model: M3ViT, state: dict, path: Path) -> dict[str, torch.Tensor]:
@@ -173,9 +230,16 @@ def _listing(keys) -> str:
 
 def _remedy(config: ModelConfig, state: dict) -> str:
     multi = any(re.search(r"\.mlp\.gate\.\d+\.w_gate$", k) for k in state)
-    single = any(k.endswith(".mlp.gate.w_gate") for k in state)
+    shared = [v for k, v in state.items() if k.endswith(".mlp.gate.w_gate")]
     if multi and config.gate != "multi":
         return "the checkpoint has one router per task: use --gate multi"
-    if single and config.gate != "task":
-        return "the checkpoint has one task-conditioned router: use --gate task"
+    if shared:
+        # A router over the tokens alone is [D, E]; a task-conditioned one reads more rows.
+        gate = "single" if shared[0].shape[0] == config.embed_dim else "task"
+        if config.gate != gate:
+            kind = "one router shared by all tasks" if gate == "single" else \
+                "one task-conditioned router"
+            return f"the checkpoint has {kind}: use --gate {gate}"
+    if len(config.tasks) > 1 and any(k.startswith(SINGLE_DECODER) for k in state):
+        return "the checkpoint is a single-task model: choose a config with its one task"
     return "check --preset / --gate (and experts, top-k, image size) match the checkpoint"

@@ -31,7 +31,9 @@ SIZES: dict[str, dict] = {
              "decoder_channels": 256},
 }
 
-GATES = ("multi", "task")
+# multi: one router per task; task: one router over token + task embedding; single: one
+# router shared by every task, without task input (the paper's M3ViT-Single, Table 3).
+GATES = ("multi", "task", "single")
 
 
 @dataclass(frozen=True)

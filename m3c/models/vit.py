@@ -35,7 +35,8 @@ def interpolate_pos_embed(
         return pos_embed
     dim = pos_embed.shape[-1]
     patch_pos = patch_pos.reshape(1, *source_grid, dim).permute(0, 3, 1, 2)
-    patch_pos = F.interpolate(patch_pos, size=grid, mode="bicubic", align_corners=False)
+    # Bilinear, as the public M3ViT code resizes its position embeddings.
+    patch_pos = F.interpolate(patch_pos, size=grid, mode="bilinear", align_corners=False)
     patch_pos = patch_pos.permute(0, 2, 3, 1).reshape(1, grid[0] * grid[1], dim)
     return torch.cat([cls_pos, patch_pos], dim=1)
 
@@ -132,6 +133,8 @@ class MoEMlp(nn.Module):
         self.experts = Experts(experts, dim, config.expert_hidden)
         if config.gate == "multi":
             self.gate = nn.ModuleList(NoisyGate(dim, experts) for _ in config.tasks)
+        elif config.gate == "single":
+            self.gate = NoisyGate(dim, experts)
         else:
             self.gate = NoisyGate(dim + config.task_embed_dim, experts)
         self.balance_loss = torch.zeros(())
@@ -141,6 +144,8 @@ class MoEMlp(nn.Module):
         if self.config.gate == "multi":
             w_gate = torch.stack([g.w_gate for g in self.gate])[task]
             return x @ w_gate
+        if self.config.gate == "single":
+            return x @ self.gate.w_gate
         conditioned = torch.cat([x, task_embedding.expand(x.shape[0], -1)], dim=-1)
         return conditioned @ self.gate.w_gate
 

@@ -65,14 +65,19 @@ class MoE(M3COp):
 
     def _run(self, x, task, router_w, router_b, w1, b1, w2, b2,
              top_k=None, num_experts=None, activation="gelu"):  # noqa: ARG002
-        index, score = top_k_route(x, task, router_w, router_b, top_k)
-        out = np.zeros_like(x)
-        for e in range(w1.shape[0]):
-            rows, slots = np.nonzero(index == e)
-            if len(rows):
-                y = expert_mlp(x[rows], w1[e], b1[e], w2[e], b2[e], activation)
-                out[rows] += score[rows, slots, None] * y
-        return (out,)
+        return (moe(x, task, router_w, router_b, w1, b1, w2, b2, int(top_k), activation),)
+
+
+def moe(x, task, router_w, router_b, w1, b1, w2, b2, k: int, act: str) -> np.ndarray:
+    """The token-major MoE layer (the semantics above)."""
+    index, score = top_k_route(x, task, router_w, router_b, k)
+    out = np.zeros_like(x)
+    for e in range(w1.shape[0]):
+        rows, slots = np.nonzero(index == e)
+        if len(rows):
+            y = expert_mlp(x[rows], w1[e], b1[e], w2[e], b2[e], act)
+            out[rows] += score[rows, slots, None] * y
+    return out
 
 
 def top_k_route(x, task, router_w, router_b, k):

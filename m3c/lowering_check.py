@@ -1,0 +1,90 @@
+"""The compile-time guard against a silently wrong project: the lowered float graph vs onnxruntime.
+
+Before any code is generated, the expert-major graph (run by the m3c ops' numpy references)
+and the host heads (onnxruntime) are pushed through the project's own test vectors and
+compared with onnxruntime on the original model. Above the tolerance the compile is refused,
+naming the first lowering stage whose output diverges, so a pass that rewrote something
+wrongly cannot produce a project that passes its own checks.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from m3c.errors import LoweringError
+from m3c.graph import Graph, run_graph
+
+# Error relative to the reference's magnitude (at least 1): absolute for the usual
+# activations of order one, and not failing large-valued outputs on float32 rounding.
+TOLERANCE = 1e-4
+
+
+def relative_error(got: np.ndarray, want: np.ndarray) -> float:
+    scale = max(1.0, float(np.abs(want).max(initial=0.0)))
+    return float(np.abs(np.asarray(got, np.float64) - want).max(initial=0.0)) / scale
+
+
+def check_heads_standard(graph: Graph) -> None:
+    """Host heads run in plain onnxruntime on the board: standard ONNX ops only."""
+    for task, head in graph.heads.items():
+        for node in head.nodes:
+            if (node.domain or "") not in ("", "ai.onnx"):
+                raise LoweringError(
+                    f"the {task!r} head keeps node {node.name!r} ({node.domain}::{node.op}), "
+                    "which onnxruntime on the host cannot run",
+                    remedy="keep encoder-only layers (attention, MoE) out of the task heads")
+
+
+def _feeds(graph: Graph, image: np.ndarray, task: int) -> dict[str, np.ndarray]:
+    feeds = {"image": image}
+    if any(tensor.name == "task" for tensor in graph.graph.inputs):
+        feeds["task"] = np.array(task, np.int64)
+    return feeds
+
+
+def check_lowering(original: Graph, lowered: Graph, tasks: list[str], vectors: list[dict],
+                   tolerance: float = TOLERANCE) -> float:
+    """Refuse (LoweringError) a lowered graph that differs from onnxruntime on the test vectors.
+
+    `vectors[i]` holds task i's image and onnxruntime's encoder features and task output on
+    it. Returns the largest relative error seen.
+    """
+    check_heads_standard(lowered)
+    worst, failing = 0.0, None
+    for index, (task, vector) in enumerate(zip(tasks, vectors, strict=True)):
+        feeds = _feeds(original, vector["image"], index)
+        features = next(iter(lowered.run(feeds).values()))
+        error = relative_error(features.reshape(vector["features"].shape), vector["features"])
+        if lowered.heads:
+            head = lowered.heads[task]
+            output = run_graph(lowered.to_onnx(head), {head.inputs[0].name: features})[task]
+            error = max(error, relative_error(output, vector["output"]))
+        if error > worst:
+            worst = error
+            if error > tolerance and failing is None:
+                failing = (index, task, vector, feeds)
+    if failing is not None:
+        index, task, vector, feeds = failing
+        stage, stage_error = first_diverging_stage(original, feeds, task, vector["output"],
+                                                   tolerance)
+        raise LoweringError(
+            f"the lowered graph differs from onnxruntime by {worst:.2e} (relative; limit "
+            f"{tolerance:.0e}) on task {task!r}; first diverging stage: {stage} "
+            f"(error {stage_error:.2e})",
+            remedy=f"run `m3c verify` on the model to see every stage; the {stage} pass "
+                   "rewrote something it should not have (please report it)")
+    return worst
+
+
+def first_diverging_stage(original: Graph, feeds: dict, task: str, want: np.ndarray,
+                          tolerance: float) -> tuple[str, float]:
+    """The first pipeline stage whose output for `task` differs from `want` above tolerance."""
+    from m3c.passmanager import default_pipeline
+
+    last = ("lowering", 0.0)
+    for _, name, stage in default_pipeline().stages(original.copy(), snapshot=False):
+        error = relative_error(stage.run_output(feeds, task), want)
+        if error > tolerance:
+            return name, error
+        last = (name, error)
+    return last

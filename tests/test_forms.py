@@ -1,0 +1,262 @@
+"""Models m3c's own exporter did not write: each is built here, lowered, compared with
+onnxruntime on the original file, and compiled (float), which itself refuses a lowered graph
+more than 1e-4 away from onnxruntime."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+import torch.nn.functional as F
+from moe_forms import (
+    export_dynamo,
+    export_form,
+    lowered_structure,
+    rewrite_moe_layers,
+    without_optional_contrib_inputs,
+)
+from torch import nn
+
+import m3c
+from m3c.compile import compile_model
+from m3c.errors import LoweringError
+from m3c.graph import ort_session
+from m3c.models import build_model
+
+
+def _feeds(path, seed=0):
+    proto = onnx.load(str(path))
+    inputs = {value.name: value for value in proto.graph.input}
+    shape = [d.dim_value for d in inputs["image"].type.tensor_type.shape.dim]
+    image = np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+    tasks = len(proto.graph.output) if "task" in inputs else 1
+    return [{"image": image, **({"task": np.array(t, np.int64)} if "task" in inputs else {})}
+            for t in range(tasks)]
+
+
+def assert_lowers_like_onnxruntime(path, tmp_path, atol=1e-4):
+    """Lowered (end to end, heads included) within `atol` of onnxruntime for every task, and
+    the float compile accepts it; returns the lowered graph."""
+    oracle = ort_session(onnx.load(str(path)))
+    names = [output.name for output in oracle.get_outputs()]
+    lowered = m3c.lower(path)
+    for feeds in _feeds(path):
+        want = dict(zip(names, oracle.run(None, feeds), strict=True))
+        got = lowered.run_end_to_end(feeds)
+        for name in names:
+            np.testing.assert_allclose(got[name], want[name], atol=atol, rtol=0)
+    compile_model(path, out=tmp_path / "build", precision="float")
+    return lowered
+
+
+def _standard_only(graph) -> bool:
+    return all((node.domain or "") in ("", "ai.onnx") for node in graph.nodes)
+
+
+class LinearHead(nn.Module):
+    """A per-token Linear task head (as in SETR's naive head)."""
+
+    def __init__(self, dim: int, channels: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.fc = nn.Linear(dim, channels)
+
+    def forward(self, tokens, grid):
+        x = self.fc(self.norm(tokens[:, 1:]))
+        return x.transpose(1, 2).reshape(x.shape[0], -1, *grid)
+
+
+def test_linear_in_a_task_head_stays_standard_onnx(tmp_path):
+    model = build_model("micro-nyud", seed=3)
+    model.decoders["depth"] = LinearHead(model.config.embed_dim, 1)
+    path = m3c.export(model, tmp_path / "linear_head.onnx")
+    lowered = assert_lowers_like_onnxruntime(path, tmp_path)
+    assert all(_standard_only(head) for head in lowered.heads.values())
+    assert "MatMul" in {node.op for node in lowered.heads["depth"].nodes}
+    saved = onnx.load(str(tmp_path / "build" / "host" / "heads" / "depth.onnx"))
+    assert {node.domain for node in saved.graph.node} <= {""}
+
+
+def test_compile_refuses_a_lowering_that_changes_the_numbers(tmp_path, monkeypatch):
+    import m3c.passes.fuse_dense as fuse_dense
+
+    original = fuse_dense._replace
+
+    def off_by_a_little(graph, node, x, weight, bias):
+        original(graph, node, x, weight, bias + 1e-2)
+
+    monkeypatch.setattr(fuse_dense, "_replace", off_by_a_little)
+    path = m3c.export(build_model("micro-nyud", seed=1), tmp_path / "m.onnx")
+    with pytest.raises(LoweringError, match="first diverging stage: fuse_dense"):
+        compile_model(path, out=tmp_path / "build", precision="float")
+    assert not (tmp_path / "build").exists()
+    assert not list(tmp_path.glob(".build*"))
+
+
+def test_compile_accepts_the_unchanged_model(tmp_path):
+    path = m3c.export(build_model("micro-nyud", seed=1), tmp_path / "m.onnx")
+    assert_lowers_like_onnxruntime(path, tmp_path)
+    assert (tmp_path / "build" / "project.json").is_file()
+
+
+def test_single_shared_router_runs_as_a_one_row_router_table(tmp_path):
+    model = build_model("micro-nyud", gate="single", seed=4)
+    path = m3c.export(model, tmp_path / "single.onnx")
+    session = ort_session(onnx.load(str(path)))
+    assert [i.name for i in session.get_inputs()] == ["image", "task"]
+    for feeds in _feeds(path, seed=1):  # torch as the independent oracle for the export
+        with torch.no_grad():
+            expected = model(torch.from_numpy(feeds["image"]), int(feeds["task"]))
+        for want, got in zip(expected, session.run(None, feeds), strict=True):
+            np.testing.assert_allclose(got, want.numpy(), atol=1e-4, rtol=0)
+    lowered = assert_lowers_like_onnxruntime(path, tmp_path)
+    routes = [n for n in lowered.graph.nodes if n.op == "Route"]
+    assert len(routes) == len(model.config.moe_blocks)
+    for route in routes:
+        assert route.inputs[1].name == "task"
+        assert route.inputs[2].values.shape[0] == 1 and route.inputs[3].values.shape[0] == 1
+        assert not np.any(route.inputs[3].values)
+    calls = json.loads((tmp_path / "build" / "kernel.json").read_text())["calls"]
+    rows = [(c["weight_rows"], c["bias_rows"]) for c in calls
+            if c["op"] == "route"]
+    assert rows == [(1, 1)] * len(routes)
+
+
+def test_one_task_task_conditioned_export_lowers(tmp_path):
+    model = build_model("micro-nyud", gate="task", tasks={"semseg": 40}, seed=6)
+    path = m3c.export(model, tmp_path / "one_task.onnx")
+    lowered = assert_lowers_like_onnxruntime(path, tmp_path)
+    assert [t.name for t in lowered.graph.inputs] == ["image"]
+    assert lowered.op_counts()["m3c.Route"] == len(model.config.moe_blocks)
+
+
+# (MoE form, gate, exporter, nn.Linear router with bias): every one lowers to the same
+# expert-major graph as m3c's own export of the same model.
+FORMS = [
+    ("index_add", "multi", "torchscript", False),
+    ("sparse", "single", "torchscript", True),
+    ("einsum", "multi", "torchscript", False),
+    ("scatter_einsum", "task", "torchscript", False),  # with expert hidden = 2 D
+    *[pytest.param(*case, marks=pytest.mark.slow) for case in [  # dynamo exports take seconds
+        ("index_add", "task", "dynamo", False),
+        ("sparse", "task", "dynamo", False),
+        ("einsum", "task", "dynamo", False),
+        ("einsum", "single", "dynamo", True),
+        ("dense", "multi", "dynamo", False),  # m3c's own model through the dynamo exporter
+    ]],
+]
+
+
+def _base(gate, form):
+    ratio = 2.0 if form == "scatter_einsum" else 1.0
+    return build_model("micro-nyud", gate=gate, seed=5, moe_mlp_ratio=ratio)
+
+
+@pytest.mark.parametrize("form, gate, exporter, gemm", FORMS)
+def test_moe_form_lowers_to_the_expert_major_graph(tmp_path, form, gate, exporter, gemm):
+    base = _base(gate, form)
+    model = copy.deepcopy(base)
+    if form != "dense":
+        rewrite_moe_layers(model, form, gemm_router=gemm)
+    write = export_dynamo if exporter == "dynamo" else export_form
+    path = write(model, tmp_path / f"{form}.onnx")
+    ops = {node.op_type for node in onnx.load(str(path)).graph.node}
+    if form == "index_add" and exporter == "torchscript":
+        assert "ScatterElements" in ops and "ScatterND" not in ops
+    if form == "einsum" and exporter == "torchscript":
+        assert {"OneHot", "Einsum"} <= ops
+    if gemm and exporter == "torchscript":
+        assert "Gemm" in ops
+    lowered = assert_lowers_like_onnxruntime(path, tmp_path)
+    reference = m3c.lower(m3c.export(base, tmp_path / "reference.onnx"))
+    assert lowered_structure(lowered) == lowered_structure(reference)
+    routes = [n for n in lowered.graph.nodes if n.op == "Route"]
+    if gemm:  # the router's bias is kept, in the one row of the router table
+        assert all(np.any(route.inputs[3].values) for route in routes)
+
+
+@pytest.mark.parametrize("tasks, drop", [(None, (5,)), ({"semseg": 40}, (3, 5))])
+def test_contrib_moe_without_optional_inputs_or_value_info(tmp_path, tasks, drop):
+    overrides = {"tasks": tasks} if tasks else {}
+    base = build_model("micro-nyud", gate="multi", seed=5, **overrides)
+    full = export_form(rewrite_moe_layers(copy.deepcopy(base), "contrib"), tmp_path / "c.onnx")
+    path = without_optional_contrib_inputs(full, tmp_path / "stripped.onnx", drop)
+    proto = onnx.load(str(path))
+    assert not proto.graph.value_info
+    assert all(len(n.input) == 5 or n.input[3] == "" for n in proto.graph.node
+               if n.op_type == "MoE")
+    lowered = assert_lowers_like_onnxruntime(path, tmp_path)
+    assert lowered.op_counts()["m3c.Route"] == len(base.config.moe_blocks)
+
+
+class TorchMHA(nn.Module):
+    """`nn.MultiheadAttention` holding the weights of an m3c.models Attention."""
+
+    def __init__(self, attention) -> None:
+        super().__init__()
+        dim = attention.proj.in_features
+        self.mha = nn.MultiheadAttention(dim, attention.num_heads, batch_first=True)
+        with torch.no_grad():
+            self.mha.in_proj_weight.copy_(attention.qkv.weight)
+            self.mha.in_proj_bias.copy_(attention.qkv.bias)
+            self.mha.out_proj.weight.copy_(attention.proj.weight)
+            self.mha.out_proj.bias.copy_(attention.proj.bias)
+
+    def forward(self, x):
+        return self.mha(x, x, x, need_weights=False)[0]
+
+
+class SDPAttention(nn.Module):
+    """The same attention through `F.scaled_dot_product_attention`."""
+
+    def __init__(self, attention) -> None:
+        super().__init__()
+        self.attention = attention
+
+    def forward(self, x):
+        b, n, d = x.shape
+        heads = self.attention.num_heads
+        qkv = self.attention.qkv(x).reshape(b, n, 3, heads, d // heads).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(*qkv.unbind(0))
+        return self.attention.proj(out.transpose(1, 2).reshape(b, n, d))
+
+
+@pytest.mark.parametrize("layer, exporter", [
+    ("mha", "torchscript"), ("sdpa", "torchscript"),
+    pytest.param("mha", "dynamo", marks=pytest.mark.slow),
+    pytest.param("sdpa", "dynamo", marks=pytest.mark.slow),
+])
+def test_standard_attention_layers_fuse_to_m3c_attention(tmp_path, layer, exporter):
+    base = build_model("micro-nyud", seed=2)
+    model = copy.deepcopy(base)
+    for block in model.backbone.blocks:
+        block.attn = (TorchMHA if layer == "mha" else SDPAttention)(block.attn)
+    write = export_dynamo if exporter == "dynamo" else export_form
+    path = write(model.eval(), tmp_path / f"{layer}.onnx")
+    lowered = assert_lowers_like_onnxruntime(path, tmp_path)
+    reference = m3c.lower(m3c.export(base, tmp_path / "reference.onnx"))
+    assert lowered_structure(lowered) == lowered_structure(reference)
+
+
+def test_fixed_project_is_held_to_onnxruntime_too(tmp_path):
+    from m3c.verify import FIXED_ORT_STEPS, fixed_onnxruntime_tolerance, verify_project
+
+    # the single shared router: its one-row router table on the C-simulated kernel too
+    path = m3c.export(build_model("micro-nyud", gate="single", seed=1), tmp_path / "m.onnx")
+    project = compile_model(path, out=tmp_path / "build", precision="fixed")
+    manifest = json.loads((project / "project.json").read_text())
+    tolerance = fixed_onnxruntime_tolerance(manifest)
+    assert tolerance == FIXED_ORT_STEPS * 2.0 ** -manifest["types"]["data"]["frac"]
+    rows = verify_project(project)
+    assert all(row.passed and row.kernel_error == 0 for row in rows)
+    assert all(0 < row.features_error <= tolerance for row in rows)
+    # An emulation and kernel that agree with each other but not with the model must fail.
+    reference = project / "data" / "features_onnxruntime_task1.bin"
+    values = np.fromfile(reference, np.float32)
+    (values + np.float32(2 * tolerance)).tofile(reference)
+    verdicts = {row.task: row.passed for row in verify_project(project)}
+    assert verdicts == {"semseg": True, "depth": False}
