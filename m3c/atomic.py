@@ -160,6 +160,29 @@ def _commit(staging: Path, out: Path) -> None:
     remove_tree(aside)
 
 
+@contextlib.contextmanager
+def staged_files(out: str | os.PathLike) -> Iterator[Path]:
+    """Yield a staging directory beside the file `out`; on success every file written there
+    (`out`'s name and companions such as head graphs) is renamed into `out`'s directory."""
+    out = Path(out).absolute()
+    if out.is_dir():
+        raise OutputError(f"{out} is a directory", remedy=f"give a file path, e.g. {out}/"
+                          "lowered.onnx")
+    if not out.parent.is_dir() or not os.access(out.parent, os.W_OK | os.X_OK):
+        raise OutputError(f"cannot write {out}: its directory is missing or not writable",
+                          remedy="create it or choose another path")
+    with output_lock(out):
+        clean_stale(out)
+        staging = _hidden(out, f"stage-{os.getpid()}")
+        staging.mkdir()
+        try:
+            yield staging
+            for written in sorted(staging.iterdir()):
+                os.replace(written, out.parent / written.name)
+        finally:
+            remove_tree(staging)
+
+
 def write_file_atomic(path: str | os.PathLike, write: Callable[[Path], object]) -> Path:
     """Call `write(temporary)` on a hidden sibling of `path`, then rename it onto `path`."""
     path = Path(path)
