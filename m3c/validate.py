@@ -168,12 +168,25 @@ def _check_inputs(model: onnx.ModelProto, where: str) -> int:
     if len(dims) != 4 or dims[0] != 1 or min(dims) < 1:
         raise GraphImportError(f"{where}: input 'image' has shape {dims}, not [1,C,H,W]",
                                remedy="export with a batch of one image")
+    tasks = _metadata_tasks(model)
+    if len(tasks) > 1 and TASK_INPUT not in inputs:
+        raise GraphImportError(f"{where}: {len(tasks)} tasks but no 'task' input: nothing "
+                               "selects a task (a model without MoE layers?)",
+                               remedy="m3c compiles models with task-routed MoE layers; "
+                                      "export one with a 'task' input")
     if TASK_INPUT in inputs:
         task_dims = _input_dims(inputs[TASK_INPUT], onnx.TensorProto.INT64, "int64", where)
         if task_dims:
             raise GraphImportError(f"{where}: input 'task' has shape {task_dims}; it must be a "
                                    "scalar (shape [])", remedy="export the task id as a scalar")
     return 4 * math.prod(dims)
+
+
+def _metadata_tasks(model: onnx.ModelProto) -> list:
+    """m3c.tasks (already checked by _check_metadata), or [] without it."""
+    value = next((prop.value for prop in model.metadata_props if prop.key == "m3c.tasks"),
+                 None)
+    return json.loads(value) if value is not None else []
 
 
 def _input_dims(value: onnx.ValueInfoProto, elem_type: int, spelled: str,
