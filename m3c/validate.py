@@ -39,6 +39,10 @@ def check_model(model: onnx.ModelProto, where: str, memory_bytes: int = DEFAULT_
     Raises GraphImportError (or NumericError for NaN/Inf weights) naming the tensor, node or
     metadata key and what to do.
     """
+    bad_text = _invalid_text(model, "model")
+    if bad_text:
+        raise GraphImportError(f"{where}: {bad_text} is not valid UTF-8 text",
+                               remedy="re-export the model; ONNX names and metadata are UTF-8")
     _check_opsets(model, where)
     _check_metadata(model, where)
     _check_producers(model, where)
@@ -58,6 +62,30 @@ def check_model(model: onnx.ModelProto, where: str, memory_bytes: int = DEFAULT_
                                f"{_first_line(str(error))}",
                                remedy="re-export the model (m3c export writes valid ONNX)",
                                detail=str(error)) from None
+
+
+def _invalid_text(message, path: str) -> str | None:
+    """The path of the first string field that is not UTF-8 (protobuf's upb parser hands such
+    a field over as bytes, and onnx's C++ checker then fails on it), or None."""
+    from google.protobuf.descriptor import FieldDescriptor
+
+    for field, value in message.ListFields():
+        values = value if _repeated(field) else [value]
+        for index, item in enumerate(values):
+            where = f"{path}.{field.name}" + (f"[{index}]" if _repeated(field) else "")
+            if field.type == FieldDescriptor.TYPE_STRING and isinstance(item, bytes):
+                return where
+            if field.type == FieldDescriptor.TYPE_MESSAGE:
+                found = _invalid_text(item, where)
+                if found:
+                    return found
+    return None
+
+
+def _repeated(field) -> bool:
+    # `is_repeated` is the newer protobuf spelling; `label` the older one.
+    repeated = getattr(field, "is_repeated", None)
+    return repeated if repeated is not None else field.label == field.LABEL_REPEATED
 
 
 def _first_line(text: str) -> str:
