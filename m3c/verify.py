@@ -94,7 +94,8 @@ def max_error(got: np.ndarray, want: np.ndarray, what: str) -> float:
     got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
     if got.size != want.size:
         raise ProjectError(f"{what}: {got.size} values to compare with {want.size}",
-                           remedy="recompile the project (its files do not match)")
+                           remedy="the two sides must have one shape: recompile a project, or "
+                                  "check the model's output shapes")
     if got.size == 0:
         return math.inf  # nothing compared is not a pass
     if not (np.isfinite(got).all() and np.isfinite(want).all()):
