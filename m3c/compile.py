@@ -81,7 +81,27 @@ def compile_model(model, target: str = "zcu104", out: str | os.PathLike = "build
     with staged_directory(out, force, error=CodegenError) as staging:
         _build(original, board, settings, staging, tiles, budget)
         copy_ap_types(staging)
+        check_finite_outputs(staging)
     return out
+
+
+def check_finite_outputs(project: Path) -> None:
+    """Refuse to put a project in place whose calibration, weights or test vectors hold NaN or
+    Inf: its types would be nonsense and its checks would compare nonsense."""
+    from m3c.errors import NumericError
+
+    manifest = json.loads((project / "project.json").read_text())
+    peak = manifest.get("calibration_max_abs")
+    if peak is not None and not math.isfinite(peak):
+        raise NumericError(f"calibration saw activations of magnitude {peak}: the model "
+                           "overflows on its calibration images",
+                           remedy="check the model's weights and the --calib images")
+    files = sorted((project / "data").glob("*.bin")) + [project / "weights" / "weights_f32.bin"]
+    for path in files:
+        if not np.isfinite(np.fromfile(path, np.float32)).all():
+            raise NumericError(f"{path.relative_to(project)} holds NaN or infinite values: the "
+                               "model overflows in float32 or in its fixed-point types",
+                               remedy="check the model's weights, inputs and precision config")
 
 
 def _check_output(out: Path, force: bool) -> None:
