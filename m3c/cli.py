@@ -52,7 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as usage:  # argparse has printed usage and the error (or --help)
+        return usage.code if isinstance(usage.code, int) else 2
     try:
         status = args.handler(args)
     except KeyboardInterrupt:

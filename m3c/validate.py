@@ -180,18 +180,22 @@ def _check_initializers(model: onnx.ModelProto, where: str) -> int:
 
 
 def _check_inputs(model: onnx.ModelProto, where: str) -> int:
-    """The graph's inputs are `image` [1,C,H,W] float32 and an optional scalar int64 `task`;
-    returns the image's bytes."""
+    """Inputs are typed with static shapes. A model with an `image` input is an M3ViT: its
+    image is [1,C,H,W] float32 and its only other input an optional scalar int64 `task`.
+    Returns the image's bytes (0 for other graphs, which `m3c.lower` also takes)."""
     initializers = {init.name for init in model.graph.initializer}
     inputs = {value.name: value for value in model.graph.input if value.name not in initializers}
+    for value in inputs.values():
+        if not value.type.HasField("tensor_type") or not value.type.tensor_type.elem_type:
+            raise GraphImportError(f"{where}: input {value.name!r} has no tensor type",
+                                   remedy="declare the input's element type and shape")
+    if IMAGE_INPUT not in inputs:
+        return 0
     extra = sorted(set(inputs) - {IMAGE_INPUT, TASK_INPUT})
     if extra:
         raise GraphImportError(f"{where}: graph inputs {extra[:3]} are neither 'image' nor "
                                "'task' (a weight exported as an input?)",
                                remedy="export weights as initializers (constants)")
-    if IMAGE_INPUT not in inputs:
-        raise GraphImportError(f"{where}: the graph has no input named 'image'",
-                               remedy="name the image input 'image' ([1,3,H,W] float32)")
     dims = _input_dims(inputs[IMAGE_INPUT], onnx.TensorProto.FLOAT, "float32", where)
     if len(dims) != 4 or dims[0] != 1 or min(dims) < 1:
         raise GraphImportError(f"{where}: input 'image' has shape {dims}, not [1,C,H,W]",

@@ -43,6 +43,9 @@ def task_names(model: onnx.ModelProto) -> list[str]:
 def sample_feeds(model: onnx.ModelProto, count: int = 2, seed: int = 0) -> list[dict]:
     """`count` images for every task id (one feed dict each), reproducible from `seed`."""
     inputs = {value.name: value for value in model.graph.input}
+    if "image" not in inputs:
+        raise GraphImportError("the model has no 'image' input to feed test images to",
+                               remedy="name the image input 'image' ([1,3,H,W] float32)")
     image_shape = [d.dim_value for d in inputs["image"].type.tensor_type.shape.dim]
     rng = np.random.default_rng(seed)
     images = [(rng.standard_normal(image_shape) * (1 + i)).astype(np.float32)

@@ -190,7 +190,7 @@ MODEL_CASES = {
     "no_opset": (_no_opset, ["opset"]),
     "two_producers": (_two_producers, ["produced twice"]),
     "dtype_mismatch": (_dtype_mismatch, ["initializer", "decode"]),
-    "untyped_task": (_untyped_task, ["task", "int64"]),
+    "untyped_task": (_untyped_task, ["task", "type"]),
     "weight_as_input": (_weight_as_input, ["neither 'image' nor 'task'"]),
     "nan_weight": (_nan_weight, ["NaN"]),
 }
