@@ -9,6 +9,7 @@ holds the traceback, exit code 1 (`--debug` prints the traceback instead).
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -56,6 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as usage:  # argparse has printed usage and the error (or --help)
         return usage.code if isinstance(usage.code, int) else 2
+    previous = signal.signal(signal.SIGTERM, _terminated)
     try:
         status = args.handler(args)
     except KeyboardInterrupt:
@@ -65,7 +67,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         if isinstance(error, SystemExit):
             raise
         return report_error(args.command, error, debug=args.debug)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return int(status or 0)
+
+
+def _terminated(signum: int, frame) -> None:
+    """SIGTERM unwinds like Ctrl-C, so staging directories and locks are removed on the way
+    out (SIGKILL cannot be caught: the next run into the same output cleans up instead)."""
+    del frame
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def expected_error(error: BaseException) -> M3CError | None:

@@ -480,6 +480,19 @@ def test_compile_killed_then_compiled_again_leaves_one_whole_project(micro, tmp_
     assert (out / "hls" / "ap_types" / "ap_fixed.h").is_file()
 
 
+def test_sigterm_during_compile_removes_its_staging(micro, tmp_path):
+    process = _compile_process(micro, tmp_path / "build")
+    deadline = time.monotonic() + 120
+    while process.poll() is None and time.monotonic() < deadline:
+        if list(tmp_path.glob(".build.m3c-stage-*")):
+            break
+        time.sleep(0.005)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130 and "interrupted" in stderr, stderr
+    assert _hidden(tmp_path) == [] and not (tmp_path / "build").exists()
+
+
 def test_force_killed_mid_replace_restores_or_replaces_never_half(micro, tmp_path):
     out = tmp_path / "build"
     code, _, stderr = run_cli(["--quiet", "compile", str(micro), "-o", str(out)])
