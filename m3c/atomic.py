@@ -6,7 +6,8 @@ renames the old one aside first and deletes it only once the new one is in place
 killed at any moment leaves either the old or the new directory, never a mix. A lock file beside
 the destination refuses a second concurrent run into it; the next run that takes the lock
 removes what killed runs left behind (and puts back an old directory a killed run had moved
-aside but not yet replaced). File outputs are written to a temporary sibling and renamed.
+aside but not yet replaced). File outputs (`lower -o`) are
+staged in such a directory too, then renamed next to it.
 
 Hidden names, all beside the destination NAME: `.NAME.m3c-lock`, `.NAME.m3c-stage-<pid>`,
 `.NAME.m3c-old-<pid>`; compiles before this module used `.NAME.m3c-<random>` for staging.
@@ -17,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import secrets
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -181,17 +181,3 @@ def staged_files(out: str | os.PathLike) -> Iterator[Path]:
                 os.replace(written, out.parent / written.name)
         finally:
             remove_tree(staging)
-
-
-def write_file_atomic(path: str | os.PathLike, write: Callable[[Path], object]) -> Path:
-    """Call `write(temporary)` on a hidden sibling of `path`, then rename it onto `path`."""
-    path = Path(path)
-    temporary = path.parent / f".{path.name}{MARK}{os.getpid()}-{secrets.token_hex(4)}"
-    # Created here (mode 0666 minus the umask, like a plain open) so `write` only fills it.
-    os.close(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-    try:
-        write(temporary)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-    return path

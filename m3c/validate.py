@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import re
 from pathlib import Path
 
 import numpy as np
@@ -18,19 +17,13 @@ from m3c.errors import ArgumentError, GraphImportError, NumericError, ProjectErr
 
 # The canonical graph form: an image and, with several tasks, a scalar task id.
 IMAGE_INPUT, TASK_INPUT = "image", "task"
-DEFAULT_DDR_BYTES = 2 << 30  # the ZCU104's, when no target is named
+DEFAULT_DDR_BYTES = 2 << 30  # the ZCU104's PS DDR
 # Activations of every layer live beside the image in DDR and on chip (tokens x dim per
 # layer, several at once): an image beyond 1/16 of DDR cannot fit with them.
 IMAGE_SHARE_OF_DDR = 16
 FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16,
                onnx.TensorProto.BFLOAT16}
 RECOMPILE = "recompile the project with `m3c compile MODEL -o DIR --force`"
-
-
-def ddr_bytes(target) -> int:
-    """The target's DDR size from its description ("2 GB DDR4 ..."), or the ZCU104's."""
-    match = re.search(r"(\d+(?:\.\d+)?)\s*GB", getattr(target, "ddr", "") or "")
-    return int(float(match.group(1)) * (1 << 30)) if match else DEFAULT_DDR_BYTES
 
 
 def check_model(model: onnx.ModelProto, where: str, memory_bytes: int = DEFAULT_DDR_BYTES) -> None:
@@ -378,13 +371,6 @@ def non_empty(text: str) -> str:
     if not text.strip():
         raise argparse.ArgumentTypeError("must not be empty")
     return text
-
-
-def check_finite(values: np.ndarray, what: str) -> None:
-    """NumericError when `values` holds NaN or infinities (calibration images, outputs)."""
-    if not np.isfinite(np.asarray(values, dtype=np.float64)).all():
-        raise NumericError(f"{what} contains NaN or infinite values",
-                           remedy="give finite values")
 
 
 def check_count(value: int, name: str) -> None:
