@@ -1,15 +1,26 @@
-"""The `m3c` command line: a thin layer over the Python API."""
+"""The `m3c` command line: a thin layer over the Python API, and its one error boundary.
+
+Every failure a user can cause ends as one or two lines on stderr and exit code 2: `M3CError`
+(raised where the problem is understood), OS errors (full disk, read-only paths), onnxruntime's
+refusals and running out of memory. Anything else is a bug in m3c: one line naming a file that
+holds the traceback, exit code 1 (`--debug` prints the traceback instead).
+"""
 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 
-from m3c.errors import M3CError
+from m3c.errors import M3CError, OnnxRuntimeError, OutputError, from_os_error, write_log
 
 Handler = Callable[[argparse.Namespace], int | None]
 _COMMANDS: list[tuple[str, str, Callable[[argparse.ArgumentParser], None], Handler]] = []
+# A message longer than this, or of more than one line, is cut to its first line and written
+# whole to a file the message names.
+MAX_MESSAGE = 300
 
 
 def command(name: str, help_text: str, configure: Callable[[argparse.ArgumentParser], None]):
@@ -30,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="m3c", description="Compile M3ViT mixture-of-experts models into FPGA accelerators."
     )
     parser.add_argument("--quiet", action="store_true", help="print only results and errors")
+    parser.add_argument("--debug", action="store_true",
+                        help="print the full traceback of any error")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, help_text, configure, handler in _COMMANDS:
         sub_parser = sub.add_parser(name, help=help_text, description=help_text)
@@ -40,13 +53,83 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as usage:  # argparse has printed usage and the error (or --help)
+        return usage.code if isinstance(usage.code, int) else 2
+    previous = signal.signal(signal.SIGTERM, _terminated)
     try:
         status = args.handler(args)
-    except M3CError as error:
-        print(f"m3c {args.command}: error: {error}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print(f"m3c {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BaseException as error:  # noqa: B036 - SystemExit aside, this is the one boundary
+        if isinstance(error, SystemExit):
+            raise
+        return report_error(args.command, error, debug=args.debug)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return int(status or 0)
+
+
+def _terminated(signum: int, frame) -> None:
+    """SIGTERM unwinds like Ctrl-C, so staging directories and locks are removed on the way
+    out (SIGKILL cannot be caught: the next run into the same output cleans up instead)."""
+    del frame
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def expected_error(error: BaseException) -> M3CError | None:
+    """The user-facing form of an expected failure, or None for a bug."""
+    if isinstance(error, M3CError):
+        return error
+    if isinstance(error, OSError):
+        return from_os_error(error)
+    if isinstance(error, MemoryError):
+        return OutputError("ran out of memory", remedy="use a smaller model or input size, or "
+                           "a machine with more memory")
+    if type(error).__module__.startswith("onnxruntime"):
+        return OnnxRuntimeError(f"onnxruntime refused the model: {_first_line(str(error))}",
+                                remedy="check the model with `python -m onnx.checker`; "
+                                       "re-export it", detail=str(error))
+    return None
+
+
+def report_error(command_name: str, error: BaseException, debug: bool = False) -> int:
+    """Print an error in one or two lines; return the exit code (2 expected, 1 a bug)."""
+    prefix = f"m3c {command_name}: error:"
+    if debug:
+        traceback.print_exception(error, file=sys.stderr)
+    known = expected_error(error)
+    if known is None:
+        saved = write_log(f"m3c-{command_name}-traceback", "".join(
+            traceback.format_exception(error)))
+        where = (f"traceback in {saved}" if saved else "no traceback file could be written")
+        print(f"m3c {command_name}: internal error: {type(error).__name__}: "
+              f"{_clip(_first_line(str(error)), 160)} ({where}; --debug prints it; please "
+              "report it as an m3c bug)", file=sys.stderr)
+        return 1
+    print(f"{prefix} {short_message(command_name, known)}", file=sys.stderr)
+    return 2
+
+
+def short_message(command_name: str, error: M3CError) -> str:
+    """The gist of `error` (its remedy on a second line); long text goes to a named file."""
+    message = error.message
+    if len(message) > MAX_MESSAGE or "\n" in message.strip() or error.detail:
+        full = message + (f"\n\n{error.detail}" if error.detail else "")
+        saved = write_log(f"m3c-{command_name}-error", full + "\n")
+        gist = _clip(_first_line(message), MAX_MESSAGE - 60)
+        message = f"{gist} (full text in {saved})" if saved else gist
+    if error.remedy:
+        message += f"\n  remedy: {_clip(_first_line(error.remedy), MAX_MESSAGE)}"
+    return message
+
+
+def _first_line(text: str) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[0] if lines else "(no message)"
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit - 3] + "..."

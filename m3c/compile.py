@@ -10,7 +10,6 @@ import json
 import math
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import numpy as np
 import onnx
 from threadpoolctl import threadpool_limits
 
+from m3c.atomic import check_destination, staged_directory
 from m3c.codegen import KernelPlan, plan_kernel
 from m3c.dse import DEFAULT_BUDGET, Choice, check_budget, choose_design, parse_tiles
 from m3c.errors import CodegenError
@@ -61,16 +61,6 @@ def _templates() -> jinja2.Environment:
                               undefined=jinja2.StrictUndefined)
 
 
-def _check_output(out: Path, force: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise CodegenError(f"{out} exists and is not a directory", remedy="choose another -o")
-    if out.is_dir() and any(out.iterdir()) and not force:
-        raise CodegenError(f"{out} is not empty", remedy="pass --force to replace it")
-    parent = out.parent if str(out.parent) else Path(".")
-    if not parent.is_dir() or not os.access(parent, os.W_OK):
-        raise CodegenError(f"cannot create {out}: {parent} is missing or not writable")
-
-
 def compile_model(model, target: str = "zcu104", out: str | os.PathLike = "build",
                   precision: str = "fixed", force: bool = False,
                   calib: str | os.PathLike | np.ndarray | None = None,
@@ -89,20 +79,54 @@ def compile_model(model, target: str = "zcu104", out: str | os.PathLike = "build
         raise CodegenError(f"precision {precision!r} is not available",
                            remedy="use --precision " + " or ".join(PRECISIONS))
     out = Path(out)
-    _check_output(out, force)
+    _check_output(out, force)  # before the slow part: a bad -o fails at once
     board = load_target(target)
     original = load_model(model)
     settings = {"precision": precision, "calib": _calibration_images(calib),
                 "config": load_config(precision_config)}
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.m3c-", dir=out.parent or "."))
-    try:
+    with staged_directory(out, force, error=CodegenError) as staging:
         _build(original, board, settings, staging, tiles, budget)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(staging, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        copy_ap_types(staging)
+        check_finite_outputs(staging)
     return out
+
+
+def check_finite_outputs(project: Path) -> None:
+    """Refuse to put a project in place whose calibration, weights or test vectors hold NaN or
+    Inf: its types would be nonsense and its checks would compare nonsense."""
+    from m3c.errors import NumericError
+
+    manifest = json.loads((project / "project.json").read_text())
+    peak = manifest.get("calibration_max_abs")
+    if peak is not None and not math.isfinite(peak):
+        raise NumericError(f"calibration saw activations of magnitude {peak}: the model "
+                           "overflows on its calibration images",
+                           remedy="check the model's weights and the --calib images")
+    files = sorted((project / "data").glob("*.bin")) + [project / "weights" / "weights_f32.bin"]
+    for path in files:
+        if not np.isfinite(np.fromfile(path, np.float32)).all():
+            raise NumericError(f"{path.relative_to(project)} holds NaN or infinite values: the "
+                               "model overflows in float32 or in its fixed-point types",
+                               remedy="check the model's weights, inputs and precision config")
+
+
+def _check_output(out: Path, force: bool) -> None:
+    check_destination(out.absolute(), force, error=CodegenError)
+
+
+def copy_ap_types(project: Path) -> None:
+    """The Apache-2.0 Xilinx ap_types headers (from the hls4ml wheel) and their license into
+    hls/ap_types, so `make csim` needs g++ and the project alone. hls_stream.h is left out:
+    the project has its own in hls/csim."""
+    from m3c.csim import AP_TYPES_DIR, ap_types_dir, ap_types_license
+
+    source, target = ap_types_dir(), project / AP_TYPES_DIR
+    headers = sorted([*source.glob("ap_*.h"), source / "etc" / "ap_private.h"])
+    for header in headers:
+        destination = target / header.relative_to(source)
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(header, destination)
+    shutil.copyfile(ap_types_license(), target / "LICENSE")
 
 
 def _calibration_images(calib) -> np.ndarray | None:

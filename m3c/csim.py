@@ -1,7 +1,8 @@
 """C-simulation with g++ alone: the generated kernel as a testbench binary or a shared library.
 
-The Xilinx ap_types headers come from the installed hls4ml wheel (Apache-2.0); they are
-included with -isystem so their warnings stay out of the way. hls::stream comes from m3c's own
+The Xilinx ap_types headers (Apache-2.0) are the project's copy in hls/ap_types, taken from the
+hls4ml wheel at compile time; they are included with -isystem so their warnings stay out of the
+way. hls::stream comes from m3c's own
 header in the project's hls/csim/, searched first (the wheel carries one too). Builds are
 cached by a hash of the sources and flags, so loading the same project twice compiles once.
 """
@@ -28,6 +29,7 @@ SHARED_FLAGS = ["-shared", "-fvisibility=hidden", "-fvisibility-inlines-hidden",
                 "-fno-gnu-unique"]
 KERNEL_SOURCES = ["hls/src/kernel.cpp", "hls/src/csim_api.cpp"]
 CSIM_INCLUDE = "hls/csim"
+AP_TYPES_DIR = "hls/ap_types"  # the project's own copy of the headers (m3c.compile)
 
 
 def ap_types_dir() -> Path:
@@ -40,6 +42,27 @@ def ap_types_dir() -> Path:
     if not (path / "ap_fixed.h").is_file():
         raise CodegenError(f"no ap_fixed.h under {path}", remedy="reinstall hls4ml")
     return path
+
+
+def ap_types_license() -> Path:
+    """The Apache-2.0 license text that covers the ap_types headers (the hls4ml wheel's)."""
+    import importlib.metadata
+
+    try:
+        files = importlib.metadata.distribution("hls4ml").files or []
+    except importlib.metadata.PackageNotFoundError:
+        files = []
+    for entry in files:
+        if entry.name == "LICENSE" and ".dist-info" in str(entry):
+            return Path(entry.locate())
+    raise CodegenError("the hls4ml wheel's license file is missing",
+                       remedy="reinstall hls4ml (its ap_types headers ship with it)")
+
+
+def project_ap_types(project: Path) -> Path:
+    """The project's own ap_types copy; the wheel's for projects compiled before it had one."""
+    own = project / AP_TYPES_DIR
+    return own if (own / "ap_fixed.h").is_file() else ap_types_dir()
 
 
 def cache_dir() -> Path:
@@ -58,7 +81,7 @@ def _compiler() -> str:
 
 def compile_command(project: Path, sources: list[str], output: Path, shared: bool) -> list[str]:
     return [_compiler(), *CXXFLAGS, *(SHARED_FLAGS if shared else []),
-            "-I", str(project / CSIM_INCLUDE), "-isystem", str(ap_types_dir()),
+            "-I", str(project / CSIM_INCLUDE), "-isystem", str(project_ap_types(project)),
             "-I", str(project / "hls/src"),
             *[str(project / s) for s in sources], "-o", str(output)]
 

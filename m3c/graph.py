@@ -170,8 +170,24 @@ def ort_session(model: onnx.ModelProto):
     options = ort.SessionOptions()
     options.log_severity_level = 3
     options.enable_cpu_mem_arena = False
-    return ort.InferenceSession(model.SerializeToString(), options,
-                                providers=["CPUExecutionProvider"])
+    try:
+        return ort.InferenceSession(model.SerializeToString(), options,
+                                    providers=["CPUExecutionProvider"])
+    except Exception as error:
+        raise _ort_error(model, error) from error
+
+
+def _ort_error(model: onnx.ModelProto, error: Exception) -> Exception:
+    """onnxruntime's refusal as an M3CError naming the graph (other errors unchanged)."""
+    if not type(error).__module__.startswith("onnxruntime"):
+        return error
+    from m3c.errors import OnnxRuntimeError
+
+    text = str(error).strip()
+    return OnnxRuntimeError(f"onnxruntime cannot load graph {model.graph.name or '?'!r}: "
+                            f"{text.splitlines()[0] if text else type(error).__name__}",
+                            remedy="check the model with onnx.checker; re-export it",
+                            detail=text)
 
 
 def load_model(source) -> Graph:
@@ -180,14 +196,24 @@ def load_model(source) -> Graph:
         return source.copy()
     if isinstance(source, gs.Graph):
         return Graph(source.copy())
+    where = "the model"
     if isinstance(source, (str, os.PathLike)):
+        where = str(source)
         source = _read(Path(source))
     if not isinstance(source, onnx.ModelProto):
         raise GraphImportError(f"cannot lower a {type(source).__name__}",
                                remedy="pass a path, an onnx.ModelProto or a gs.Graph")
     _check_static_inputs(source)
+    _validate(source, where)
     metadata = {prop.key: prop.value for prop in source.metadata_props}
     return Graph(gs.import_onnx(source), metadata)
+
+
+def _validate(model: onnx.ModelProto, where: str) -> None:
+    """Structure, metadata, inputs and weights checked up front (m3c.validate)."""
+    from m3c.validate import check_model
+
+    check_model(model, where)
 
 
 def _read(path: Path) -> onnx.ModelProto:

@@ -29,7 +29,7 @@ from m3c.runtime.emulator import KernelEmulator, Observer
 from m3c.runtime.fixed import EXP_TABLE_BITS, FixedType
 
 ROLES = {
-    "data": "activations: the DDR arena, on-chip rows",
+    "data": "activations: the on-chip residual stream and working tensors",
     "weight": "weights, biases, norm parameters",
     "acc": "accumulators: exact sums of products",
     "var": "layernorm: exact sums of squared deviations",

@@ -7,6 +7,7 @@ scales, so that tokens spread over experts) for every task id.
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from m3c.errors import GraphImportError
+from m3c.errors import GraphImportError, ProjectError
 
 
 @dataclass
@@ -42,6 +43,9 @@ def task_names(model: onnx.ModelProto) -> list[str]:
 def sample_feeds(model: onnx.ModelProto, count: int = 2, seed: int = 0) -> list[dict]:
     """`count` images for every task id (one feed dict each), reproducible from `seed`."""
     inputs = {value.name: value for value in model.graph.input}
+    if "image" not in inputs:
+        raise GraphImportError("the model has no 'image' input to feed test images to",
+                               remedy="name the image input 'image' ([1,3,H,W] float32)")
     image_shape = [d.dim_value for d in inputs["image"].type.tensor_type.shape.dim]
     rng = np.random.default_rng(seed)
     images = [(rng.standard_normal(image_shape) * (1 + i)).astype(np.float32)
@@ -63,7 +67,9 @@ def verify(model_path: str | Path, count: int = 2, seed: int = 0, until: str | N
     """Run every stage of the lowering pipeline on the same inputs; one `StageRow` per stage."""
     from m3c.graph import load_model, ort_session
     from m3c.passmanager import default_pipeline
+    from m3c.validate import check_count
 
+    check_count(count, "the number of images")
     original = load_model(model_path)
     proto = original.to_onnx()
     try:
@@ -81,10 +87,31 @@ def verify(model_path: str | Path, count: int = 2, seed: int = 0, until: str | N
             # A task's output is what the model computes for that task; others are ignored.
             task = _task_of(feeds, tasks)
             got = graph.run_output(feeds, task)
-            error = float(np.abs(got - want[task]).max())
+            error = max_error(got, want[task], f"stage {name}, task {task}")
             row.errors[task] = max(row.errors.get(task, 0.0), error)
         rows.append(row)
     return rows
+
+
+def max_error(got: np.ndarray, want: np.ndarray, what: str) -> float:
+    """The largest |got - want|; infinite when either side holds NaN or Inf, so a broken
+    result can never compare as close (max(0.0, nan) is 0.0)."""
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    if got.size != want.size:
+        raise ProjectError(f"{what}: {got.size} values to compare with {want.size}",
+                           remedy="the two sides must have one shape: recompile a project, or "
+                                  "check the model's output shapes")
+    if got.size == 0:
+        return math.inf  # nothing compared is not a pass
+    if not (np.isfinite(got).all() and np.isfinite(want).all()):
+        return math.inf
+    return float(np.abs(got.ravel() - want.ravel()).max())
+
+
+def worst_error(rows: list[StageRow]) -> float:
+    """The largest error of any stage and task; infinite when nothing was compared."""
+    errors = [error for row in rows for error in row.errors.values()]
+    return max(errors) if errors else math.inf
 
 
 def format_table(rows: list[StageRow]) -> str:
@@ -121,42 +148,129 @@ class ProjectRow:
 
     @property
     def passed(self) -> bool:
+        # Written as "all errors within" so that NaN (which compares False) fails.
         if self.precision == "fixed":
             return self.kernel_error <= self.tolerance and \
                 self.features_error <= self.onnxruntime_tolerance
-        return max(self.kernel_error, self.output_error) <= self.tolerance
+        return all(error <= self.tolerance for error in (self.kernel_error, self.output_error))
 
 
-def verify_project(project: str | Path) -> list[ProjectRow]:
+def project_passed(rows: list[ProjectRow]) -> bool:
+    """Every task passed, and there was at least one."""
+    return bool(rows) and all(row.passed for row in rows)
+
+
+def verify_project(project: str | Path, checked: list[str] | None = None) -> list[ProjectRow]:
     """Every task's test vector through the C-simulated kernel and the host head, compared
-    with the project's expected kernel output and with onnxruntime on the original model."""
+    with the project's expected kernel output and with onnxruntime on the original model.
+
+    The kernel runs on the words the hardware reads (weights/weights.bin), which must be
+    weights/weights_f32.bin laid out for its MAC array. The files read are appended to
+    `checked`.
+    """
     from m3c import csim
     from m3c.graph import ort_session
+    from m3c.validate import load_project
 
     project = Path(project)
-    manifest_path = project / "project.json"
-    if not manifest_path.is_file():
+    if not (project / "project.json").is_file():
         raise GraphImportError(f"{project} is not an m3c project (no project.json)",
                                remedy="run m3c compile first, or pass an .onnx file")
-    manifest = json.loads(manifest_path.read_text())
-    kernel = csim.load(project)
-    data = project / "data"
+    manifest, _ = load_project(project)
+    checked = [] if checked is None else checked
+    checked += ["project.json", "kernel.json"]
+    weights = ddr_weights(project, manifest, checked)
+    kernel = csim.CSimKernel(csim.build(project), weights)
+    checked += ["hls/src", "hls/csim"]
     rows = []
     for index, task in enumerate(manifest["tasks"]):
-        image = np.fromfile(data / f"input_task{index}.bin", np.float32)
-        expected = np.fromfile(data / f"features_task{index}.bin", np.float32)
-        reference = np.fromfile(data / f"features_onnxruntime_task{index}.bin", np.float32)
+        image = _raw(project, f"data/input_task{index}.bin", checked)
+        expected = _raw(project, f"data/features_task{index}.bin", checked)
+        reference = _raw(project, f"data/features_onnxruntime_task{index}.bin", checked)
         features = kernel.run(image, index)
-        head = ort_session(onnx.load(str(project / "host" / "heads" / f"{task}.onnx")))
+        head = ort_session(_onnx(project, f"host/heads/{task}.onnx", checked))
         shaped = features.reshape(manifest["features_shape"])
         output = head.run(None, {head.get_inputs()[0].name: shaped})[0]
-        want = np.load(data / f"expected_{task}.npy")
+        want = _npy(project, f"data/expected_{task}.npy", checked)
+        where = f"{project} task {task}"
         rows.append(ProjectRow(task, manifest["precision"], manifest["tolerance"],
-                               float(np.abs(features - expected).max()),
-                               float(np.abs(features - reference).max()),
-                               float(np.abs(output - want).max()),
+                               max_error(features, expected, f"{where} features"),
+                               max_error(features, reference, f"{where} onnxruntime features"),
+                               max_error(output, want, f"{where} output"),
                                fixed_onnxruntime_tolerance(manifest)))
     return rows
+
+
+def ddr_weights(project: Path, manifest: dict, checked: list[str]) -> np.ndarray:
+    """weights/weights.bin, the words the hardware reads, as DDR lanes; ProjectError unless it
+    is exactly weights_f32.bin's values laid out for the project's MAC array.
+
+    The one place that knows the DDR weight format (m3c.hw.layout): when the word layout
+    changes, only this function follows it.
+    """
+    from m3c.estimate import Precision
+    from m3c.hw.geometry import Geometry, lane_bits
+    from m3c.hw.layout import layout_weights
+    from m3c.runtime.ddr import WordFormat
+    from m3c.runtime.fixed import FixedType
+    from m3c.target import load_target
+    from m3c.validate import load_json
+
+    layout = load_json(project / "weights" / "weights.json")
+    kernel = load_json(project / "kernel.json")
+    word = WordFormat.from_types(manifest["types"], "weight", layout.get("ddr_dtype"))
+    lanes = _raw(project, "weights/weights.bin", checked, word.dtype)
+    values = _raw(project, "weights/weights_f32.bin", checked)
+    if lanes.size != manifest["ddr"]["weights"] or values.size != manifest["weight_elements"]:
+        raise ProjectError(f"{project}/weights: weights.bin holds {lanes.size} lanes and "
+                           f"weights_f32.bin {values.size} values; the kernel takes "
+                           f"{manifest['ddr']['weights']} and {manifest['weight_elements']}",
+                           remedy="recompile the project (a weights file is truncated)")
+    precision = Precision.from_types(manifest["types"])
+    geometry = Geometry(*manifest["tiles"], lane_bits(precision),
+                        load_target(manifest["target"]).hp_port_bits, manifest["row_tile"],
+                        manifest["query_tile"])
+    codes = values if word.spec is None else FixedType.from_json(word.spec).from_float(values)
+    expected = layout_weights(kernel["calls"], geometry, codes).lanes.astype(word.dtype)
+    if not np.array_equal(expected, lanes):
+        differ = int(np.count_nonzero(expected != lanes))
+        raise ProjectError(f"{project}/weights/weights.bin differs from weights_f32.bin in "
+                           f"{differ} of {lanes.size} lanes",
+                           remedy="recompile the project (a weights file was modified)")
+    checked.append("weights/weights.json")
+    return lanes
+
+
+def _raw(project: Path, name: str, checked: list[str], dtype="float32") -> np.ndarray:
+    path = project / name
+    if not path.is_file():
+        raise ProjectError(f"{path} is missing", remedy="recompile the project")
+    checked.append(name)
+    return np.fromfile(path, dtype)
+
+
+def _npy(project: Path, name: str, checked: list[str]) -> np.ndarray:
+    path = project / name
+    try:
+        values = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as error:
+        raise ProjectError(f"{path} is not a readable .npy array ({error})",
+                           remedy="recompile the project") from None
+    checked.append(name)
+    return values
+
+
+def _onnx(project: Path, name: str, checked: list[str]) -> onnx.ModelProto:
+    from google.protobuf.message import DecodeError
+
+    path = project / name
+    try:
+        model = onnx.load(str(path))
+    except (OSError, DecodeError, ValueError) as error:
+        raise ProjectError(f"{path} is not a readable ONNX model ({error})",
+                           remedy="recompile the project") from None
+    checked.append(name)
+    return model
 
 
 # A fixed-point kernel agrees with emulation exactly, but the emulation itself could be wrong

@@ -30,6 +30,10 @@ class CSimKernelFunction:
     def __init__(self, project: Project) -> None:
         from m3c import csim  # needs the m3c compiler and g++: not on the board
 
+        if not (project.root / "hls" / "src" / "kernel.cpp").is_file():
+            raise AcceleratorError(f"{project.root}/hls/src/kernel.cpp is missing: the csim "
+                                   "backend compiles the project's kernel sources",
+                                   remedy="recompile the project, or use --backend reference")
         self.project = project
         self.lib = ctypes.CDLL(str(csim.build(project.root)))
         self.lib.m3c_run.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int]

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import math
+import os
+import secrets
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -23,12 +26,51 @@ def add_arguments(parser: argparse.ArgumentParser, backend: str, self_test: bool
         source.add_argument("--self-test", action="store_true",
                             help="run data/input_task<i>.bin, compare with data/expected_*.npy")
     choice = parser.add_mutually_exclusive_group()
-    choice.add_argument("--task", help="task name (default: the first)")
+    choice.add_argument("--task", type=_task_name, help="task name (default: the first)")
     choice.add_argument("--all-tasks", action="store_true",
                         help="run every task on the image; switching costs one register write")
     parser.add_argument("--backend", choices=BACKENDS, default=backend)
     parser.add_argument("-o", "--output", default="outputs", help="folder for maps (.png/.npy)")
-    parser.add_argument("--timeout", type=float, default=10.0, help="seconds per kernel run")
+    parser.add_argument("--timeout", type=_seconds, default=10.0,
+                        help="seconds per kernel run (> 0)")
+
+
+# argparse types (the board copy cannot use m3c.validate): a bad value is a usage error.
+def _task_name(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("a task name must not be empty")
+    return text
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    return value
+
+
+def output_folder(path: str | Path) -> Path:
+    """The -o folder for maps: created if missing, refused if it is a file."""
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise AcceleratorError(f"-o {out} exists and is not a directory",
+                               remedy="choose a folder for the maps")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def save_atomic(path: Path, write: Callable[[Path], object]) -> None:
+    """`write` fills a hidden sibling that is then renamed onto `path`: a full disk or a kill
+    never leaves a half-written map (the board copy has no m3c.atomic)."""
+    temporary = path.parent / f".{path.name}.m3c-{os.getpid()}-{secrets.token_hex(4)}"
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
 
 
 def kernel_input(accelerator: Accelerator, path: str | Path) -> np.ndarray:
@@ -54,20 +96,26 @@ def execute(project: str | Path, args: argparse.Namespace, quiet: bool = False) 
         for task in tasks:  # unknown names fail here, before anything runs
             accelerator.project.task_index(task)
         image = kernel_input(accelerator, args.image)
-        out = Path(args.output)
-        out.mkdir(parents=True, exist_ok=True)
+        out = output_folder(args.output)
         print(f"{'task':<12} {'kernel ms':>10} {'head ms':>9}  output")
         for task in tasks:
             accelerator.switch_task(task)
             values = output_map(accelerator.run(image))
-            np.save(out / f"{task}.npy", values)
-            write_png(out / f"{task}.png", map_to_pixels(values))
+            # np.save on a file object: with a path it would append ".npy" to the hidden name.
+            save_atomic(out / f"{task}.npy", lambda path, v=values: _save_npy(path, v))
+            save_atomic(out / f"{task}.png",
+                        lambda path, v=values: write_png(path, map_to_pixels(v)))
             timing = accelerator.timing
             print(f"{task:<12} {timing['kernel_s'] * 1e3:>10.2f} {timing['head_s'] * 1e3:>9.2f}"
                   f"  {out / (task + '.png')}")
     if not quiet:
         print(f"backend {args.backend}; maps in {out}/ (class maps as colours, values as grey)")
     return 0
+
+
+def _save_npy(path: Path, values: np.ndarray) -> None:
+    with open(path, "wb") as file:
+        np.save(file, values)
 
 
 def self_test(project: str | Path, args: argparse.Namespace) -> int:
@@ -114,4 +162,13 @@ def main(argv: Sequence[str] | None, project: Path, backend: str = "pynq") -> in
         return self_test(project, args) if args.self_test else execute(project, args)
     except AcceleratorError as error:
         print(f"error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # full disk, read-only card, missing file: the user's to fix
+        print(f"error: {error.filename or ''}: {error.strerror or error}", file=sys.stderr)
+        return 2
+    except Exception as error:
+        if not type(error).__module__.startswith("onnxruntime"):
+            raise
+        print(f"error: onnxruntime cannot run a task head: {str(error).strip()[:300]}",
+              file=sys.stderr)
         return 2

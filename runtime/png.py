@@ -16,6 +16,7 @@ from .errors import AcceleratorError
 
 SIGNATURE = b"\x89PNG\r\n\x1a\n"
 CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # colour type -> samples per pixel
+MAX_PIXELS = 1 << 28  # a corrupt header must not make us allocate gigabytes
 
 
 def _chunk(kind: bytes, data: bytes) -> bytes:
@@ -57,7 +58,12 @@ def read_png(path: str | Path) -> np.ndarray:
     chunks: dict[bytes, bytes] = {}
     for kind, body in _chunks(data, path):
         chunks[kind] = chunks.get(kind, b"") + body  # IDAT may be split over many chunks
+    if len(chunks.get(b"IHDR", b"")) != 13:
+        raise AcceleratorError(f"{path} has no valid IHDR chunk", remedy="re-save the image")
     width, height, depth, colour, _, _, interlace = struct.unpack(">IIBBBBB", chunks[b"IHDR"])
+    if not 0 < width * height <= MAX_PIXELS:
+        raise AcceleratorError(f"{path} is {width}x{height} pixels: empty or larger than "
+                               f"{MAX_PIXELS} pixels", remedy="resize the picture")
     if depth != 8 or interlace != 0 or colour not in CHANNELS:
         raise AcceleratorError(f"{path}: only 8-bit non-interlaced PNGs are supported "
                                f"(this one: {depth}-bit, colour type {colour}, "
@@ -70,8 +76,12 @@ def read_png(path: str | Path) -> np.ndarray:
         raise AcceleratorError(f"{path}: corrupt image data ({error})") from error
     pixels = _unfilter(raw, channels).reshape(height, width, channels)
     if colour == 3:
-        palette = np.frombuffer(chunks[b"PLTE"], np.uint8).reshape(-1, 3)
-        pixels = palette[pixels[..., 0]]
+        palette = chunks.get(b"PLTE", b"")
+        entries = len(palette) // 3
+        if entries == 0 or len(palette) % 3 or int(pixels.max()) >= entries:
+            raise AcceleratorError(f"{path}: palette of {entries} colours does not cover "
+                                   f"index {int(pixels.max())}", remedy="re-save it as RGB")
+        pixels = np.frombuffer(palette, np.uint8).reshape(-1, 3)[pixels[..., 0]]
     return pixels
 
 

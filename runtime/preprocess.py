@@ -42,7 +42,8 @@ def preprocess(picture: np.ndarray, image_shape: tuple[int, ...], config: dict) 
     picture = np.asarray(picture)
     if picture.ndim == 2:
         picture = picture[:, :, None]
-    if picture.ndim != 3 or picture.dtype != np.uint8 or picture.shape[2] not in (1, 2, 3, 4):
+    if (picture.ndim != 3 or picture.dtype != np.uint8 or picture.shape[2] not in (1, 2, 3, 4)
+            or picture.size == 0):
         raise AcceleratorError(f"picture of shape {picture.shape} and dtype {picture.dtype} "
                                "is not an 8-bit grey/RGB(A) image",
                                remedy="pass uint8 [H,W,3] pixels")
@@ -63,7 +64,16 @@ def load_picture(path: str | Path) -> np.ndarray:
     if not path.is_file():
         raise AcceleratorError(f"image {path} does not exist", remedy="check the --image path")
     if path.suffix.lower() == ".npy":
-        return np.load(path, allow_pickle=False)
+        try:
+            array = np.load(path, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as error:  # object arrays, truncated headers
+            raise AcceleratorError(f"{path} is not a readable numeric .npy array ({error})",
+                                   remedy="save the image with numpy.save") from None
+        if not isinstance(array, np.ndarray) or array.dtype.kind not in "biuf" or (
+                array.size == 0):
+            raise AcceleratorError(f"{path} holds no numeric image",
+                                   remedy="save uint8 [H,W,3] pixels or a float32 tensor")
+        return array
     if path.suffix.lower() == ".png":
         from .png import read_png
 

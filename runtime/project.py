@@ -27,9 +27,13 @@ def _find(root: Path, *candidates: str) -> Path:
 
 def _read_json(path: Path) -> dict:
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as error:
+        document = json.loads(path.read_bytes())
+    except (OSError, ValueError) as error:  # UnicodeDecodeError is a ValueError
         raise AcceleratorError(f"cannot read {path}: {error}", remedy=REMEDY) from error
+    if not isinstance(document, dict):
+        raise AcceleratorError(f"{path} holds a JSON {type(document).__name__}, not an object",
+                               remedy=REMEDY)
+    return document
 
 
 @dataclass

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
+
+import numpy as np
 
 from m3c.cli import command
+from m3c.errors import CodegenError
 
 
 def _configure(parser: argparse.ArgumentParser) -> None:
@@ -30,8 +34,11 @@ def _configure(parser: argparse.ArgumentParser) -> None:
 def run_compile(args: argparse.Namespace) -> int:
     from m3c.compile import compile_model
 
+    calib = None if args.calib is None else calibration_images(Path(args.calib))
+    if args.precision_config is not None:
+        check_precision_config(Path(args.precision_config))
     project = compile_model(args.model, target=args.target, out=args.output,
-                            precision=args.precision, force=args.force, calib=args.calib,
+                            precision=args.precision, force=args.force, calib=calib,
                             precision_config=args.precision_config, tiles=args.tiles,
                             budget=args.budget)
     if not args.quiet:
@@ -42,6 +49,47 @@ def run_compile(args: argparse.Namespace) -> int:
               f"`m3c verify {project}` checks it against onnxruntime")
         print(f"estimate ({project / 'report' / 'report.md'}): {summary_line(report)}")
     return 0
+
+
+def calibration_images(path: Path) -> np.ndarray:
+    """--calib: a .npy of finite images, at least one (an .npz, an object array, an empty or
+    NaN array would calibrate nothing, or nonsense)."""
+    remedy = "give a .npy array of finite images shaped [N,3,H,W] (N >= 1)"
+    try:
+        images = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as error:
+        raise CodegenError(f"cannot read calibration images {path}: {error}",
+                           remedy=remedy) from None
+    if not isinstance(images, np.ndarray):  # an .npz archive
+        raise CodegenError(f"{path} is an .npz archive, not one .npy array", remedy=remedy)
+    if images.dtype.kind not in "biuf" or images.size == 0:
+        raise CodegenError(f"{path} holds {images.size} values of type {images.dtype}: no "
+                           "numeric images", remedy=remedy)
+    if not np.isfinite(images).all():
+        raise CodegenError(f"{path} contains NaN or infinite values", remedy=remedy)
+    return images
+
+
+def check_precision_config(path: Path) -> None:
+    """The shapes m3c.precision reads: `types` a mapping of class -> type string, `layers`
+    a mapping of pattern -> {weight/result: type string}."""
+    from m3c.precision import load_config
+
+    config = load_config(path)
+    remedy = 'e.g. {"types": {"data": "ap_fixed<18,8>"}, "layers": {"*/blocks.3/*": ' \
+             '{"weight": "ap_fixed<8,2>"}}}'
+    types = config.get("types") or {}
+    if not isinstance(types, dict) or not all(
+            isinstance(key, str) and isinstance(value, str) for key, value in types.items()):
+        raise CodegenError(f"precision config {path}: 'types' must map class names to type "
+                           "strings", remedy=remedy)
+    layers = config.get("layers") or {}
+    if not isinstance(layers, dict) or not all(
+            isinstance(key, str) and isinstance(spec, dict)
+            and all(isinstance(value, str) for value in spec.values())
+            for key, spec in layers.items()):
+        raise CodegenError(f"precision config {path}: 'layers' must map layer patterns to "
+                           "{weight: type, result: type}", remedy=remedy)
 
 
 def _no_arguments(parser: argparse.ArgumentParser) -> None:

@@ -4,14 +4,18 @@ simulation on real routing."""
 from __future__ import annotations
 
 import argparse
+import os
+from pathlib import Path
 
 from m3c.cli import command
+from m3c.errors import OutputError
 from m3c.estimate import KINDS
+from m3c.validate import load_json, load_project, positive_float, positive_int
 
 
 def _configure_report(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("project", help="project directory made by `m3c compile`")
-    parser.add_argument("--power", type=float, default=None,
+    parser.add_argument("--power", type=positive_float, default=None,
                         help="board power in W for the energy figure (default: the target's)")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     parser.add_argument("--trace", action="store_true",
@@ -23,9 +27,8 @@ def _configure_report(parser: argparse.ArgumentParser) -> None:
 @command("report", "estimate resources, latency, FLOPs and energy of a compiled project",
          _configure_report)
 def run_report(args: argparse.Namespace) -> int:
-    from m3c.report import report_project
-
-    report, written = report_project(args.project, power_w=args.power, plots=not args.no_plots)
+    report, written = write_report_atomic(args.project, power_w=args.power,
+                                          plots=not args.no_plots)
     if args.trace:
         from m3c.trace import trace_project, write_trace
 
@@ -48,6 +51,47 @@ def _trace_summary(rows: list[dict]) -> str:
                else "every call's DDR beats and array cycles equal the estimate"))
 
 
+def _check_writable(project: Path) -> None:
+    for folder in (project, project / "report"):
+        if folder.is_dir() and not os.access(folder, os.W_OK | os.X_OK):
+            raise OutputError(f"{folder} is read-only: the report cannot be rewritten",
+                              remedy="make the project writable, or copy it somewhere writable")
+
+
+def write_report_atomic(project: str | Path, power_w: float | None = None,
+                        plots: bool = True) -> tuple[dict, list[Path]]:
+    """`m3c.report.report_project`, with the project's files validated first and report/
+    rebuilt beside the old one and renamed into place (a failure keeps the old report)."""
+    from m3c.atomic import staged_directory
+    from m3c.dse import DEFAULT_BUDGET
+    from m3c.report import (
+        REPORT_DIR,
+        SIMULATION_FILE,
+        build_report,
+        mean_routing,
+        project_design,
+        write_report,
+    )
+
+    project = Path(project)
+    manifest, kernel = load_project(project)
+    _check_writable(project)
+    folder = project / REPORT_DIR
+    simulation_path = folder / SIMULATION_FILE
+    simulation = load_json(simulation_path) if simulation_path.is_file() else None
+    choice = project_design(manifest, kernel, budget=manifest.get("budget", DEFAULT_BUDGET),
+                            routing=mean_routing(simulation))
+    report = build_report(manifest, kernel, choice, power_w, simulation)
+    with staged_directory(folder, force=True) as staging:
+        written = write_report(staging, report, plots)  # into staging/report/
+        for path in (staging / REPORT_DIR).iterdir():
+            os.rename(path, staging / path.name)
+        (staging / REPORT_DIR).rmdir()
+        if simulation_path.is_file():  # the replay `m3c simulate` saved stays with the report
+            (staging / SIMULATION_FILE).write_bytes(simulation_path.read_bytes())
+    return report, [folder / path.name for path in written]
+
+
 def summary_line(report: dict) -> str:
     used = report["resources"]["utilisation"]
     tiles = report["tiles"]
@@ -66,7 +110,7 @@ def _configure_simulate(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--images", type=_images, default=4,
                         help="a number of synthetic scenes, or comma-separated .npy images")
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic scenes")
-    parser.add_argument("--slots", type=int, default=2,
+    parser.add_argument("--slots", type=positive_int, default=2,
                         help="experts the token-major cache holds (default: the two "
                              "expert-major slots, the same on-chip memory)")
 
@@ -75,10 +119,11 @@ def _configure_simulate(parser: argparse.ArgumentParser) -> None:
          "designs", _configure_simulate)
 def run_simulate(args: argparse.Namespace) -> int:
     from m3c.memsim import simulate_project
-    from m3c.report import report_project
 
+    load_project(args.project)
+    _check_writable(Path(args.project))
     simulation = simulate_project(args.project, args.images, args.seed, args.slots)
-    report_project(args.project)
+    write_report_atomic(args.project)
     if not args.quiet:
         print(format_simulation(simulation))
     return 0

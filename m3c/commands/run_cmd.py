@@ -17,5 +17,8 @@ def _configure(parser: argparse.ArgumentParser) -> None:
 @command("run", "run a compiled project on an image and write per-task maps", _configure)
 def run_project(args: argparse.Namespace) -> int:
     from m3c.runtime.app import execute
+    from m3c.validate import load_project
+
+    load_project(args.project)  # the runtime trusts the project's JSON; check it here
 
     return execute(args.project, args, quiet=args.quiet)
