@@ -1,7 +1,9 @@
-"""`m3c verify`: push the same inputs through every stage and compare with onnxruntime.
+"""`m3c verify`: push the same inputs through every stage and compare with the oracles.
 
-The oracle is onnxruntime on the original file. Inputs are seeded random images (several
-scales, so that tokens spread over experts) for every task id.
+The oracle is onnxruntime on the original file; with the `tvm` extra, TVM on the same file is a
+second, independent one (`m3c.tvm_oracle`), and the two must agree with each other before
+either is trusted. Inputs are seeded random images (several scales, so that tokens spread
+over experts) for every task id.
 """
 
 from __future__ import annotations
@@ -24,11 +26,46 @@ class StageRow:
     index: int
     stage: str
     op_counts: dict[str, int]
-    errors: dict[str, float] = field(default_factory=dict)  # per task name
+    errors: dict[str, float] = field(default_factory=dict)  # per task name, vs onnxruntime
+    tvm_errors: dict[str, float] = field(default_factory=dict)  # per task name, vs TVM
 
     @property
     def max_error(self) -> float:
-        return max(self.errors.values(), default=0.0)
+        return max([*self.errors.values(), *self.tvm_errors.values()], default=0.0)
+
+
+ORACLES = ("ort", "tvm", "both")
+# TVM and onnxruntime agree within 1.9e-7 on every preset measured; far above that is a bug
+# in one of them, whatever tolerance the stages are held to.
+ORACLE_TOLERANCE = 1e-4
+
+
+@dataclass
+class OracleRow:
+    """TVM against onnxruntime on a graph both run: the original model, or a task's host head
+    on the final stage's features."""
+
+    graph: str  # "model" or "head"
+    task: str
+    error: float
+
+    @property
+    def passed(self) -> bool:
+        return self.error <= ORACLE_TOLERANCE
+
+
+@dataclass
+class Verification:
+    """`m3c verify` on an ONNX file: the stage rows, the oracles' agreement, and a note when
+    TVM was not used."""
+
+    stages: list[StageRow]
+    oracles: list[OracleRow] = field(default_factory=list)
+    note: str | None = None
+
+    @property
+    def oracles_agree(self) -> bool:
+        return all(row.passed for row in self.oracles)
 
 
 def task_names(model: onnx.ModelProto) -> list[str]:
@@ -57,45 +94,135 @@ def _task_of(feeds: dict, tasks: list[str]) -> str:
     return tasks[int(feeds["task"])] if "task" in feeds else tasks[0]
 
 
-def verify(model_path: str | Path, count: int = 2, seed: int = 0, until: str | None = None):
-    """Run every stage of the lowering pipeline on the same inputs; one `StageRow` per stage."""
+def verify(model_path: str | Path, count: int = 2, seed: int = 0,
+           until: str | None = None) -> list[StageRow]:
+    """Run every stage of the lowering pipeline on the same inputs; one `StageRow` per stage,
+    against onnxruntime alone (`verify_model` adds TVM)."""
+    return verify_model(model_path, count, seed, until, oracle="ort").stages
+
+
+def verify_model(model_path: str | Path, count: int = 2, seed: int = 0,
+                 until: str | None = None, oracle: str = "both") -> Verification:
+    """Every stage against onnxruntime and/or TVM (`oracle`: ort, tvm or both), and with both,
+    TVM against onnxruntime on the original model and on every host head graph."""
+    from m3c import tvm_oracle
     from m3c.graph import load_model, ort_session
     from m3c.passmanager import default_pipeline
 
+    if oracle not in ORACLES:
+        raise GraphImportError(f"unknown oracle {oracle!r}", remedy="use ort, tvm or both")
+    use_tvm = oracle != "ort" and (oracle == "tvm" or tvm_oracle.available())
+    note = None
+    if oracle == "ort":
+        note = "TVM was not used (--oracle ort)"
+    elif not use_tvm:
+        note = f"TVM was not used: it is not installed ({tvm_oracle.INSTALL_REMEDY})"
     original = load_model(model_path)
     proto = original.to_onnx()
     try:
-        oracle = ort_session(proto)
+        oracle_session = ort_session(proto)
     except Exception as error:  # onnxruntime rejects what it cannot run
         raise GraphImportError(f"onnxruntime cannot run {model_path}: {error}") from error
     tasks = task_names(proto)
     feeds_list = sample_feeds(proto, count, seed)
-    names = [output.name for output in oracle.get_outputs()]
-    expected = [dict(zip(names, oracle.run(None, feeds), strict=True)) for feeds in feeds_list]
-    rows = []
+    names = [output.name for output in oracle_session.get_outputs()]
+    expected = [dict(zip(names, oracle_session.run(None, feeds), strict=True))
+                for feeds in feeds_list]
+    tvm_expected, oracle_rows = None, []
+    if use_tvm:
+        tvm_model = tvm_oracle.TVMModel(proto, label=str(model_path))
+        tvm_expected = [tvm_model.run(feeds) for feeds in feeds_list]
+        del tvm_model  # its compiled weights are not needed while the stages run
+        if oracle == "both":
+            oracle_rows = _oracle_rows("model", expected, tvm_expected)
+    rows, final = [], None
     for index, name, graph in default_pipeline().stages(original, until=until):
         row = StageRow(index, name, dict(sorted(Counter(graph.op_types()).items())))
-        for feeds, want in zip(feeds_list, expected, strict=True):
+        for position, feeds in enumerate(feeds_list):
             # A task's output is what the model computes for that task; others are ignored.
             task = _task_of(feeds, tasks)
             got = graph.run_output(feeds, task)
-            error = float(np.abs(got - want[task]).max())
-            row.errors[task] = max(row.errors.get(task, 0.0), error)
+            if oracle != "tvm":
+                _record(row.errors, task, got, expected[position][task])
+            if tvm_expected is not None:
+                _record(row.tvm_errors, task, got, tvm_expected[position][task])
         rows.append(row)
+        final = graph
+    if oracle == "both" and use_tvm and final is not None and final.heads:
+        oracle_rows += _head_oracle_rows(final, feeds_list, tasks)
+    return Verification(rows, oracle_rows, note)
+
+
+def _record(errors: dict[str, float], task: str, got: np.ndarray, want: np.ndarray) -> None:
+    errors[task] = max(errors.get(task, 0.0), float(np.abs(got - want).max()))
+
+
+def _oracle_rows(graph: str, ort_outputs: list[dict], tvm_outputs: list[dict]) -> list[OracleRow]:
+    """TVM vs onnxruntime, worst over the feeds, for every output both computed."""
+    errors: dict[str, float] = {}
+    for ort_output, tvm_output in zip(ort_outputs, tvm_outputs, strict=True):
+        for name, value in ort_output.items():
+            _record(errors, name, tvm_output[name], value)
+    return [OracleRow(graph, task, error) for task, error in errors.items()]
+
+
+def _head_oracle_rows(graph, feeds_list: list[dict], tasks: list[str]) -> list[OracleRow]:
+    """Each host head through both oracles on the final stage's features for its task's
+    feeds (the heads run on the host, so their oracle is the only check they get)."""
+    from m3c import tvm_oracle
+    from m3c.graph import ort_session
+
+    rows = []
+    for task, head in graph.heads.items():
+        proto = graph.to_onnx(head)
+        session = ort_session(proto)
+        head_model = tvm_oracle.TVMModel(proto, label=f"the host head of {task}")
+        input_name = head.inputs[0].name
+        ort_outputs, tvm_outputs = [], []
+        for feeds in feeds_list:
+            if "task" in feeds and _task_of(feeds, tasks) != task:
+                continue  # features routed for another task are not this head's input
+            head_feeds = {input_name: next(iter(graph.run(feeds).values()))}
+            ort_outputs.append({task: session.run([task], head_feeds)[0]})
+            tvm_outputs.append({task: head_model.run(head_feeds)[task]})
+        rows += _oracle_rows("head", ort_outputs, tvm_outputs)
     return rows
 
 
 def format_table(rows: list[StageRow]) -> str:
-    """The verification rows as an aligned text table."""
-    tasks = list(rows[0].errors) if rows else []
-    header = ["#", "stage", "nodes", "m3c ops", *[f"err[{t}]" for t in tasks]]
+    """The verification rows as an aligned text table (a column per task and oracle)."""
+    first = rows[0] if rows else StageRow(0, "", {})
+    tasks = list(dict.fromkeys([*first.errors, *first.tvm_errors]))
+    columns = [(oracle, task, field) for task in tasks
+               for oracle, field in (("ort", "errors"), ("tvm", "tvm_errors"))
+               if task in getattr(first, field)]
+    header = ["#", "stage", "nodes", "m3c ops", *[f"{o}[{t}]" for o, t, _ in columns]]
     lines = [header]
     for row in rows:
         m3c_ops = " ".join(f"{op[4:]}×{n}" for op, n in row.op_counts.items()
                            if op.startswith("m3c.")) or "-"
         lines.append([str(row.index), row.stage, str(sum(row.op_counts.values())), m3c_ops,
-                      *[f"{row.errors[t]:.2e}" for t in tasks]])
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+                      *[f"{getattr(row, field)[t]:.2e}" for _, t, field in columns]])
+    return _aligned(lines)
+
+
+def format_oracles(result: Verification) -> str:
+    """TVM vs onnxruntime per graph and task, and the verdict on their agreement; or the note
+    saying TVM was not used."""
+    if not result.oracles:
+        return result.note or "TVM was not used"
+    lines = [["oracles", "task", "TVM vs onnxruntime"]]
+    lines += [[row.graph, row.task, f"{row.error:.2e}"] for row in result.oracles]
+    table = _aligned(lines)
+    if result.oracles_agree:
+        return f"{table}\noracles agree within {ORACLE_TOLERANCE:.0e}: PASS"
+    worst = max(result.oracles, key=lambda row: row.error)
+    return (f"{table}\nFAIL: the oracles disagree: TVM and onnxruntime differ by "
+            f"{worst.error:.2e} > {ORACLE_TOLERANCE:.0e} on the {worst.graph} ({worst.task})")
+
+
+def _aligned(lines: list[list[str]]) -> str:
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
     return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True))
                      for line in lines)
 
@@ -115,18 +242,27 @@ class ProjectRow:
     kernel_error: float
     features_error: float
     output_error: float
+    head_oracle_error: float | None = None  # the host head in TVM vs onnxruntime; None: no TVM
+
+    @property
+    def oracles_agree(self) -> bool:
+        return self.head_oracle_error is None or self.head_oracle_error <= ORACLE_TOLERANCE
 
     @property
     def passed(self) -> bool:
+        if not self.oracles_agree:
+            return False
         if self.precision == "fixed":
             return self.kernel_error <= self.tolerance
         return max(self.kernel_error, self.output_error) <= self.tolerance
 
 
-def verify_project(project: str | Path) -> list[ProjectRow]:
+def verify_project(project: str | Path, oracle: str = "both") -> list[ProjectRow]:
     """Every task's test vector through the C-simulated kernel and the host head, compared
-    with the project's expected kernel output and with onnxruntime on the original model."""
-    from m3c import csim
+    with the project's expected kernel output and with onnxruntime on the original model.
+    With TVM (`oracle` both, the extra installed), each host head also runs in TVM on the same
+    features and must agree with onnxruntime."""
+    from m3c import csim, tvm_oracle
     from m3c.graph import ort_session
 
     project = Path(project)
@@ -143,26 +279,42 @@ def verify_project(project: str | Path) -> list[ProjectRow]:
         expected = np.fromfile(data / f"features_task{index}.bin", np.float32)
         reference = np.fromfile(data / f"features_onnxruntime_task{index}.bin", np.float32)
         features = kernel.run(image, index)
-        head = ort_session(onnx.load(str(project / "host" / "heads" / f"{task}.onnx")))
+        head_proto = onnx.load(str(project / "host" / "heads" / f"{task}.onnx"))
+        head = ort_session(head_proto)
         shaped = features.reshape(manifest["features_shape"])
-        output = head.run(None, {head.get_inputs()[0].name: shaped})[0]
+        head_feeds = {head.get_inputs()[0].name: shaped}
+        output = head.run(None, head_feeds)[0]
         want = np.load(data / f"expected_{task}.npy")
+        head_oracle_error = None
+        if oracle == "both" and tvm_oracle.available():
+            head_model = tvm_oracle.TVMModel(head_proto, label=f"the host head of {task}")
+            head_oracle_error = float(np.abs(head_model.run(head_feeds)[task] - output).max())
         rows.append(ProjectRow(task, manifest["precision"], manifest["tolerance"],
                                float(np.abs(features - expected).max()),
                                float(np.abs(features - reference).max()),
-                               float(np.abs(output - want).max())))
+                               float(np.abs(output - want).max()), head_oracle_error))
     return rows
 
 
 def format_project_table(rows: list[ProjectRow]) -> str:
     expected = "emulation" if rows and rows[0].precision == "fixed" else "onnxruntime"
     lines = [f"{'task':<12} {'csim vs ' + expected:>22} {'encoder vs ORT':>15} "
-             f"{'task output vs ORT':>19}  verdict"]
+             f"{'task output vs ORT':>19} {'head TVM vs ORT':>16}  verdict"]
     lines += [f"{row.task:<12} {row.kernel_error:>22.2e} {row.features_error:>15.2e} "
-              f"{row.output_error:>19.2e}  {'PASS' if row.passed else 'FAIL'}" for row in rows]
+              f"{row.output_error:>19.2e} {_optional(row.head_oracle_error):>16}  "
+              f"{'PASS' if row.passed else 'FAIL'}" for row in rows]
     if rows:
         rule = ("fixed point: the C-simulation must equal the bit-accurate numpy emulation"
                 if rows[0].precision == "fixed" else
                 f"float: the C-simulation must match onnxruntime within {rows[0].tolerance:.0e}")
         lines.append(rule)
+        if all(row.head_oracle_error is None for row in rows):
+            lines.append("TVM was not used (not installed, or --oracle is not both)")
+        elif not all(row.oracles_agree for row in rows):
+            lines.append(f"FAIL: the oracles disagree: TVM and onnxruntime differ by more than "
+                         f"{ORACLE_TOLERANCE:.0e} on a host head")
     return "\n".join(lines)
+
+
+def _optional(error: float | None) -> str:
+    return "-" if error is None else f"{error:.2e}"

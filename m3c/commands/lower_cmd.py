@@ -57,23 +57,33 @@ def _configure_verify(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--until", help="stop after this pass")
     parser.add_argument("--tolerance", type=float, default=1e-4)
+    parser.add_argument("--oracle", choices=("ort", "tvm", "both"), default="both",
+                        help="onnxruntime, TVM (the tvm extra) or both, which must then agree")
 
 
-@command("verify", "run every stage on the same inputs and compare with onnxruntime",
+@command("verify", "run every stage on the same inputs and compare with onnxruntime (and TVM)",
          _configure_verify)
 def run_verify(args: argparse.Namespace) -> int:
-    from m3c.verify import format_project_table, format_table, verify, verify_project
+    from m3c.verify import (
+        format_oracles,
+        format_project_table,
+        format_table,
+        verify_model,
+        verify_project,
+    )
 
     if Path(args.model).is_dir():
-        project_rows = verify_project(args.model)
+        project_rows = verify_project(args.model, oracle=args.oracle)
         print(format_project_table(project_rows))
         passed = all(row.passed for row in project_rows)
         print("PASS" if passed else "FAIL")
         return 0 if passed else 1
-    rows = verify(args.model, count=args.images, seed=args.seed, until=args.until)
-    print(format_table(rows))
-    worst = max(row.max_error for row in rows)
+    result = verify_model(args.model, count=args.images, seed=args.seed, until=args.until,
+                          oracle=args.oracle)
+    print(format_table(result.stages))
+    worst = max(row.max_error for row in result.stages)
     passed = worst <= args.tolerance
     print(f"worst error {worst:.2e} vs tolerance {args.tolerance:.0e}: "
           f"{'PASS' if passed else 'FAIL'}")
-    return 0 if passed else 1
+    print(format_oracles(result))
+    return 0 if passed and result.oracles_agree else 1
