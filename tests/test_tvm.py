@@ -46,28 +46,21 @@ def test_cli_verify_shows_tvm_column_and_passes(needs_tvm, export_model, preset,
     result = subprocess.run([sys.executable, "-m", "m3c", "verify", str(path), "--images", "1"],
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
-    header, *rows = result.stdout.splitlines()
+    lines = result.stdout.splitlines()
+    header = lines[0].split()
     tasks = [output.name for output in onnx.load(str(path)).graph.output]
-    for task in tasks:
-        assert f"ort[{task}]" in header and f"tvm[{task}]" in header
-    for oracle_row in ("model", "head"):
-        assert {task for task in tasks
-                if any(line.split()[:2] == [oracle_row, task] for line in rows)} == set(tasks)
+    columns = [f"{oracle}[{task}]" for task in tasks for oracle in ("ort", "tvm")]
+    assert header[-len(columns):] == columns
+    stages = [line.split() for line in lines[1:] if line.split()[0].isdigit()]
+    assert len(stages) == 14
+    assert all(float(cell) <= 1e-4 for stage in stages for cell in stage[-len(columns):])
+    oracle_rows = {(cells[0], cells[1]): float(cells[2]) for cells in map(str.split, lines)
+                   if cells[0] in ("model", "head")}
+    assert set(oracle_rows) == {(graph, task) for graph in ("model", "head") for task in tasks}
+    # TVM is its own compiler: its results differ from onnxruntime's in the last bits
+    assert all(0 < oracle_rows["model", task] <= 1e-4 for task in tasks)
+    assert all(error <= 1e-4 for error in oracle_rows.values())
     assert "oracles agree within 1e-04: PASS" in result.stdout
-
-
-@pytest.mark.tvm
-def test_verify_model_checks_every_stage_and_head_against_both(needs_tvm, export_model):
-    _, path = export_model("micro-nyud", "task")
-    result = verify_model(path, count=1)
-    tasks = [output.name for output in onnx.load(str(path)).graph.output]
-    assert result.note is None and result.oracles_agree
-    for row in result.stages:
-        assert set(row.errors) == set(row.tvm_errors) == set(tasks)
-        assert row.max_error <= 1e-4, (row.stage, row.errors, row.tvm_errors)
-    assert sorted((row.graph, row.task) for row in result.oracles) == sorted(
-        (graph, task) for graph in ("model", "head") for task in tasks)
-    assert all(0 < row.error <= 1e-4 for row in result.oracles if row.graph == "model")
 
 
 @pytest.mark.tvm
@@ -75,14 +68,18 @@ def test_oracles_disagreeing_fail_verify(needs_tvm, export_model, monkeypatch, c
     _, path = export_model("micro-nyud", "multi")
     monkeypatch.setattr(tvm_oracle, "TVMModel", AlteredTVMModel)
     status = main(["verify", str(path), "--images", "1"])
-    out = capsys.readouterr().out
+    lines = capsys.readouterr().out.splitlines()
     assert status == 1
-    assert "FAIL: the oracles disagree" in out
-    # the onnxruntime columns alone still pass: the failure is the oracles', not the stages'
-    result = verify_model(path, count=1)
-    assert not result.oracles_agree
-    assert {row.graph for row in result.oracles if not row.passed} == {"model", "head"}
-    assert all(max(row.errors.values()) <= 1e-4 for row in result.stages)
+    assert any(line.startswith("FAIL: the oracles disagree") for line in lines)
+    failing = {cells[0] for cells in map(str.split, lines)
+               if cells[0] in ("model", "head") and float(cells[2]) > 1e-4}
+    assert failing == {"model", "head"}
+    # the onnxruntime columns still pass: the oracles are what failed, not the stages
+    # the error columns end each line; the m3c ops cell before them has spaces of its own
+    columns = [name for name in lines[0].split() if name[:4] in ("ort[", "tvm[")]
+    ort_columns = [i - len(columns) for i, name in enumerate(columns) if name[:4] == "ort["]
+    stages = [line.split() for line in lines[1:] if line.split()[0].isdigit()]
+    assert stages and all(float(stage[i]) <= 1e-4 for stage in stages for i in ort_columns)
 
 
 @pytest.mark.tvm
