@@ -93,7 +93,7 @@ def _runners(framework: str, preset: str, variant: str, model, feeds: dict,
     if framework == "tvm":
         from m3c import tvm_oracle
 
-        # built once: the untuned default pipeline's code does not depend on the thread count
+        # built once: its parallel loops run on the runtime pool, sized per measurement
         compiled = tvm_oracle.TVMModel(model, label=f"{preset} {variant}")
 
         def tvm_runner(count: int):

@@ -56,17 +56,17 @@ def check_standard_domains(model: onnx.ModelProto, label: str = "the model") -> 
                        "are checked against onnxruntime only")
 
 
-def host_target(threads: int = 1):
+def host_target():
     """The LLVM target for this machine's CPU, in the JSON form TVM 0.27 accepts."""
     tvm = _tvm()
     from tvm.target import codegen
 
-    return tvm.target.Target({"kind": "llvm", "mcpu": codegen.llvm_get_system_cpu(),
-                              "num-cores": threads})
+    return tvm.target.Target({"kind": "llvm", "mcpu": codegen.llvm_get_system_cpu()})
 
 
 def set_threads(threads: int) -> None:
-    """Size TVM's runtime thread pool (it otherwise sizes itself from the machine)."""
+    """Size TVM's runtime thread pool, which runs the compiled code's parallel loops (it
+    otherwise sizes itself from the machine)."""
     config = _tvm().get_global_func("runtime.config_threadpool")
     config(1, threads)  # mode 1: big cores first, which on a homogeneous CPU means any
 
@@ -74,8 +74,7 @@ def set_threads(threads: int) -> None:
 class TVMModel:
     """A standard-domain ONNX model compiled by TVM's default Relax pipeline for the CPU."""
 
-    def __init__(self, model: onnx.ModelProto, label: str = "the model",
-                 threads: int = 1) -> None:
+    def __init__(self, model: onnx.ModelProto, label: str = "the model") -> None:
         check_standard_domains(model, label)
         tvm = _tvm()
         from tvm import relax
@@ -92,7 +91,7 @@ class TVMModel:
                                  f"{_first_line(error)}",
                                  remedy="run verify with --oracle ort") from error
         try:
-            executable = tvm.compile(module, target=host_target(threads))
+            executable = tvm.compile(module, target=host_target())
         except Exception as error:
             raise TVMOracleError(f"TVM cannot build {label}: {_first_line(error)}",
                                  remedy="run verify with --oracle ort") from error

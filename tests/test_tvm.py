@@ -27,8 +27,7 @@ class AlteredTVMModel(TVMModel):
     """TVM handed a deliberately altered copy: the last float weight of the graph shifted by
     0.5, so its output moves while onnxruntime keeps the true model."""
 
-    def __init__(self, model: onnx.ModelProto, label: str = "the model",
-                 threads: int = 1) -> None:
+    def __init__(self, model: onnx.ModelProto, label: str = "the model") -> None:
         altered = copy.deepcopy(model)
         weights = {init.name: init for init in altered.graph.initializer
                    if init.data_type == TensorProto.FLOAT}
@@ -36,7 +35,7 @@ class AlteredTVMModel(TVMModel):
                     if name in weights)
         shifted = numpy_helper.to_array(weights[name]) + np.float32(0.5)
         weights[name].CopyFrom(numpy_helper.from_array(shifted, name))
-        super().__init__(altered, label, threads)
+        super().__init__(altered, label)
 
 
 @pytest.mark.tvm
