@@ -3,10 +3,11 @@
 For each preset (random weights): onnxruntime, torch eager and TVM (default Relax pipeline,
 llvm for this CPU, untuned) with 1 and 2 threads, on the encoder alone and on the encoder with
 one task's head (task 0: the accelerator runs one task per inference, its head on the host).
-Each figure is the median of `--repeats` runs after one warm-up run; a framework whose warm-up
-run takes longer than `--max-seconds` is timed on that one run (noted as `runs: 1`). The
-accelerator column is the estimate in the compiled project's report (`m3c.compile`, zcu104,
-fixed point) plus, with the head, onnxruntime running the project's host head on this CPU.
+Each figure (milliseconds per image) is the median of `--repeats` runs after one warm-up run;
+a framework whose warm-up run takes longer than `--max-seconds` is timed on that one run (noted
+as `runs: 1`). The accelerator column is the estimate in the compiled project's report
+(`m3c.compile`, zcu104, fixed point) plus, with the head, onnxruntime running the project's host
+head on this CPU.
 
 Each framework runs in its own child process, so that one's thread pool cannot slow another's.
 

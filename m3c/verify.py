@@ -130,7 +130,8 @@ def verify_model(model_path: str | Path, count: int = 2, seed: int = 0,
                 for feeds in feeds_list]
     tvm_expected, oracle_rows = None, []
     if use_tvm:
-        tvm_model = tvm_oracle.TVMModel(proto, label=str(model_path))
+        label = str(model_path) if isinstance(model_path, (str, Path)) else "the model"
+        tvm_model = tvm_oracle.TVMModel(proto, label=label)
         tvm_expected = [tvm_model.run(feeds) for feeds in feeds_list]
         del tvm_model  # its compiled weights are not needed while the stages run
         if oracle == "both":
