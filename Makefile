@@ -7,7 +7,7 @@ PIP := $(VENV)/bin/pip
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
-	$(PIP) install --quiet -e '.[dev,cluster]'
+	$(PIP) install --quiet -e '.[dev,tvm,cluster]'
 	touch $@
 
 install: $(VENV)/.installed

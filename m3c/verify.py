@@ -1,7 +1,9 @@
-"""`m3c verify`: push the same inputs through every stage and compare with onnxruntime.
+"""`m3c verify`: push the same inputs through every stage and compare with the oracles.
 
-The oracle is onnxruntime on the original file. Inputs are seeded random images (several
-scales, so that tokens spread over experts) for every task id.
+The oracle is onnxruntime on the original file; with the `tvm` extra, TVM on the same file is a
+second, independent one (`m3c.tvm_oracle`), and the two must agree with each other before
+either is trusted. Inputs are seeded random images (several scales, so that tokens spread
+over experts) for every task id.
 """
 
 from __future__ import annotations
@@ -25,11 +27,46 @@ class StageRow:
     index: int
     stage: str
     op_counts: dict[str, int]
-    errors: dict[str, float] = field(default_factory=dict)  # per task name
+    errors: dict[str, float] = field(default_factory=dict)  # per task name, vs onnxruntime
+    tvm_errors: dict[str, float] = field(default_factory=dict)  # per task name, vs TVM
 
     @property
     def max_error(self) -> float:
-        return max(self.errors.values(), default=0.0)
+        return max([*self.errors.values(), *self.tvm_errors.values()], default=0.0)
+
+
+ORACLES = ("ort", "tvm", "both")
+# TVM and onnxruntime agree within 1.9e-7 on every preset measured; far above that is a bug
+# in one of them, whatever tolerance the stages are held to.
+ORACLE_TOLERANCE = 1e-4
+
+
+@dataclass
+class OracleRow:
+    """TVM against onnxruntime on a graph both run: the original model, or a task's host head
+    on the final stage's features."""
+
+    graph: str  # "model" or "head"
+    task: str
+    error: float
+
+    @property
+    def passed(self) -> bool:
+        return self.error <= ORACLE_TOLERANCE
+
+
+@dataclass
+class Verification:
+    """`m3c verify` on an ONNX file: the stage rows, the oracles' agreement, and a note when
+    TVM was not used."""
+
+    stages: list[StageRow]
+    oracles: list[OracleRow] = field(default_factory=list)
+    note: str | None = None
+
+    @property
+    def oracles_agree(self) -> bool:
+        return all(row.passed for row in self.oracles)
 
 
 def task_names(model: onnx.ModelProto) -> list[str]:
@@ -63,33 +100,104 @@ def _task_of(feeds: dict, tasks: list[str]) -> str:
     return tasks[int(feeds["task"])] if "task" in feeds else tasks[0]
 
 
-def verify(model_path: str | Path, count: int = 2, seed: int = 0, until: str | None = None):
-    """Run every stage of the lowering pipeline on the same inputs; one `StageRow` per stage."""
+def verify(model_path: str | Path, count: int = 2, seed: int = 0,
+           until: str | None = None) -> list[StageRow]:
+    """Run every stage of the lowering pipeline on the same inputs; one `StageRow` per stage,
+    against onnxruntime alone (`verify_model` adds TVM)."""
+    return verify_model(model_path, count, seed, until, oracle="ort").stages
+
+
+def verify_model(model_path: str | Path, count: int = 2, seed: int = 0,
+                 until: str | None = None, oracle: str = "both") -> Verification:
+    """Every stage against onnxruntime and/or TVM (`oracle`: ort, tvm or both), and with both,
+    TVM against onnxruntime on the original model and on every host head graph."""
+    from m3c import tvm_oracle
     from m3c.graph import load_model, ort_session
     from m3c.passmanager import default_pipeline
     from m3c.validate import check_count
 
     check_count(count, "the number of images")
+    if oracle not in ORACLES:
+        raise GraphImportError(f"unknown oracle {oracle!r}", remedy="use ort, tvm or both")
+    use_tvm = oracle != "ort" and (oracle == "tvm" or tvm_oracle.available())
+    note = None
+    if oracle == "ort":
+        note = "TVM was not used (--oracle ort)"
+    elif not use_tvm:
+        note = f"TVM was not used: it is not installed ({tvm_oracle.INSTALL_REMEDY})"
     original = load_model(model_path)
     proto = original.to_onnx()
     try:
-        oracle = ort_session(proto)
+        oracle_session = ort_session(proto)
     except Exception as error:  # onnxruntime rejects what it cannot run
         raise GraphImportError(f"onnxruntime cannot run {model_path}: {error}") from error
     tasks = task_names(proto)
     feeds_list = sample_feeds(proto, count, seed)
-    names = [output.name for output in oracle.get_outputs()]
-    expected = [dict(zip(names, oracle.run(None, feeds), strict=True)) for feeds in feeds_list]
-    rows = []
+    names = [output.name for output in oracle_session.get_outputs()]
+    expected = [dict(zip(names, oracle_session.run(None, feeds), strict=True))
+                for feeds in feeds_list]
+    tvm_expected, oracle_rows = None, []
+    if use_tvm:
+        label = str(model_path) if isinstance(model_path, (str, Path)) else "the model"
+        tvm_model = tvm_oracle.TVMModel(proto, label=label)
+        tvm_expected = [tvm_model.run(feeds) for feeds in feeds_list]
+        del tvm_model  # its compiled weights are not needed while the stages run
+        if oracle == "both":
+            oracle_rows = _oracle_rows("model", expected, tvm_expected)
+    rows, final = [], None
     for index, name, graph in default_pipeline().stages(original, until=until):
         row = StageRow(index, name, dict(sorted(Counter(graph.op_types()).items())))
-        for feeds, want in zip(feeds_list, expected, strict=True):
+        for position, feeds in enumerate(feeds_list):
             # A task's output is what the model computes for that task; others are ignored.
             task = _task_of(feeds, tasks)
             got = graph.run_output(feeds, task)
-            error = max_error(got, want[task], f"stage {name}, task {task}")
-            row.errors[task] = max(row.errors.get(task, 0.0), error)
+            if oracle != "tvm":
+                _record(row.errors, task, got, expected[position][task],
+                        f"stage {name}, task {task}")
+            if tvm_expected is not None:
+                _record(row.tvm_errors, task, got, tvm_expected[position][task],
+                        f"stage {name}, task {task} (TVM)")
         rows.append(row)
+        final = graph
+    if oracle == "both" and use_tvm and final is not None and final.heads:
+        oracle_rows += _head_oracle_rows(final, feeds_list, tasks)
+    return Verification(rows, oracle_rows, note)
+
+
+def _record(errors: dict[str, float], task: str, got: np.ndarray, want: np.ndarray,
+            what: str) -> None:
+    errors[task] = max(errors.get(task, 0.0), max_error(got, want, what))
+
+
+def _oracle_rows(graph: str, ort_outputs: list[dict], tvm_outputs: list[dict]) -> list[OracleRow]:
+    """TVM vs onnxruntime, worst over the feeds, for every output both computed."""
+    errors: dict[str, float] = {}
+    for ort_output, tvm_output in zip(ort_outputs, tvm_outputs, strict=True):
+        for name, value in ort_output.items():
+            _record(errors, name, tvm_output[name], value, f"{graph} output {name} in TVM")
+    return [OracleRow(graph, task, error) for task, error in errors.items()]
+
+
+def _head_oracle_rows(graph, feeds_list: list[dict], tasks: list[str]) -> list[OracleRow]:
+    """Each host head through both oracles on the final stage's features for its task's
+    feeds (the heads run on the host, so their oracle is the only check they get)."""
+    from m3c import tvm_oracle
+    from m3c.graph import ort_session
+
+    rows = []
+    for task, head in graph.heads.items():
+        proto = graph.to_onnx(head)
+        session = ort_session(proto)
+        head_model = tvm_oracle.TVMModel(proto, label=f"the host head of {task}")
+        input_name = head.inputs[0].name
+        ort_outputs, tvm_outputs = [], []
+        for feeds in feeds_list:
+            if "task" in feeds and _task_of(feeds, tasks) != task:
+                continue  # features routed for another task are not this head's input
+            head_feeds = {input_name: next(iter(graph.run(feeds).values()))}
+            ort_outputs.append({task: session.run([task], head_feeds)[0]})
+            tvm_outputs.append({task: head_model.run(head_feeds)[task]})
+        rows += _oracle_rows("head", ort_outputs, tvm_outputs)
     return rows
 
 
@@ -110,21 +218,45 @@ def max_error(got: np.ndarray, want: np.ndarray, what: str) -> float:
 
 def worst_error(rows: list[StageRow]) -> float:
     """The largest error of any stage and task; infinite when nothing was compared."""
-    errors = [error for row in rows for error in row.errors.values()]
+    errors = [error for row in rows
+              for error in (*row.errors.values(), *row.tvm_errors.values())]
     return max(errors) if errors else math.inf
 
 
 def format_table(rows: list[StageRow]) -> str:
-    """The verification rows as an aligned text table."""
-    tasks = list(rows[0].errors) if rows else []
-    header = ["#", "stage", "nodes", "m3c ops", *[f"err[{t}]" for t in tasks]]
+    """The verification rows as an aligned text table (a column per task and oracle)."""
+    first = rows[0] if rows else StageRow(0, "", {})
+    tasks = list(dict.fromkeys([*first.errors, *first.tvm_errors]))
+    columns = [(oracle, task, field) for task in tasks
+               for oracle, field in (("ort", "errors"), ("tvm", "tvm_errors"))
+               if task in getattr(first, field)]
+    header = ["#", "stage", "nodes", "m3c ops", *[f"{o}[{t}]" for o, t, _ in columns]]
     lines = [header]
     for row in rows:
         m3c_ops = " ".join(f"{op[4:]}×{n}" for op, n in row.op_counts.items()
                            if op.startswith("m3c.")) or "-"
         lines.append([str(row.index), row.stage, str(sum(row.op_counts.values())), m3c_ops,
-                      *[f"{row.errors[t]:.2e}" for t in tasks]])
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+                      *[f"{getattr(row, field)[t]:.2e}" for _, t, field in columns]])
+    return _aligned(lines)
+
+
+def format_oracles(result: Verification) -> str:
+    """TVM vs onnxruntime per graph and task, and the verdict on their agreement; or the note
+    saying TVM was not used."""
+    if not result.oracles:
+        return result.note or "TVM was not used"
+    lines = [["oracles", "task", "TVM vs onnxruntime"]]
+    lines += [[row.graph, row.task, f"{row.error:.2e}"] for row in result.oracles]
+    table = _aligned(lines)
+    if result.oracles_agree:
+        return f"{table}\noracles agree within {ORACLE_TOLERANCE:.0e}: PASS"
+    worst = max(result.oracles, key=lambda row: row.error)
+    return (f"{table}\nFAIL: the oracles disagree: TVM and onnxruntime differ by "
+            f"{worst.error:.2e} > {ORACLE_TOLERANCE:.0e} on the {worst.graph} ({worst.task})")
+
+
+def _aligned(lines: list[list[str]]) -> str:
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
     return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True))
                      for line in lines)
 
@@ -145,10 +277,17 @@ class ProjectRow:
     features_error: float
     output_error: float
     onnxruntime_tolerance: float = 0.0  # fixed point: encoder vs onnxruntime, from the types
+    head_oracle_error: float | None = None  # the host head in TVM vs onnxruntime; None: no TVM
+
+    @property
+    def oracles_agree(self) -> bool:
+        return self.head_oracle_error is None or self.head_oracle_error <= ORACLE_TOLERANCE
 
     @property
     def passed(self) -> bool:
         # Written as "all errors within" so that NaN (which compares False) fails.
+        if not self.oracles_agree:
+            return False
         if self.precision == "fixed":
             return self.kernel_error <= self.tolerance and \
                 self.features_error <= self.onnxruntime_tolerance
@@ -160,15 +299,18 @@ def project_passed(rows: list[ProjectRow]) -> bool:
     return bool(rows) and all(row.passed for row in rows)
 
 
-def verify_project(project: str | Path, checked: list[str] | None = None) -> list[ProjectRow]:
+def verify_project(project: str | Path, checked: list[str] | None = None,
+                   oracle: str = "both") -> list[ProjectRow]:
     """Every task's test vector through the C-simulated kernel and the host head, compared
     with the project's expected kernel output and with onnxruntime on the original model.
+    With TVM (`oracle` both, the extra installed), each host head also runs in TVM on the same
+    features and must agree with onnxruntime.
 
     The kernel runs on the words the hardware reads (weights/weights.bin), which must be
     weights/weights_f32.bin laid out for its MAC array. The files read are appended to
     `checked`.
     """
-    from m3c import csim
+    from m3c import csim, tvm_oracle
     from m3c.graph import ort_session
     from m3c.validate import load_project
 
@@ -188,16 +330,23 @@ def verify_project(project: str | Path, checked: list[str] | None = None) -> lis
         expected = _raw(project, f"data/features_task{index}.bin", checked)
         reference = _raw(project, f"data/features_onnxruntime_task{index}.bin", checked)
         features = kernel.run(image, index)
-        head = ort_session(_onnx(project, f"host/heads/{task}.onnx", checked))
+        head_proto = _onnx(project, f"host/heads/{task}.onnx", checked)
+        head = ort_session(head_proto)
         shaped = features.reshape(manifest["features_shape"])
-        output = head.run(None, {head.get_inputs()[0].name: shaped})[0]
+        head_feeds = {head.get_inputs()[0].name: shaped}
+        output = head.run(None, head_feeds)[0]
         want = _npy(project, f"data/expected_{task}.npy", checked)
         where = f"{project} task {task}"
+        head_oracle_error = None
+        if oracle == "both" and tvm_oracle.available():
+            head_model = tvm_oracle.TVMModel(head_proto, label=f"the host head of {task}")
+            head_oracle_error = max_error(head_model.run(head_feeds)[task], output,
+                                          f"{where} host head in TVM")
         rows.append(ProjectRow(task, manifest["precision"], manifest["tolerance"],
                                max_error(features, expected, f"{where} features"),
                                max_error(features, reference, f"{where} onnxruntime features"),
                                max_error(output, want, f"{where} output"),
-                               fixed_onnxruntime_tolerance(manifest)))
+                               fixed_onnxruntime_tolerance(manifest), head_oracle_error))
     return rows
 
 
@@ -291,9 +440,10 @@ def fixed_onnxruntime_tolerance(manifest: dict) -> float:
 def format_project_table(rows: list[ProjectRow]) -> str:
     expected = "emulation" if rows and rows[0].precision == "fixed" else "onnxruntime"
     lines = [f"{'task':<12} {'csim vs ' + expected:>22} {'encoder vs ORT':>15} "
-             f"{'task output vs ORT':>19}  verdict"]
+             f"{'task output vs ORT':>19} {'head TVM vs ORT':>16}  verdict"]
     lines += [f"{row.task:<12} {row.kernel_error:>22.2e} {row.features_error:>15.2e} "
-              f"{row.output_error:>19.2e}  {'PASS' if row.passed else 'FAIL'}" for row in rows]
+              f"{row.output_error:>19.2e} {_optional(row.head_oracle_error):>16}  "
+              f"{'PASS' if row.passed else 'FAIL'}" for row in rows]
     if rows:
         rule = ("fixed point: the C-simulation must equal the bit-accurate numpy emulation, and "
                 f"the encoder stay within {rows[0].onnxruntime_tolerance:.1e} of onnxruntime "
@@ -301,4 +451,13 @@ def format_project_table(rows: list[ProjectRow]) -> str:
                 if rows[0].precision == "fixed" else
                 f"float: the C-simulation must match onnxruntime within {rows[0].tolerance:.0e}")
         lines.append(rule)
+        if all(row.head_oracle_error is None for row in rows):
+            lines.append("TVM was not used (not installed, or --oracle is not both)")
+        elif not all(row.oracles_agree for row in rows):
+            lines.append(f"FAIL: the oracles disagree: TVM and onnxruntime differ by more than "
+                         f"{ORACLE_TOLERANCE:.0e} on a host head")
     return "\n".join(lines)
+
+
+def _optional(error: float | None) -> str:
+    return "-" if error is None else f"{error:.2e}"

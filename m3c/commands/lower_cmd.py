@@ -69,29 +69,34 @@ def _configure_verify(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--until", help="stop after this pass")
     parser.add_argument("--tolerance", type=non_negative_float, default=1e-4)
+    parser.add_argument("--oracle", choices=("ort", "tvm", "both"), default="both",
+                        help="onnxruntime, TVM (the tvm extra) or both, which must then agree")
 
 
-@command("verify", "run every stage on the same inputs and compare with onnxruntime",
+@command("verify", "run every stage on the same inputs and compare with onnxruntime (and TVM)",
          _configure_verify)
 def run_verify(args: argparse.Namespace) -> int:
     from m3c.verify import (
+        format_oracles,
         format_project_table,
         format_table,
         project_passed,
-        verify,
+        verify_model,
         verify_project,
         worst_error,
     )
 
     if Path(args.model).is_dir():
         checked: list[str] = []
-        project_rows = verify_project(args.model, checked)
+        project_rows = verify_project(args.model, checked, oracle=args.oracle)
         print(format_project_table(project_rows))
         print("checked " + ", ".join(checked))
         passed = project_passed(project_rows)
         print("PASS" if passed else "FAIL")
         return 0 if passed else 1
-    rows = verify(args.model, count=args.images, seed=args.seed, until=args.until)
+    result = verify_model(args.model, count=args.images, seed=args.seed, until=args.until,
+                          oracle=args.oracle)
+    rows = result.stages
     print(format_table(rows))
     worst = worst_error(rows)
     passed = worst <= args.tolerance
@@ -100,4 +105,5 @@ def run_verify(args: argparse.Namespace) -> int:
           f"image(s) against onnxruntime")
     print(f"worst error {worst:.2e} vs tolerance {args.tolerance:.0e}: "
           f"{'PASS' if passed else 'FAIL'}")
-    return 0 if passed else 1
+    print(format_oracles(result))
+    return 0 if passed and result.oracles_agree else 1
