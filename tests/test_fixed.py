@@ -67,6 +67,7 @@ def _assert_estimate_is_the_trace(project: Path) -> None:
 
 @pytest.mark.parametrize("preset, gate, overrides", [
     ("micro-nyud", "multi", {}), ("micro-nyud", "task", {}), ("tiny-cityscapes", "multi", {}),
+    ("tiny-cityscapes", "task", {}),
     ("micro-nyud", "multi", {"num_experts": 1, "top_k": 1}),
     ("micro-nyud", "multi", {"num_experts": 4, "top_k": 4}),
 ])
