@@ -181,22 +181,21 @@ def test_precision_config_narrows_a_layers_results(export_model, tmp_path):
         "*moe*": {"result": "ap_fixed<10,3,AP_TRN,AP_WRAP>"}}}))
     project = compile_model(path, out=tmp_path / "build", precision_config=config)
     plan = json.loads((project / "kernel.json").read_text())
-    narrows = [(index, call) for index, call in enumerate(plan["calls"]) if call["op"] == "narrow"]
+    narrowed_calls = [call for call in plan["calls"] if "narrow" in call]
     moe_layers = sum(call["op"] == "experts" for call in plan["calls"])
-    assert [plan["calls"][index - 1]["op"] for index, _ in narrows] == (
-        ["attention"] + ["experts"] * moe_layers)
-    assert "m3c::narrow<ap_fixed<8, 2, AP_RND_CONV, AP_SAT>>(" in (
-        project / "hls/src/kernel.cpp").read_text()
+    assert [call["op"] for call in narrowed_calls] == ["attention"] + ["experts"] * moe_layers
+    ops = (project / "hls/src/m3c_ops.h").read_text()
+    assert "return data_t(ap_fixed<8, 2, AP_RND_CONV, AP_SAT>(value));" in ops  # the epilogue
 
     narrowed = {}
     def keep(call, what, values):
-        if call["op"] == "narrow":
-            narrowed[call["type"]["cpp"]] = values
+        if "narrow" in call and what in ("output", "expert_output"):
+            narrowed.setdefault(call["narrow"]["cpp"], []).append(values)
     emulator = KernelEmulator.from_project(project)
     image = np.random.default_rng(5).standard_normal(emulator.plan["image_shape"]) * 20
     emulator.run(image.astype(np.float32), 0, keep)
     data = FixedType.from_json(json.loads((project / "project.json").read_text())["types"]["data"])
-    attention = data.to_float(narrowed["ap_fixed<8, 2, AP_RND_CONV, AP_SAT>"])
+    attention = data.to_float(np.concatenate(narrowed["ap_fixed<8, 2, AP_RND_CONV, AP_SAT>"]))
     assert np.all(attention * 64 == np.round(attention * 64))  # on the 2^-6 grid
     assert attention.min() >= -2 and attention.max() <= 2 - 2 ** -6
     assert len(np.unique(attention)) > 8
