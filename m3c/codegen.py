@@ -150,13 +150,18 @@ class _Planner:
         self.calls.append(call)
         return call
 
-    def residual_add(self, node: gs.Node, result: gs.Tensor) -> gs.Node:
-        """The Add that puts `result` back onto the residual stream (fused into the call)."""
-        users = list(result.outputs)
+    def users(self, tensor: gs.Tensor) -> list[gs.Node]:
+        """The nodes reading `tensor`, through any chain of views (which become aliases)."""
+        users = list(tensor.outputs)
         while len(users) == 1 and users[0].op in VIEW_OPS:  # a reshape on the way
             self.done.add(users[0].name)
-            self.alias[users[0].outputs[0].name] = self.name(result)
+            self.alias[users[0].outputs[0].name] = self.name(tensor)
             users = list(users[0].outputs[0].outputs)
+        return users
+
+    def residual_add(self, node: gs.Node, result: gs.Tensor) -> gs.Node:
+        """The Add that puts `result` back onto the residual stream (fused into the call)."""
+        users = self.users(result)
         add = users[0] if len(users) == 1 else None
         if add is None or add.op != "Add" or {self.name(t) for t in add.inputs} != {
                 self.name(result), self.residual}:
@@ -241,7 +246,7 @@ def _dense(planner: _Planner, node: gs.Node, image) -> None:
     rows, in_dim = _rows_and_width(x)
     out_dim = int(weight.shape[1])
     source = planner.name(x)
-    users = list(node.outputs[0].outputs)
+    users = planner.users(node.outputs[0])
     fields = dict(tokens=rows, in_dim=in_dim, out_dim=out_dim, w=planner.w(weight),
                   b=planner.w(bias), activation=node.attrs.get("activation", "none"))
     planner.grow(max_tokens=rows, max_in=in_dim, max_out=out_dim)
