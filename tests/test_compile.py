@@ -107,16 +107,16 @@ def test_csim_takes_hls_stream_from_our_own_header(compiled, tmp_path):
 STREAM_PROGRAM = """
 #include <cstdio>
 #include "m3c_dataflow.h"
-// A producer that writes all its values before it reads the consumer's acknowledgement: the
-// FIFO must hold all of them, or both processes wait for ever (in RTL as here).
+// A consumer that waits for the producer's "done" before it reads any value: the FIFO must hold
+// all of them, or both processes wait for ever (in RTL as here).
 int main() {
     hls::stream<int, FIFO_DEPTH> values("values");
     hls::stream<int, 1> done("done");
     int total = 0;
     try {
         M3C_DATAFLOW_BEGIN
-        M3C_PROCESS(for (int i = 0; i < 8; ++i) values.write(i); total -= done.read())
-        M3C_PROCESS(for (int i = 0; i < 8; ++i) total += values.read(); done.write(1))
+        M3C_PROCESS(for (int i = 0; i < 8; ++i) values.write(i); done.write(1))
+        M3C_PROCESS(total -= done.read(); for (int i = 0; i < 8; ++i) total += values.read())
         M3C_DATAFLOW_END
     } catch (const m3c::csim::Deadlock& deadlock) {
         std::printf("%s\\n", deadlock.what());
@@ -148,7 +148,8 @@ def test_own_hls_stream_bounds_fifos_and_reports_deadlocks(compiled, tmp_path):
     assert "terminate called after throwing an instance of 'm3c::csim::Deadlock'" in deep.stderr
     shallow = _stream_program(project, tmp_path, 4)
     assert shallow.returncode == 3
-    assert "dataflow deadlock" in shallow.stdout and "'values' full at depth 4" in shallow.stdout
+    assert "dataflow deadlock" in shallow.stdout
+    assert "'values' full at depth 4" in shallow.stdout and "'done' empty" in shallow.stdout
 
 
 def test_project_makefile_runs_the_testbench(compiled):

@@ -199,7 +199,8 @@ def _embed_cost(call, g, sizes, queues) -> Cost:
     total = Cost()
     for first in range(0, grid_h, rows):
         lines = min(rows, grid_h - first) * patch
-        total += _loop(call["channels"] * lines * (call["width"] // g.port_lanes), "gmem_in")
+        for _ in range(call["channels"]):  # a burst per channel of the band
+            total += _loop(lines * (call["width"] // g.port_lanes), "gmem_in")
         for tile in g.row_tiles(min(rows, grid_h - first) * grid_w):
             total += tile_cost(g, tile, call["channels"] * patch * patch, dim)
     total += _loop(g.words(dim), "gmem_w")  # the class token
