@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import numpy as np
 
@@ -51,7 +52,14 @@ def _fill(g: Geometry, panels: str) -> tuple[int, int]:
 
 
 def tile_cost(g: Geometry, rows: int, in_dim: int, out_cols: int, panels: str = "ddr") -> Cost:
-    """One product of `rows` (<= ROW_TILE) rows: matmul in matmul.h.j2."""
+    """One product of `rows` (<= ROW_TILE) rows: matmul in matmul.h.j2 (a fresh copy of the
+    memoised figure: callers add to it)."""
+    cost = _tile_cost(g, rows, in_dim, out_cols, panels)
+    return Cost(cost.cycles, cost.array_cycles, dict(cost.beats))
+
+
+@lru_cache(maxsize=65536)
+def _tile_cost(g: Geometry, rows: int, in_dim: int, out_cols: int, panels: str) -> Cost:
     k_panels, m_panels = g.panels(in_dim, out_cols)
     steps = k_panels * m_panels
     first, other = _fill(g, panels)

@@ -14,11 +14,16 @@ from m3c.ops.base import M3COp
 def attention(qkv: np.ndarray, num_heads: int, scale: float) -> np.ndarray:
     *batch, tokens, width = qkv.shape
     dim = width // 3
-    heads = qkv.astype(np.float64).reshape(*batch, tokens, 3, num_heads, dim // num_heads)
+    # float32 like the models it checks, the softmax in place: a ViT-small layer's scores are
+    # 12 x 1201 x 1201 values, and float64 copies of them dominated a compile.
+    heads = qkv.astype(np.float32).reshape(*batch, tokens, 3, num_heads, dim // num_heads)
     q, k, v = (np.moveaxis(heads[..., i, :, :], -2, -3) for i in range(3))  # [..., h, N, hd]
-    scores = (q @ np.swapaxes(k, -1, -2)) * scale
-    scores = np.exp(scores - scores.max(axis=-1, keepdims=True))
-    out = (scores / scores.sum(axis=-1, keepdims=True)) @ v
+    scores = q @ np.swapaxes(k, -1, -2)
+    scores *= np.float32(scale)
+    scores -= scores.max(axis=-1, keepdims=True)
+    np.exp(scores, out=scores)
+    scores /= scores.sum(axis=-1, keepdims=True, dtype=np.float64).astype(np.float32)
+    out = scores @ v
     return np.moveaxis(out, -3, -2).reshape(*batch, tokens, dim).astype(qkv.dtype)
 
 
