@@ -632,7 +632,3 @@ def expert_schedule(call: dict, d: Design, queue_lengths: Sequence[int]) -> list
                                 clock + compute))
         clock += compute
     return steps
-
-
-# The expert weight storage of the expert-major design: the array's two panel register sets.
-SLOT_ARRAYS = frozenset()

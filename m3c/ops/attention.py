@@ -28,7 +28,7 @@ def attention(qkv: np.ndarray, num_heads: int, scale: float) -> np.ndarray:
 
 
 class Attention(M3COp):
-    template = "hls/ops/attention.h.j2"
+    template = "hls/units/attention.h.j2"
 
     @staticmethod
     def shape_rule(node):

@@ -13,7 +13,7 @@ from m3c.ops.shapes import shape as _shape
 
 
 class Dense(M3COp):
-    template = "hls/ops/linear.h.j2"
+    template = "hls/units/matmul.h.j2"
 
     @staticmethod
     def shape_rule(node):

@@ -20,7 +20,7 @@ def patches(image: np.ndarray, patch: int) -> np.ndarray:
 
 
 class Embed(M3COp):
-    template = "hls/ops/embed.h.j2"
+    template = "hls/units/embed.h.j2"
 
     @staticmethod
     def shape_rule(node):

@@ -7,7 +7,7 @@ from m3c.ops.moe import activation
 
 
 class Gelu(M3COp):
-    template = "hls/ops/gelu.h.j2"
+    template = "hls/units/arith.h.j2"
 
     @staticmethod
     def shape_rule(node):

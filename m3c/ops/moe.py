@@ -57,7 +57,7 @@ def expert_mlp(x, w1, b1, w2, b2, act: str) -> np.ndarray:
 
 
 class MoE(M3COp):
-    template = "hls/ops/expert_ffn.h.j2"
+    template = "hls/units/moe.h.j2"
 
     @staticmethod
     def shape_rule(node):
@@ -86,7 +86,7 @@ def top_k_route(x, task, router_w, router_b, k):
 
 
 class Route(M3COp):
-    template = "hls/ops/route.h.j2"
+    template = "hls/units/moe.h.j2"
 
     @staticmethod
     def shape_rule(node):
@@ -98,7 +98,7 @@ class Route(M3COp):
 
 
 class ExpertQueues(M3COp):
-    template = "hls/ops/route.h.j2"
+    template = "hls/units/moe.h.j2"
 
     @staticmethod
     def shape_rule(node):
@@ -120,7 +120,7 @@ class ExpertQueues(M3COp):
 
 
 class LoadExpert(M3COp):
-    template = "hls/ops/expert_ffn.h.j2"
+    template = "hls/units/moe.h.j2"
 
     @staticmethod
     def shape_rule(node):
@@ -132,7 +132,7 @@ class LoadExpert(M3COp):
 
 
 class ExpertGather(M3COp):
-    template = "hls/ops/expert_ffn.h.j2"
+    template = "hls/units/moe.h.j2"
 
     @staticmethod
     def shape_rule(node):
@@ -146,7 +146,7 @@ class ExpertGather(M3COp):
 
 
 class ExpertMLP(M3COp):
-    template = "hls/ops/expert_ffn.h.j2"
+    template = "hls/units/moe.h.j2"
 
     @staticmethod
     def shape_rule(node):
@@ -160,7 +160,7 @@ class ExpertMLP(M3COp):
 
 
 class ScatterAdd(M3COp):
-    template = "hls/ops/expert_ffn.h.j2"
+    template = "hls/units/moe.h.j2"
 
     @staticmethod
     def shape_rule(node):
