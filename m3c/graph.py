@@ -116,17 +116,15 @@ def fresh_name(graph: gs.Graph, base: str) -> str:
     name prefixes (`/MatMul`, `/MatMul_1` share the prefix ""); two distinct constants under
     one name would be merged by name downstream (one weight silently replacing the other).
     """
-    taken = graph.tensors().keys()
-    name, suffix = base, 0
-    while name in taken:
-        suffix += 1
-        name = f"{base}_{suffix}"
-    return name
+    return _unused(base, graph.tensors().keys())
 
 
 def fresh_node_name(graph: gs.Graph, base: str) -> str:
     """`base` made unique among the node names of `graph` (layers are named after nodes)."""
-    taken = {node.name for node in graph.nodes}
+    return _unused(base, {node.name for node in graph.nodes})
+
+
+def _unused(base: str, taken) -> str:
     name, suffix = base, 0
     while name in taken:
         suffix += 1

@@ -77,11 +77,14 @@ class SparseMoE(nn.Module):
             self.fc1.append(_linear(experts.htoh4.weight[e], experts.htoh4.bias[e]))
             self.fc2.append(_linear(experts.h4toh.weight[e], experts.h4toh.bias[e]))
 
-    def forward(self, x, task, task_embedding=None):
-        shape = x.shape
-        tokens = x.reshape(-1, shape[-1])
+    def route(self, x, task, task_embedding):
+        """The tokens as rows, and each token's top-k gate values and expert indices."""
+        tokens = x.reshape(-1, x.shape[-1])
         probs = self.layer.router_logits(tokens, task, task_embedding).softmax(-1)
-        top_probs, top_index = probs.topk(self.layer.config.top_k, dim=-1)
+        return (tokens, *probs.topk(self.layer.config.top_k, dim=-1))
+
+    def forward(self, x, task, task_embedding=None):
+        tokens, top_probs, top_index = self.route(x, task, task_embedding)
         out = torch.zeros_like(tokens)
         for e, (fc1, fc2) in enumerate(zip(self.fc1, self.fc2, strict=True)):
             where = (top_index == e).nonzero()
@@ -89,23 +92,20 @@ class SparseMoE(nn.Module):
             expert_out = fc2(F.gelu(fc1(tokens[rows])))
             out = out.index_put((rows,), expert_out * top_probs[rows, slots].unsqueeze(-1),
                                 accumulate=True)
-        return out.reshape(shape)
+        return out.reshape(x.shape)
 
 
 class IndexAddMoE(SparseMoE):
     """Token-loop MoE accumulating with `index_add` instead of `index_put`."""
 
     def forward(self, x, task, task_embedding=None):
-        shape = x.shape
-        tokens = x.reshape(-1, shape[-1])
-        probs = self.layer.router_logits(tokens, task, task_embedding).softmax(-1)
-        top_probs, top_index = probs.topk(self.layer.config.top_k, dim=-1)
+        tokens, top_probs, top_index = self.route(x, task, task_embedding)
         out = torch.zeros_like(tokens)
         for e, (fc1, fc2) in enumerate(zip(self.fc1, self.fc2, strict=True)):
             rows, slots = torch.where(top_index == e)
             expert_out = fc2(F.gelu(fc1(tokens[rows])))
             out = out.index_add(0, rows, expert_out * top_probs[rows, slots].unsqueeze(-1))
-        return out.reshape(shape)
+        return out.reshape(x.shape)
 
 
 class EinsumMoE(nn.Module):

@@ -78,7 +78,9 @@ def test_same_figures_whatever_the_workers_and_batches(fixed_project, scenes):
     assert _figures(one) == _figures(two)
 
 
-def test_a_killed_worker_s_batch_runs_again(fixed_project, scenes):
+def _worker_killer():
+    """A progress callback that SIGKILLs the worker of the first finished batch, and the list
+    of the pids it killed."""
     killed = []
 
     def kill_once(done, total, result):
@@ -87,6 +89,11 @@ def test_a_killed_worker_s_batch_runs_again(fixed_project, scenes):
             killed.append(result["pid"])
             os.kill(result["pid"], signal.SIGKILL)
 
+    return killed, kill_once
+
+
+def test_a_killed_worker_s_batch_runs_again(fixed_project, scenes):
+    killed, kill_once = _worker_killer()
     baseline = evaluate([fixed_project], scenes, workers=1)
     survived = evaluate([fixed_project], scenes, workers=2, batch_images=1, progress=kill_once)
     assert killed and killed[0] != os.getpid()
@@ -156,14 +163,7 @@ def test_cli_evaluate(fixed_project, tmp_path):
 
 def test_ray_cluster_survives_a_killed_worker(fixed_project, scenes):
     ray = pytest.importorskip("ray")
-    killed = []
-
-    def kill_once(done, total, result):
-        del done, total
-        if not killed:
-            killed.append(result["pid"])
-            os.kill(result["pid"], signal.SIGKILL)
-
+    killed, kill_once = _worker_killer()
     baseline = evaluate([fixed_project], scenes, workers=1)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:

@@ -140,18 +140,25 @@ def test_schedule_analysis_catches_a_missing_slot_dependency(export_model):
     assert len(broken) == 1
 
 
-def _insert_unsupported_op(path, tmp_path):
+def _insert_after(path, out, tensor_of, op: str, name: str):
+    """A copy of the model at `path`, saved as `out`, with an `op` node named `name` between
+    the tensor `tensor_of(graph)` and its consumers."""
     graph = gs.import_onnx(onnx.load(str(path)))
-    norm = next(n for n in graph.nodes if n.op == "LayerNormalization")
+    original = tensor_of(graph)
     bent = gs.Variable("bent", dtype=np.float32)
-    graph.nodes.append(gs.Node("Sin", name="odd_sin", inputs=[norm.outputs[0]], outputs=[bent]))
-    for node in list(norm.outputs[0].outputs):
-        if node.name != "odd_sin":
-            node.inputs[node.inputs.index(norm.outputs[0])] = bent
+    for node in list(original.outputs):
+        node.inputs[node.inputs.index(original)] = bent
+    graph.nodes.append(gs.Node(op, name=name, inputs=[original], outputs=[bent]))
     graph.toposort()
-    out = tmp_path / "unsupported.onnx"
     onnx.save(gs.export_onnx(graph), str(out))
     return out
+
+
+def _insert_unsupported_op(path, tmp_path):
+    return _insert_after(path, tmp_path / "unsupported.onnx",
+                         lambda graph: next(n for n in graph.nodes
+                                            if n.op == "LayerNormalization").outputs[0],
+                         "Sin", "odd_sin")
 
 
 def test_unsupported_op_names_the_node(export_model, tmp_path):
@@ -218,17 +225,11 @@ def test_cli_errors_exit_2_without_traceback(export_model, tmp_path, make_bad):
 def _insert_into_expert_hidden(path, tmp_path, op):
     """A `op` node on the expert activation's output (the input of the second expert Linear)
     in the first MoE layer."""
-    graph = gs.import_onnx(onnx.load(str(path)))
-    second = next(n for n in graph.nodes if n.name.endswith("blocks.1/mlp/experts/h4toh/MatMul"))
-    original = second.inputs[0]
-    bent = gs.Variable("bent", dtype=np.float32)
-    for node in list(original.outputs):
-        node.inputs[node.inputs.index(original)] = bent
-    graph.nodes.append(gs.Node(op, name="odd_node", inputs=[original], outputs=[bent]))
-    graph.toposort()
-    out = tmp_path / "odd_moe.onnx"
-    onnx.save(gs.export_onnx(graph), str(out))
-    return out
+    return _insert_after(path, tmp_path / "odd_moe.onnx",
+                         lambda graph: next(
+                             n for n in graph.nodes
+                             if n.name.endswith("blocks.1/mlp/experts/h4toh/MatMul")).inputs[0],
+                         op, "odd_node")
 
 
 def test_an_unknown_node_inside_a_moe_layer_is_an_error_not_dropped(export_model, tmp_path):
