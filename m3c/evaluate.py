@@ -175,7 +175,6 @@ class ProjectRunner:
         self.heads = {task: _session(onnx.load(str(project / "host/heads" / f"{task}.onnx")))
                       for task in self.tasks}
         self.reference = _session(onnx.load(str(project / "intermediate/00_import.onnx")))
-        self.outputs = [output.name for output in self.reference.get_outputs()]
         types = self.manifest.get("types") or {}
         self.data_type = (FixedType.from_json(types["data"])
                           if self.manifest.get("precision") == "fixed" else None)
@@ -196,7 +195,8 @@ class ProjectRunner:
             feeds = {"image": image[None]}
             if len(self.tasks) > 1:
                 feeds["task"] = np.array(task_id, dtype=np.int64)
-            reference = self.reference.run(None, feeds)[self.outputs.index(task)]
+            # Only this task's head: the others would be computed and thrown away.
+            reference = self.reference.run([task], feeds)[0]
             compiled = reference if self.backend == "reference" else \
                 self._compiled(image, task_id, task, record["saturation"])
             record["tasks"][task] = _task_record(task, compiled, reference, labels.get(task))
