@@ -111,6 +111,8 @@ class FixedArithmetic:
         self.norm, self.exp_arg, self.var = types["norm"], types["exp_arg"], types["var"]
         self.tables = lookup_tables(self.data, self.prob)
         self.log2e = int(self.prob.from_float(LOG2E))
+        self.exp_by_index = self._exp_by_index()
+        self.gelu_by_index = self._gelu_by_index()
 
     def data_in(self, values: np.ndarray) -> np.ndarray:
         return self.data.from_float(values)
@@ -126,21 +128,52 @@ class FixedArithmetic:
         """acc_t(value with `frac` fractional bits): exact shift, then the wrap of acc_t."""
         return self.acc.cast(raw, frac)
 
-    def _matmul(self, a, b):
-        """Exact integer product: float64 BLAS while no partial sum can reach 2^53 (the
-        operands' magnitudes bound every sum), else integer arithmetic."""
+    def _acc_holds(self, bound: float, frac: int) -> bool:
+        """Whether acc_t holds every value of magnitude <= `bound` with `frac` fractional bits
+        exactly: then the casts through it change nothing and can be skipped."""
+        return frac <= self.acc.frac and bound * 2.0 ** (self.acc.frac - frac) < self.acc.raw_max
+
+    @staticmethod
+    def _float_product(a, b) -> tuple[np.ndarray | None, float]:
+        """The integer product a @ b by float64 BLAS with a bound on its magnitude, or None
+        when a partial sum could reach 2^53 (the operands' magnitudes bound every sum)."""
         bound = float(np.abs(a).max(initial=0)) * float(np.abs(b).max(initial=0)) * a.shape[-1]
-        if bound < EXACT_FLOAT64:
-            return (a.astype(np.float64) @ b.astype(np.float64)).astype(np.int64)
-        return a.astype(np.int64) @ b.astype(np.int64)
+        if bound >= EXACT_FLOAT64:
+            return None, bound
+        return np.asarray(a, np.float64) @ np.asarray(b, np.float64), bound
+
+    def _matmul(self, a, b):
+        """The exact integer product a @ b as int64."""
+        product, _ = self._float_product(a, b)
+        if product is None:
+            return a.astype(np.int64) @ b.astype(np.int64)
+        return product.astype(np.int64)
 
     def linear(self, x, w, b, activation):
-        pre = self._acc(self._matmul(x, w), self.data.frac + self.weight.frac)
+        fd, fw = self.data.frac, self.weight.frac
+        product, bound = self._float_product(x, w)
+        bound += float(np.abs(b).max(initial=0)) * 2.0 ** fd
+        if product is None or bound >= EXACT_FLOAT64 or not self._acc_holds(bound, fd + fw):
+            return self.exact_linear(x, w, b, activation, product)
+        # acc_t would hold the biased sums exactly: round them straight into data_t.
+        product += np.ldexp(np.asarray(b, np.float64), fd)
+        x = self.data.cast_float(product, fd + fw)
+        if activation in self.gelu_by_index:
+            return self._float_gelu(x, self.gelu_by_index[activation])
+        return self._activated(x.astype(np.int64), activation)
+
+    def exact_linear(self, x, w, b, activation, product=None):
+        """linear cast for cast through acc_t on int64 (`product`: x @ w if already known)."""
+        product = self._matmul(x, w) if product is None else product.astype(np.int64)
+        pre = self._acc(product, self.data.frac + self.weight.frac)
         pre = self.acc.overflowed(pre + self._acc(b, self.weight.frac))
         return self.activate(pre, activation)
 
     def activate(self, pre, activation):
-        x = self.data.cast(pre, self.acc.frac)
+        return self._activated(self.data.cast(pre, self.acc.frac), activation)
+
+    def _activated(self, x, activation):
+        """The activation of data_t values x."""
         if activation == "none":
             return x
         if activation == "relu":
@@ -152,6 +185,25 @@ class FixedArithmetic:
         g = self.tables[activation][index]
         y = self.data.cast(x * g, fd + self.prob.frac)
         return np.where(x >= limit, x, np.where(inside, y, 0))
+    def _gelu_by_index(self) -> dict[str, np.ndarray]:
+        """Per GELU form, its factor tables (prob_t codes / 2^prob frac, float64) with one entry
+        before them for x below the table (factor 0) and one after for x above it (factor 1):
+        indexed by floor((x + limit) / step) + 1 clipped into the table, see _activated."""
+        one = 1 << self.prob.frac
+        if one > self.prob.raw_max:
+            return {}
+        return {kind: np.ldexp(np.concatenate([[0], self.tables[kind], [one]]).astype(np.float64),
+                               -self.prob.frac) for kind in ("gelu", "gelu_tanh")}
+
+    def _float_gelu(self, x, factors):
+        """_activated's GELU on data_t values held in float64 (in place), to int64."""
+        fd, bits = self.data.frac, gelu_step_bits(self.data)
+        step = 2.0 ** (bits - fd)
+        index = x * step
+        index += (GELU_RANGE << bits) + 1
+        np.clip(index, 0, len(factors) - 1, out=index)
+        x *= factors.take(index.astype(np.intp))
+        return self.data.round_float(x).astype(np.int64)
 
     def layernorm(self, x, gamma, beta, epsilon):
         """Integer statistics: the mean is the sum / dim rounded to the data grid, 1/std the
@@ -179,6 +231,23 @@ class FixedArithmetic:
         np.minimum(t, self.prob.width, out=t)
         return self.tables["exp2"][index] >> t
 
+    def _exp_by_index(self) -> np.ndarray | None:
+        """exp_neg's results (float64) by j + n - 1 for j = floor(t / 2^(fe - EXP_TABLE_BITS)),
+        t its exp_arg_t argument: j from -(n - 1) = -prob width x 2^EXP_TABLE_BITS (0 there and
+        below) to 0. None when exp_arg_t's modes make exp_neg anything else than a function of
+        j, or when logit_t's lowest value does not reach the 0 at index 0."""
+        fe, width = self.exp_arg.frac, self.prob.width
+        if (self.exp_arg.quant != "AP_TRN" or self.exp_arg.overflow != "AP_SAT"
+                or fe < EXP_TABLE_BITS or self.exp_arg.raw_min >> fe > -width):
+            return None
+        j = np.arange(-width << EXP_TABLE_BITS, 1, dtype=np.int64)
+        lowest = self.logit.raw_min * self.log2e * 2.0 ** (
+            EXP_TABLE_BITS - self.logit.frac - self.prob.frac)
+        if math.floor(lowest) > j[0]:
+            return None
+        shift = np.minimum(-(j >> EXP_TABLE_BITS), width)
+        return (self.tables["exp2"][j & ((1 << EXP_TABLE_BITS) - 1)] >> shift).astype(np.float64)
+
     def softmax_rows(self, logits):
         """(exp weights, recip_t of their sum) per row, as attention and route compute them."""
         best = logits.max(axis=-1, keepdims=True)
@@ -187,6 +256,12 @@ class FixedArithmetic:
         return weights, reciprocal(total, self.acc.frac, self.recip)
 
     def attention_head(self, q, k, v, scale):
+        scale = int(self.norm.from_float(np.float32(scale)))
+        fast = self._float_attention(q, k, v, scale)
+        return self.exact_attention_head(q, k, v, scale) if fast is None else fast
+
+    def exact_attention_head(self, q, k, v, scale):
+        """attention_head cast for cast on int64 (`scale`: norm_t's raw code)."""
         # Rows are independent; blocks of them keep the temporaries in cache.
         return np.concatenate([self._attention_rows(q[start:start + ATTENTION_ROWS], k, v, scale)
                                for start in range(0, q.shape[0], ATTENTION_ROWS)])
@@ -194,12 +269,61 @@ class FixedArithmetic:
     def _attention_rows(self, q, k, v, scale):
         fd, fl = self.data.frac, self.logit.frac
         dot = self.logit.cast(self._acc(self._matmul(q, k.T), 2 * fd), self.acc.frac)
-        scores = self.logit.cast(dot * int(self.norm.from_float(np.float32(scale))),
-                                 fl + self.norm.frac)
+        scores = self.logit.cast(dot * scale, fl + self.norm.frac)
         weights, inverse = self.softmax_rows(scores)
         mixed = self._acc(self._matmul(weights, v), self.prob.frac + fd)
         mixed = self.logit.cast(mixed, self.acc.frac)
-        return self.data.cast(mixed * inverse, fl + self.recip.frac)
+        return self._mixed_out(mixed, inverse)
+
+    def _mixed_out(self, mixed, inverse):
+        return self.data.cast(mixed * inverse, self.logit.frac + self.recip.frac)
+
+    def _float_attention(self, q, k, v, scale):
+        """_attention_rows on integers held in float64, when the operands' magnitudes show
+        that acc_t never rounds or wraps and every product stays below 2^53 (else None)."""
+        fd, fp = self.data.frac, self.prob.frac
+        keys = np.abs(k).max(initial=0)
+        dot_bound = float(np.abs(q).max(initial=0)) * float(keys) * k.shape[1]
+        mix_bound = float(self.prob.raw_max) * float(np.abs(v).max(initial=0)) * k.shape[0]
+        logit_bound = float(1 << (self.logit.width - 1))
+        if self.exp_by_index is None:
+            return None
+        index_bound = len(self.exp_by_index) * 2.0 ** (self.logit.frac + fp - EXP_TABLE_BITS)
+        if (max(dot_bound, mix_bound) >= EXACT_FLOAT64 or logit_bound * scale >= EXACT_FLOAT64
+                or 2 * logit_bound * self.log2e + index_bound >= EXACT_FLOAT64
+                or not self._acc_holds(dot_bound, 2 * fd)
+                or not self._acc_holds(mix_bound, fp + fd)):
+            return None
+        # Powers of two folded into an operand keep every product and sum exact.
+        rows = np.ldexp(np.asarray(q, np.float64), self.logit.frac - 2 * fd)
+        keys_t = np.asarray(k, np.float64).T.copy()
+        values = np.ldexp(np.asarray(v, np.float64), self.logit.frac - fp - fd)
+        dot_bound *= 2.0 ** (self.logit.frac - 2 * fd)
+        blocks = [self._float_attention_rows(rows[start:start + ATTENTION_ROWS], keys_t, values,
+                                             scale, dot_bound)
+                  for start in range(0, q.shape[0], ATTENTION_ROWS)]
+        total = self._acc(np.concatenate([t for _, t in blocks]).astype(np.int64), fp)
+        mixed = np.concatenate([m for m, _ in blocks]).astype(np.int64)
+        return self._mixed_out(mixed, reciprocal(total, self.acc.frac, self.recip))
+
+    def _float_attention_rows(self, rows, keys_t, values, scale, dot_bound):
+        """The logit_t mixes and the exp sums of a block of rows: `rows` @ `keys_t` are their
+        logit_t dot products before rounding, bounded by `dot_bound`; `values` give the mixes."""
+        fl, fp = self.logit.frac, self.prob.frac
+        scores = self.logit.round_float(rows @ keys_t, dot_bound)
+        scores *= scale * 2.0 ** -self.norm.frac
+        scale_bound = (dot_bound + 1) * scale * 2.0 ** -self.norm.frac
+        scores = self.logit.round_float(scores, scale_bound)
+        # exp_neg's table index in one step, floor((x - max) log2e / 2^s) + n - 1, since
+        # floor(floor(y) / 2^s) = floor(y / 2^s); a logit_t difference saturated in the kernel
+        # reaches index 0 (exp 0) here too, and astype's truncation floors what is >= 0.
+        scores *= self.log2e * 2.0 ** (EXP_TABLE_BITS - fl - fp)
+        top = scores.max(axis=-1, keepdims=True)
+        top -= len(self.exp_by_index) - 1
+        scores -= top
+        np.maximum(scores, 0, out=scores)
+        weights = self.exp_by_index.take(scores.astype(np.intp))
+        return self.logit.round_float(weights @ values), weights.sum(axis=-1, keepdims=True)
 
     def route_probs(self, x, w, b):
         pre = self._acc(self._matmul(x, w), self.data.frac + self.weight.frac)

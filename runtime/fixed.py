@@ -104,6 +104,35 @@ class FixedType:
             return self.overflowed(rounded)
         return self.overflowed(raw >> shift)
 
+    def cast_float(self, raw: np.ndarray, frac: int, bound: float | None = None) -> np.ndarray:
+        """`cast` on raw integers held in float64 (each below 2^53), in place: scaling by a
+        power of two is exact there, so one pass replaces cast's shifts and masks. `bound`
+        bounds the magnitudes given (see round_float)."""
+        scale = 2.0 ** (self.frac - frac)
+        if scale != 1.0:
+            raw *= scale
+        bound = None if bound is None else bound * scale
+        if frac > self.frac:
+            return self.round_float(raw, bound)
+        return self._overflowed_float(raw, bound)
+
+    def round_float(self, scaled: np.ndarray, bound: float | None = None) -> np.ndarray:
+        """Values in this type's raw units held in float64 (multiples of a power of two below
+        2^53), rounded and overflowed into it in place: np.rint rounds half to even like
+        AP_RND_CONV, np.floor truncates like AP_TRN. A `bound` on the magnitudes that this
+        signed type holds skips the overflow handling."""
+        (np.rint if self.quant == "AP_RND_CONV" else np.floor)(scaled, out=scaled)
+        return self._overflowed_float(scaled, bound)
+
+    def _overflowed_float(self, raw: np.ndarray, bound: float | None) -> np.ndarray:
+        if bound is not None and self.signed and bound < self.raw_max:
+            return raw
+        if self.overflow == "AP_SAT":
+            return np.clip(raw, self.raw_min, self.raw_max, out=raw)
+        if raw.size and (raw.min() < self.raw_min or raw.max() > self.raw_max):
+            raw[...] = self.overflowed(raw.astype(np.int64))
+        return raw
+
     def from_float(self, values: np.ndarray) -> np.ndarray:
         """ap_fixed(double): the exact value, quantized and overflowed by this type's modes."""
         scaled = np.ldexp(np.asarray(values, dtype=np.float64), self.frac)

@@ -1,0 +1,73 @@
+"""The emulator's float64 fast paths against its cast-for-cast int64 paths.
+
+The int64 paths mirror the C++ kernel cast for cast (tests/test_fixed.py holds them to the
+C-simulation); the fast paths hold raw integers in float64 and skip casts that the operands'
+magnitudes prove to be no-ops. Here both run on the same operands, for type sets where the fast
+path applies and ones where a bound forces it back, with operands at the types' extremes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from m3c.precision import choose_types
+from m3c.runtime.emulator import FixedArithmetic
+from m3c.runtime.fixed import FixedType
+
+CAPACITIES = {"max_in": 768, "max_dim": 384, "max_tokens": 197, "max_expert_hidden": 1536}
+TYPE_SETS = {
+    "default": {},
+    "narrow logits": {"logit": "ap_fixed<20,10,AP_RND_CONV,AP_SAT>"},
+    "wide data": {"data": "ap_fixed<25,6,AP_RND_CONV,AP_SAT>"},
+    "truncating data": {"data": "ap_fixed<12,4,AP_TRN,AP_SAT>"},
+}
+
+
+def _ops(overrides: dict) -> FixedArithmetic:
+    plan = {"capacities": CAPACITIES}
+    weights = np.array([1.5])
+    return FixedArithmetic(choose_types(plan, weights, 6.0, {"types": overrides}))
+
+
+def _raw(rng, kind: FixedType, shape, spread: float) -> np.ndarray:
+    """Raw codes of `kind`: most within `spread` of its range, some at its two extremes."""
+    limit = max(1, int(kind.raw_max * spread))
+    raw = rng.integers(-limit, limit + 1, shape, dtype=np.int64)
+    corners = rng.random(shape) < 0.02
+    raw[corners] = rng.choice([kind.raw_min, kind.raw_max, 0, 1, -1], int(corners.sum()))
+    return raw
+
+
+@pytest.mark.parametrize("name", sorted(TYPE_SETS))
+@pytest.mark.parametrize("activation", ["none", "relu", "gelu", "gelu_tanh"])
+def test_linear_fast_path_equals_the_exact_path(name, activation):
+    ops, rng = _ops(TYPE_SETS[name]), np.random.default_rng(1)
+    for spread in (1.0, 0.05, 0.002):
+        x = _raw(rng, ops.data, (37, 96), spread)
+        w = _raw(rng, ops.weight, (96, 53), spread).astype(np.int32)
+        b = _raw(rng, ops.weight, (53,), spread).astype(np.int32)
+        np.testing.assert_array_equal(ops.linear(x, w, b, activation),
+                                      ops.exact_linear(x, w, b, activation))
+
+
+@pytest.mark.parametrize("name", sorted(TYPE_SETS))
+def test_attention_fast_path_equals_the_exact_path(name):
+    ops, rng = _ops(TYPE_SETS[name]), np.random.default_rng(2)
+    for spread in (1.0, 0.1, 0.01, 0.0005):
+        q, k, v = (_raw(rng, ops.data, (301, 32), spread) for _ in range(3))
+        for scale in (32 ** -0.5, 1.0):
+            code = int(ops.norm.from_float(np.float32(scale)))
+            np.testing.assert_array_equal(ops.attention_head(q, k, v, scale),
+                                          ops.exact_attention_head(q, k, v, code))
+
+
+def test_the_fast_paths_run_where_they_should():
+    """The default types take the float64 paths; with 25-bit data a q.k partial sum can pass
+    2^53, so attention falls back to int64."""
+    rng = np.random.default_rng(3)
+    default, wide = _ops({}), _ops(TYPE_SETS["wide data"])
+    q = _raw(rng, default.data, (50, 32), 1.0)
+    assert default._float_attention(q, q, q, 1 << default.norm.frac) is not None
+    q = _raw(rng, wide.data, (50, 32), 1.0)
+    assert wide._float_attention(q, q, q, 1 << wide.norm.frac) is None
