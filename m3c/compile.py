@@ -10,6 +10,7 @@ import json
 import math
 import os
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from m3c.graph import Graph, load_model, ort_session
 from m3c.hw.layout import DdrLayout, layout_weights, render_calls
 from m3c.hw.units import MIN_SPAN
 from m3c.precision import (
+    HEADROOM,
     ROLES,
     calibrate,
     choose_types,
@@ -146,17 +148,19 @@ def _build(original: Graph, board: Target, settings: dict, project: Path, tiles,
 
     graph = default_pipeline().run(original.copy(), save_dir=project / "intermediate")
     tasks, vectors = _test_vectors(original, graph)
-    check_lowering(original, graph, tasks, vectors)  # no silently wrong project
     plan = plan_kernel(graph.graph)
     kernel = plan.to_json()
     images = [vector["image"] for vector in vectors]
-    # The emulator runs images in parallel threads; BLAS threads on top would oversubscribe.
-    with threadpool_limits(limits=1, user_api="blas"):
+    # The emulator runs images in parallel threads, beside the lowering check (its own copy
+    # of the graph); BLAS threads on top would oversubscribe.
+    with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(1) as background:
+        lowering = background.submit(check_lowering, original, graph.copy(), tasks, vectors)
         typing = _typing(plan, kernel, settings, images, len(tasks))
         if typing.types is not None:  # per-layer result types: narrowing calls after layers
             plan.narrow_results(layer_result_types(kernel, settings["config"]))
             kernel = plan.to_json()
         expected = _expected_features(kernel, typing, vectors)
+        lowering.result()  # no silently wrong project
     choice = choose_design(kernel["calls"], plan.capacities, board,
                            Precision.from_types(typing.types_json()), budget, tiles)
     layout = layout_weights(kernel["calls"], choice.design.geometry, typing.ddr_values())
@@ -182,6 +186,7 @@ class Typing:
     weights: np.ndarray  # the values the kernel computes with (float32)
     activation_max: float | None = None
     raw_weights: np.ndarray | None = None  # fixed: the weight_t codes DDR holds
+    headroom: float | None = None  # fixed: the data type's range over the calibrated peak
 
     @property
     def tolerance(self) -> float:
@@ -222,7 +227,8 @@ def _typing(plan: KernelPlan, kernel: dict, settings: dict, test_images: list[np
     # a float64 copy of the whole blob.
     values = raw.astype(np.float32)
     values *= np.float32(math.ldexp(1.0, -types["weight"].frac))
-    return Typing("fixed", types, values, activation_max, raw)
+    return Typing("fixed", types, values, activation_max, raw,
+                  settings["config"].get("headroom", HEADROOM))
 
 
 def _test_vectors(original: Graph, graph: Graph) -> tuple[list[str], list[dict]]:
@@ -383,7 +389,7 @@ def _write_manifest(project: Path, graph: Graph, plan: KernelPlan, kernel: dict,
     manifest = {
         "m3c_version": 2, "target": board.name, "precision": typing.precision, "tasks": tasks,
         "types": typing.types_json(), "tolerance": typing.tolerance,
-        "calibration_max_abs": typing.activation_max,
+        "calibration_max_abs": typing.activation_max, "calibration_headroom": typing.headroom,
         "config": json.loads(graph.metadata.get("m3c.config", "{}")),
         "image_shape": plan.image_shape, "features_shape": list(features.shape),
         "features_tensor": graph.metadata["m3c.features_tensor"],

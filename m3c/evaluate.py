@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from m3c.errors import M3CError
+from m3c.verify import encoder_error
 
 BACKENDS = ("emulate", "csim", "reference")
 DENSE_MULTICHANNEL = frozenset({"normals"})  # regressions with several channels
@@ -174,7 +175,9 @@ class ProjectRunner:
         self.backend = backend
         self.heads = {task: _session(onnx.load(str(project / "host/heads" / f"{task}.onnx")))
                       for task in self.tasks}
-        self.reference = _session(onnx.load(str(project / "intermediate/00_import.onnx")))
+        self.features = self.manifest["features_tensor"]
+        self.reference = _session(_with_output(
+            onnx.load(str(project / "intermediate/00_import.onnx")), self.features))
         types = self.manifest.get("types") or {}
         self.data_type = (FixedType.from_json(types["data"])
                           if self.manifest.get("precision") == "fixed" else None)
@@ -189,28 +192,45 @@ class ProjectRunner:
             self.kernel = csim.load(project)
 
     def evaluate(self, index: int, image: np.ndarray, labels: dict[str, np.ndarray]) -> dict:
-        """Per task: this image's agreement with float, errors against labels, saturation."""
+        """Per task: this image's agreement with float, errors against labels, saturation,
+        and the largest difference of the kernel's features from float's."""
         record = {"index": index, "tasks": {}, "saturation": {}}
         for task_id, task in enumerate(self.tasks):
             feeds = {"image": image[None]}
             if len(self.tasks) > 1:
                 feeds["task"] = np.array(task_id, dtype=np.int64)
             # Only this task's head: the others would be computed and thrown away.
-            reference = self.reference.run([task], feeds)[0]
-            compiled = reference if self.backend == "reference" else \
-                self._compiled(image, task_id, task, record["saturation"])
-            record["tasks"][task] = _task_record(task, compiled, reference, labels.get(task))
+            features, reference = self.reference.run([self.features, task], feeds)
+            if self.backend == "reference":
+                compiled, features_error = reference, (0.0, 0.0)
+            else:
+                ours = self._features(image, task_id, record["saturation"])
+                compiled = self._head(task, ours)
+                features_error = encoder_error(ours, features, self.manifest["features_shape"],
+                                               f"{task} features")
+            record["tasks"][task] = {**_task_record(task, compiled, reference, labels.get(task)),
+                                     "features_error": features_error[0],
+                                     "features_worst": features_error[1]}
         return record
 
-    def _compiled(self, image: np.ndarray, task_id: int, task: str, saturation: dict):
-        shape = self.manifest["features_shape"]
+    def _features(self, image: np.ndarray, task_id: int, saturation: dict) -> np.ndarray:
         if self.backend == "emulate":
             observer = _saturation_counter(self.data_type, saturation)
-            features = self.kernel.run(image, task_id, observer)
-        else:
-            features = self.kernel.run(image, task_id)
-        head = self.heads[task]
+            return self.kernel.run(image, task_id, observer)
+        return self.kernel.run(image, task_id)
+
+    def _head(self, task: str, features: np.ndarray) -> np.ndarray:
+        head, shape = self.heads[task], self.manifest["features_shape"]
         return head.run(None, {head.get_inputs()[0].name: features.reshape(shape)})[0]
+
+
+def _with_output(model, name: str):
+    """`model` with tensor `name` as an extra output (the encoder's features)."""
+    import onnx
+
+    model.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT,
+                                                                 None))
+    return model
 
 
 def _session(model):
@@ -490,6 +510,8 @@ def _summarise(folder: Path, records: list[dict], images: ImageSet) -> dict:
         tasks[task] = (_classes_summary(rows) if rows[0]["kind"] == "classes"
                        else _dense_summary(rows))
         tasks[task]["worst_images"] = _worst(rows, records, images.names)
+        for key in ("features_error", "features_worst"):
+            tasks[task][key] = max(row[key] for row in rows)
     saturation: dict[str, int] = {}
     for record in records:
         for layer, pinned in record["saturation"].items():

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -148,16 +149,22 @@ def _qualified(node: gs.Node) -> str:
 
 
 def run_graph(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return graph_runner(model)(feeds)
+
+
+def graph_runner(model: onnx.ModelProto) -> Callable[[dict[str, np.ndarray]], dict]:
+    """A function running `model` on feeds (outputs by name), loaded once: in m3c's numpy
+    references when it holds m3c ops, else in onnxruntime."""
     names = [output.name for output in model.graph.output]
     if any(node.domain == M3C_DOMAIN for node in model.graph.node):
         from onnx.reference import ReferenceEvaluator
 
         from m3c.ops import reference_ops
 
-        results = ReferenceEvaluator(model, new_ops=reference_ops()).run(None, feeds)
+        session = ReferenceEvaluator(model, new_ops=reference_ops())
     else:
-        results = ort_session(model).run(None, feeds)
-    return dict(zip(names, results, strict=True))
+        session = ort_session(model)
+    return lambda feeds: dict(zip(names, session.run(None, feeds), strict=True))
 
 
 def ort_session(model: onnx.ModelProto):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from m3c.errors import LoweringError
-from m3c.graph import Graph, run_graph
+from m3c.graph import Graph, graph_runner
 
 # Error relative to the reference's magnitude (at least 1): absolute for the usual
 # activations of order one, and not failing large-valued outputs on float32 rounding.
@@ -50,14 +50,15 @@ def check_lowering(original: Graph, lowered: Graph, tasks: list[str], vectors: l
     it. Returns the largest relative error seen.
     """
     check_heads_standard(lowered)
+    encoder = graph_runner(lowered.to_onnx())
     worst, failing = 0.0, None
     for index, (task, vector) in enumerate(zip(tasks, vectors, strict=True)):
         feeds = _feeds(original, vector["image"], index)
-        features = next(iter(lowered.run(feeds).values()))
+        features = next(iter(encoder(feeds).values()))
         error = relative_error(features.reshape(vector["features"].shape), vector["features"])
         if lowered.heads:
             head = lowered.heads[task]
-            output = run_graph(lowered.to_onnx(head), {head.inputs[0].name: features})[task]
+            output = graph_runner(lowered.to_onnx(head))({head.inputs[0].name: features})[task]
             error = max(error, relative_error(output, vector["output"]))
         if error > worst:
             worst = error

@@ -8,8 +8,12 @@ narrowed; accumulators truncate and wrap, because they are sized (from the two) 
 product or sum is ever rounded or overflows, which also makes them order-independent. Softmax,
 reciprocal and normalisation scalars have fixed formats chosen for their value ranges.
 
-A JSON or YAML config overrides any class (`types:`) and, per layer, the weight type its
-tensors are quantized to and the type its results are rounded to
+Calibration keeps headroom: the activation type holds HEADROOM times the largest magnitude
+seen, so images a little louder than the calibration set do not saturate (`m3c verify build/
+--images N` measures it on fresh images).
+
+A JSON or YAML config overrides any class (`types:`), the headroom (`headroom: 2`) and, per
+layer, the weight type its tensors are quantized to and the type its results are rounded to
 (`layers: {name: {weight: ap_fixed<8,2>, result: ap_fixed<12,4>}}`).
 """
 
@@ -49,6 +53,7 @@ FIXED_DEFAULTS = {
     "norm": FixedType(24, 10, False, *NARROWED),
 }
 DEFAULT_WIDTH = 16
+HEADROOM = 1.25
 MAX_EXACT_WIDTH = 63  # raw values must fit int64 in the emulation
 CLASS_MODES = {"data": NARROWED, "weight": NARROWED, "acc": EXACT, "var": EXACT,
                **{name: (t.quant, t.overflow) for name, t in FIXED_DEFAULTS.items()}}
@@ -75,9 +80,14 @@ def load_config(path: str | Path | None) -> dict:
     except (OSError, ValueError, yaml.YAMLError) as error:
         raise CodegenError(f"cannot read precision config {path}: {error}",
                            remedy="give a JSON or YAML file with 'types' and/or 'layers'") from None
-    if not isinstance(config, dict) or set(config) - {"types", "layers"}:
-        raise CodegenError(f"precision config {path} must be a mapping with 'types' and/or "
-                           "'layers'", remedy='e.g. {"types": {"data": "ap_fixed<18,8>"}}')
+    if not isinstance(config, dict) or set(config) - {"types", "layers", "headroom"}:
+        raise CodegenError(f"precision config {path} must be a mapping with 'types', 'layers' "
+                           "and/or 'headroom'", remedy='e.g. {"types": {"data": "ap_fixed<18,8>"}}')
+    headroom = config.get("headroom", HEADROOM)
+    if isinstance(headroom, bool) or not isinstance(headroom, int | float) or not (
+            1.0 <= headroom <= 1e6):
+        raise CodegenError(f"precision config {path}: headroom {headroom!r} is not a number "
+                           ">= 1", remedy="e.g. headroom: 2 (twice the calibrated range)")
     return config
 
 
@@ -115,7 +125,9 @@ def choose_types(plan: dict, weights: np.ndarray, activation_max: float,
         raise CodegenError(f"precision config names unknown or derived classes {sorted(unknown)}",
                            remedy="override data, weight, logit, exp_arg, prob, recip or norm")
     types = dict(FIXED_DEFAULTS)
-    types["data"] = FixedType(DEFAULT_WIDTH, integer_bits(activation_max), True, *NARROWED)
+    headroom = (config or {}).get("headroom", HEADROOM)
+    types["data"] = FixedType(DEFAULT_WIDTH, integer_bits(activation_max * headroom), True,
+                              *NARROWED)
     types["weight"] = FixedType(DEFAULT_WIDTH, integer_bits(float(np.abs(weights).max())), True,
                                 *NARROWED)
     for name, spelling in overrides.items():

@@ -216,6 +216,28 @@ def max_error(got: np.ndarray, want: np.ndarray, what: str) -> float:
     return float(np.abs(got.ravel() - want.ravel()).max())
 
 
+# A router whose k-th and (k+1)-th experts are nearly tied for a token sends it elsewhere
+# under any change of rounding (float32 vs onnxruntime as much as fixed point): that token's
+# features then differ by far more than the arithmetic does, while every other token follows.
+# Up to this share of the tokens may exceed a tolerance (measured: 1.5-3.5% on tiny-nyud and
+# tiny-cityscapes in fixed point, each such token 10x past the rest); a wrong weight or a
+# saturating layer moves far more, and NaN anywhere fails.
+ROUTING_FLIP_SHARE = 0.05
+
+
+def encoder_error(got: np.ndarray, want: np.ndarray, shape: list[int], what: str
+                  ) -> tuple[float, float]:
+    """(the error all but ROUTING_FLIP_SHARE of the tokens stay within, the largest error) of
+    encoder features of `shape` ([..., tokens, width]); infinite on NaN or Inf."""
+    worst = max_error(got, want, what)
+    if not math.isfinite(worst):
+        return worst, worst
+    difference = np.abs(np.asarray(got, np.float64).ravel() - np.asarray(want, np.float64).ravel())
+    per_token = difference.reshape(-1, shape[-1]).max(axis=1)
+    rank = per_token.size - 1 - int(per_token.size * ROUTING_FLIP_SHARE)
+    return float(np.partition(per_token, rank)[rank]), worst
+
+
 def worst_error(rows: list[StageRow]) -> float:
     """The largest error of any stage and task; infinite when nothing was compared."""
     errors = [error for row in rows
@@ -267,7 +289,8 @@ class ProjectRow:
 
     `kernel_error` is against what the kernel must produce: onnxruntime's encoder output in
     float precision (within the tolerance), the bit-exact numpy emulation in fixed (exactly).
-    The onnxruntime columns show what the precision costs in fixed point.
+    The onnxruntime columns show what the precision costs in fixed point; `features_error` is
+    the error all but ROUTING_FLIP_SHARE of the tokens stay within (see encoder_error).
     """
 
     task: str
@@ -344,7 +367,8 @@ def verify_project(project: str | Path, checked: list[str] | None = None,
                                           f"{where} host head in TVM")
         rows.append(ProjectRow(task, manifest["precision"], manifest["tolerance"],
                                max_error(features, expected, f"{where} features"),
-                               max_error(features, reference, f"{where} onnxruntime features"),
+                               encoder_error(features, reference, manifest["features_shape"],
+                                             f"{where} onnxruntime features")[0],
                                max_error(output, want, f"{where} output"),
                                fixed_onnxruntime_tolerance(manifest), head_oracle_error))
     return rows
@@ -439,7 +463,7 @@ def fixed_onnxruntime_tolerance(manifest: dict) -> float:
 
 def format_project_table(rows: list[ProjectRow]) -> str:
     expected = "emulation" if rows and rows[0].precision == "fixed" else "onnxruntime"
-    lines = [f"{'task':<12} {'csim vs ' + expected:>22} {'encoder vs ORT':>15} "
+    lines = [f"{'task':<12} {'csim vs ' + expected:>22} {'encoder vs ORT*':>15} "
              f"{'task output vs ORT':>19} {'head TVM vs ORT':>16}  verdict"]
     lines += [f"{row.task:<12} {row.kernel_error:>22.2e} {row.features_error:>15.2e} "
               f"{row.output_error:>19.2e} {_optional(row.head_oracle_error):>16}  "
@@ -447,7 +471,7 @@ def format_project_table(rows: list[ProjectRow]) -> str:
     if rows:
         rule = ("fixed point: the C-simulation must equal the bit-accurate numpy emulation, and "
                 f"the encoder stay within {rows[0].onnxruntime_tolerance:.1e} of onnxruntime "
-                f"({FIXED_ORT_STEPS} steps of the activation type)"
+                f"({FIXED_ORT_STEPS} steps of the activation type)\n{TOKEN_NOTE}"
                 if rows[0].precision == "fixed" else
                 f"float: the C-simulation must match onnxruntime within {rows[0].tolerance:.0e}")
         lines.append(rule)
@@ -459,5 +483,87 @@ def format_project_table(rows: list[ProjectRow]) -> str:
     return "\n".join(lines)
 
 
+TOKEN_NOTE = (f"* the error all but {ROUTING_FLIP_SHARE:.0%} of the tokens stay within: a "
+              "router near a tie flips single tokens under any rounding")
+
+
 def _optional(error: float | None) -> str:
     return "-" if error is None else f"{error:.2e}"
+
+
+# -- fresh images: does the calibration hold on images the project never saw? ---------------
+
+@dataclass
+class FreshRow:
+    """One task on fresh images: the kernel (through its bit-exact emulation) and its host
+    head against onnxruntime on the original model."""
+
+    task: str
+    images: int
+    features_error: float  # encoder_error's first figure, the largest over the images
+    features_worst: float  # the largest error of any token
+    tolerance: float
+    agreement: str
+
+    @property
+    def passed(self) -> bool:
+        return self.features_error <= self.tolerance  # NaN fails
+
+
+def verify_fresh_images(project: str | Path, images: int | str, seed: int = 0
+                        ) -> tuple[list[FreshRow], dict[str, int], str]:
+    """(a row per task, saturated results per layer, where the images came from) for a count
+    of generated images or an .npy batch / folder of pictures.
+
+    A count gives synthetic scenes from the model's own generator when the project was exported
+    by m3c (its config is in project.json), else standard-normal images.
+    """
+    from m3c.evaluate import evaluate
+    from m3c.validate import load_project
+
+    project = Path(project)
+    manifest, _ = load_project(project)
+    image_set = _fresh_images(images, manifest, seed)
+    summary = evaluate([project], image_set, backend="emulate", workers=1)["projects"][0]
+    tolerance = fixed_onnxruntime_tolerance(manifest)
+    rows = [FreshRow(task, len(image_set.images), figures["features_error"],
+                     figures["features_worst"], tolerance, _agreement(figures))
+            for task, figures in summary["tasks"].items()]
+    return rows, summary["saturation"], image_set.source
+
+
+def _fresh_images(images: int | str, manifest: dict, seed: int):
+    from m3c.evaluate import ImageSet, load_images
+
+    if isinstance(images, str):
+        return load_images(images, manifest)
+    if manifest.get("config"):
+        return load_images(None, manifest, synthetic=images, seed=seed)
+    shape = (images, *manifest["image_shape"][1:])
+    batch = np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+    return ImageSet(batch, [f"random{i:05d}" for i in range(images)], {},
+                    f"standard-normal images (seed {seed})")
+
+
+def _agreement(figures: dict) -> str:
+    if figures["kind"] == "classes":
+        return f"{100 * figures['pixel_agreement']:.2f}% of pixels agree"
+    return f"relative RMSE {100 * figures['relative_rmse']:.2f}%"
+
+
+def format_fresh_table(rows: list[FreshRow], saturation: dict[str, int], source: str) -> str:
+    lines = [f"fresh images: {rows[0].images if rows else 0} {source}",
+             f"{'task':<12} {'encoder vs ORT*':>15} {'worst token':>12} {'limit':>9}  "
+             f"{'task output vs ORT':<28} verdict"]
+    lines += [f"{row.task:<12} {row.features_error:>15.2e} {row.features_worst:>12.2e} "
+              f"{row.tolerance:>9.1e}  {row.agreement:<28} {'PASS' if row.passed else 'FAIL'}"
+              for row in rows]
+    lines.append(TOKEN_NOTE)
+    if saturation:
+        worst = sorted(saturation.items(), key=lambda item: -item[1])
+        lines.append("saturated results per layer: " + ", ".join(
+            f"{layer} {count}" for layer, count in worst[:8])
+            + (f" (+{len(worst) - 8} layers)" if len(worst) > 8 else ""))
+    else:
+        lines.append("saturated results per layer: none")
+    return "\n".join(lines)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from m3c.atomic import staged_directory, staged_files
 from m3c.cli import command
+from m3c.errors import ArgumentError
 from m3c.stage_store import SHARED_FILE
 from m3c.validate import non_empty, non_negative_float, positive_int
 
@@ -64,8 +65,10 @@ def run_lower(args: argparse.Namespace) -> int:
 
 def _configure_verify(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="ONNX model file, or a project made by m3c compile")
-    parser.add_argument("--images", type=positive_int, default=2,
-                        help="random images per task (>= 1)")
+    parser.add_argument("--images", type=_count_or_path, default=None,
+                        help="a model: random images per task (default 2); a project: also "
+                             "run this many fresh images (synthetic scenes), or an .npy batch "
+                             "or folder of pictures, through the kernel against onnxruntime")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--until", help="stop after this pass")
     parser.add_argument("--tolerance", type=non_negative_float, default=1e-4)
@@ -78,32 +81,56 @@ def _configure_verify(parser: argparse.ArgumentParser) -> None:
 def run_verify(args: argparse.Namespace) -> int:
     from m3c.verify import (
         format_oracles,
-        format_project_table,
         format_table,
-        project_passed,
         verify_model,
-        verify_project,
         worst_error,
     )
 
     if Path(args.model).is_dir():
-        checked: list[str] = []
-        project_rows = verify_project(args.model, checked, oracle=args.oracle)
-        print(format_project_table(project_rows))
-        print("checked " + ", ".join(checked))
-        passed = project_passed(project_rows)
-        print("PASS" if passed else "FAIL")
-        return 0 if passed else 1
-    result = verify_model(args.model, count=args.images, seed=args.seed, until=args.until,
+        return _verify_project(args)
+    if isinstance(args.images, str):
+        raise ArgumentError(f"--images {args.images}: a model is verified on random images",
+                         remedy="give a count, or compile the model and verify the project")
+    count = 2 if args.images is None else args.images
+    result = verify_model(args.model, count=count, seed=args.seed, until=args.until,
                           oracle=args.oracle)
     rows = result.stages
     print(format_table(rows))
     worst = worst_error(rows)
     passed = worst <= args.tolerance
     tasks = len(rows[0].errors) if rows else 0
-    print(f"checked {args.model}: {len(rows)} stages x {tasks} task(s) x {args.images} "
+    print(f"checked {args.model}: {len(rows)} stages x {tasks} task(s) x {count} "
           f"image(s) against onnxruntime")
     print(f"worst error {worst:.2e} vs tolerance {args.tolerance:.0e}: "
           f"{'PASS' if passed else 'FAIL'}")
     print(format_oracles(result))
     return 0 if passed and result.oracles_agree else 1
+
+
+def _count_or_path(text: str) -> int | str:
+    """--images: a count (>= 1) or, for a project, an .npy file or folder of pictures."""
+    return positive_int(text) if text.lstrip("+-").isdigit() else non_empty(text)
+
+
+def _verify_project(args: argparse.Namespace) -> int:
+    from m3c.verify import (
+        format_fresh_table,
+        format_project_table,
+        project_passed,
+        verify_fresh_images,
+        verify_project,
+    )
+
+    checked: list[str] = []
+    project_rows = verify_project(args.model, checked, oracle=args.oracle)
+    print(format_project_table(project_rows))
+    print("checked " + ", ".join(checked))
+    passed = project_passed(project_rows)
+    if args.images is not None:
+        fresh, saturation, source = verify_fresh_images(args.model, args.images, args.seed)
+        print(format_fresh_table(fresh, saturation, source))
+        passed = passed and bool(fresh) and all(row.passed for row in fresh)
+    else:
+        print("fresh images: not run (--images N runs N images the project never saw)")
+    print("PASS" if passed else "FAIL")
+    return 0 if passed else 1
