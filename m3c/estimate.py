@@ -112,7 +112,8 @@ class Design:
     @cached_property
     def geometry(self) -> Geometry:
         return Geometry(self.tiles[0], self.tiles[1], lane_bits(self.precision),
-                        self.target.hp_port_bits, self.row_tile, self.query_tile)
+                        self.target.hp_port_bits, self.row_tile, self.query_tile,
+                        packed=bool(self.capacities.get("packed")))
 
     @cached_property
     def sizes(self) -> dict[str, int]:
@@ -282,7 +283,7 @@ def unit_logic(design: Design) -> dict[str, Resources]:
     p, g, c = design.precision, design.geometry, design.capacities
     s = design.sizes
     macs = g.macs
-    array = Resources(dsp=macs * p.mac_dsp,
+    array = Resources(dsp=g.dsps * p.mac_dsp,
                       ff=2 * macs * g.lane_bits + 2 * g.tm * s["SUM_BITS"])
     if not p.floating and s["SUM_BITS"] > DSP_ACC_BITS:
         array = array + Resources(lut=macs * s["SUM_BITS"])  # the sum leaves the cascade
@@ -573,6 +574,17 @@ def calls_for_config(config: dict) -> tuple[list[dict], dict]:
     return calls, capacities
 
 
+MAC8_OPS = ("qkv", "attention", "linear", "experts")  # 8-bit; embed and route stay 16
+
+
+def as_int8(calls: Sequence[dict], capacities: dict) -> tuple[list[dict], dict]:
+    """`calls_for_config`'s calls with every 8-bit candidate marked 8-bit (for estimates: the
+    shifts are placeholders) and the array packed: what `--precision int8` compiles."""
+    marked = [{**call, "mac8": {"x_shift": 0, "w_shift": 0}} if call["op"] in MAC8_OPS
+              else call for call in calls]
+    return marked, {**capacities, "packed": 1}
+
+
 def _linear_call(layer: str, tokens: int, in_dim: int, out_dim: int, source: str, target: str,
                  activation: str = "none") -> dict:
     return {"op": "linear", "layer": layer, "tokens": tokens, "in_dim": in_dim,
@@ -596,8 +608,9 @@ class ExpertStep:
 def expert_load_cycles(call: dict, d: Design) -> int:
     """One expert's weights from DDR, a word per cycle (fc1 and fc2 blobs)."""
     g = d.geometry
-    return (g.matmul_words(call["dim"], g.padded(call["hidden"]))
-            + g.matmul_words(call["hidden"], call["dim"]))
+    narrow = hw.mac8(call)
+    return (g.matmul_words(call["dim"], g.padded(call["hidden"]), narrow)
+            + g.matmul_words(call["hidden"], call["dim"], narrow))
 
 
 def expert_compute_cycles(call: dict, d: Design, count: int) -> int:
@@ -610,7 +623,8 @@ def expert_compute_cycles(call: dict, d: Design, count: int) -> int:
                              (call["hidden"], call["dim"])):
             k_panels, m_panels = g.panels(in_dim, cols)
             steps = k_panels * m_panels
-            total += steps * (max(rows, hw.MIN_SPAN) + hw.MAC_DEPTH) + hw.LOOP_DEPTH
+            sweep = hw.sweep(g, rows, hw.mac8(call))
+            total += steps * (max(sweep, hw.MIN_SPAN) + hw.MAC_DEPTH) + hw.LOOP_DEPTH
     return total
 
 
@@ -626,8 +640,10 @@ def expert_schedule(call: dict, d: Design, queue_lengths: Sequence[int]) -> list
             continue
         compute = 0
         for rows in g.row_tiles(int(count)):
-            compute += hw.tile_cost(g, rows, call["dim"], g.padded(call["hidden"])).cycles
-            compute += hw.tile_cost(g, rows, call["hidden"], call["dim"]).cycles
+            narrow = hw.mac8(call)
+            compute += hw.tile_cost(g, rows, call["dim"], g.padded(call["hidden"]),
+                                    narrow=narrow).cycles
+            compute += hw.tile_cost(g, rows, call["hidden"], call["dim"], narrow=narrow).cycles
         steps.append(ExpertStep(expert, int(count), clock, clock + load, clock,
                                 clock + compute))
         clock += compute

@@ -97,8 +97,9 @@ def render_calls(calls: list[dict], layout: DdrLayout, g: Geometry, sizes: dict,
             _expect(call, following, "experts")
             tasks = units.router_tasks(call)
             experts_blob = layout.segments[index + 1]["blob"]
-            fc1 = g.matmul_words(following["dim"], g.padded(following["hidden"]))
-            fc2 = g.matmul_words(following["hidden"], following["dim"])
+            narrow = units.mac8(following)
+            fc1 = g.matmul_words(following["dim"], g.padded(following["hidden"]), narrow)
+            fc2 = g.matmul_words(following["hidden"], following["dim"], narrow)
             args = [seg["blob"][0], seg["blob"][1] // tasks, tasks, "task", experts_blob[0],
                     fc1 + fc2, fc1, fc2, call["tokens"], call["dim"], following["hidden"],
                     call["experts"], call["top_k"], f"m3c::{_activation(following)}",
