@@ -87,6 +87,15 @@ class KernelPlan:
             if call["layer"] in results:
                 call["narrow"] = results[call["layer"]].to_json()
 
+    def use_mac8(self, specs: dict[str, dict]) -> None:
+        """Give each named layer its 8-bit operand types (kernel.json "mac8") and the kernel a
+        packed array (two 8-bit products per DSP) when any layer has them."""
+        for call in self.calls:
+            if call["layer"] in specs:
+                call["mac8"] = specs[call["layer"]]
+        if specs:
+            self.capacities["packed"] = 1
+
     def to_json(self) -> dict:
         """The call sequence as data: what the numpy emulator and the estimators replay."""
         return {"calls": self.calls, "weight_elements": self.weights.size,

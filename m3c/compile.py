@@ -10,7 +10,7 @@ import json
 import math
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import jinja2
@@ -24,7 +24,7 @@ from m3c.dse import DEFAULT_BUDGET, Choice, check_budget, choose_design, parse_t
 from m3c.errors import CodegenError
 from m3c.estimate import Precision, band_rows, storage_bindings
 from m3c.graph import Graph, load_model, ort_session
-from m3c.hw.layout import DdrLayout, layout_weights, render_calls
+from m3c.hw.layout import DdrLayout, layout_weights, narrow_kinds, render_calls
 from m3c.hw.units import MIN_SPAN
 from m3c.precision import (
     ROLES,
@@ -34,6 +34,8 @@ from m3c.precision import (
     layer_result_types,
     layer_weight_types,
     load_config,
+    mac8_types,
+    observe_inputs,
     quantize_blob,
 )
 from m3c.report import build_report, write_report
@@ -43,7 +45,7 @@ from m3c.runtime.fixed import EXP_TABLE_BITS, GELU_RANGE, FixedType, gelu_step_b
 from m3c.target import Target, load_target
 from m3c.verify import sample_feeds, task_names
 
-PRECISIONS = ("fixed", "float")
+PRECISIONS = ("fixed", "float", "int8")
 FLOAT_TOLERANCE = 1e-4  # float C-simulation vs onnxruntime; fixed must equal the emulation
 HP_BUNDLES = ["gmem_w", "gmem_in", "gmem_out"]
 UNITS = ("embed_layer", "load_band", "add_positions", "layernorm_stats", "load_vector",
@@ -70,6 +72,8 @@ def compile_model(model, target: str = "zcu104", out: str | os.PathLike = "build
 
     Fixed precision calibrates on `calib` (images [N,3,H,W] or a .npy of them; by default the
     project's own test vectors) and applies the overrides of `precision_config` (JSON/YAML).
+    `int8` is fixed point whose dense layers and experts multiply 8-bit operands, two per DSP
+    (m3c.precision says which layers and why).
     `tiles` (TK, TM) force the MAC array's size; by default m3c.dse picks the
     fastest that fits `budget` x the target's resources.
     """
@@ -155,6 +159,7 @@ def _build(original: Graph, board: Target, settings: dict, project: Path, tiles,
         typing = _typing(plan, kernel, settings, images, len(tasks))
         if typing.types is not None:  # per-layer result types: narrowing calls after layers
             plan.narrow_results(layer_result_types(kernel, settings["config"]))
+            plan.use_mac8(typing.mac8)
             kernel = plan.to_json()
         expected = _expected_features(kernel, typing, vectors)
     choice = choose_design(kernel["calls"], plan.capacities, board,
@@ -182,6 +187,7 @@ class Typing:
     weights: np.ndarray  # the values the kernel computes with (float32)
     activation_max: float | None = None
     raw_weights: np.ndarray | None = None  # fixed: the weight_t codes DDR holds
+    mac8: dict[str, dict] = field(default_factory=dict)  # 8-bit layers: kernel.json "mac8"
 
     @property
     def tolerance(self) -> float:
@@ -217,12 +223,17 @@ def _typing(plan: KernelPlan, kernel: dict, settings: dict, test_images: list[np
     types = choose_types(kernel, blob, activation_max, settings["config"])
     sizes = {name: array.size for name, array in plan.weights.arrays.items()}
     narrowed = layer_weight_types(kernel, settings["config"])
+    mac8: dict[str, dict] = {}
+    if settings["precision"] == "int8":
+        inputs = observe_inputs(kernel, blob, samples)
+        mac8, narrowed8 = mac8_types(kernel, blob, types, inputs)
+        narrowed |= narrowed8
     raw = quantize_blob(blob, plan.weights.offsets, sizes, types["weight"], narrowed)
     # In float32 directly (a power-of-two scale): the same values as through float64, without
     # a float64 copy of the whole blob.
     values = raw.astype(np.float32)
     values *= np.float32(math.ldexp(1.0, -types["weight"].frac))
-    return Typing("fixed", types, values, activation_max, raw)
+    return Typing("fixed", types, values, activation_max, raw, mac8)
 
 
 def _test_vectors(original: Graph, graph: Graph) -> tuple[list[str], list[dict]]:
@@ -309,7 +320,7 @@ def _context(graph: Graph, plan: KernelPlan, kernel: dict, board: Target, typing
     sizes = dict(design.sizes)
     embed = next((c for c in kernel["calls"] if c["op"] == "embed"), None)
     sizes["BAND_ROWS"] = band_rows(embed, design) if embed else 1
-    kinds = sorted({call["narrow"]["cpp"] for call in kernel["calls"] if "narrow" in call})
+    kinds = narrow_kinds(kernel["calls"])
     tokens, dim = plan.features_shape[-2], plan.features_shape[-1]
     return {
         "model_name": config.get("name", graph.graph.name or "model"),
@@ -382,6 +393,7 @@ def _write_manifest(project: Path, graph: Graph, plan: KernelPlan, kernel: dict,
     g = choice.design.geometry
     manifest = {
         "m3c_version": 2, "target": board.name, "precision": typing.precision, "tasks": tasks,
+        "mac8_layers": sorted(typing.mac8),
         "types": typing.types_json(), "tolerance": typing.tolerance,
         "calibration_max_abs": typing.activation_max,
         "config": json.loads(graph.metadata.get("m3c.config", "{}")),

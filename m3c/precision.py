@@ -230,3 +230,104 @@ def quantize_blob(blob: np.ndarray, offsets: dict[str, int], sizes: dict[str, in
             span = slice(offset, offset + sizes[name])
             raw[span] = weight.from_float(kind.to_float(kind.from_float(blob[span])))
     return raw
+
+
+# ------------------------------------------------------------------ 8-bit layers (int8, mixed)
+
+MAC8_WIDTH = 8
+MAC8_OPS = ("qkv", "linear", "experts")
+CLIP_PERCENTILES = (99.9, 99.99)  # clipping points tried against the plain maximum
+SAMPLE_CAP = 1 << 18  # values kept per observed tensor (a uniform subsample beyond)
+
+
+def observe_inputs(plan: dict, blob: np.ndarray,
+                   samples: Iterable[tuple[np.ndarray, int]]) -> dict[str, np.ndarray]:
+    """Every call's results on the samples (float emulation), by layer name, and an expert
+    layer's hidden rows by "layer/hidden": what the 8-bit layers' operand types are fitted to."""
+    samples = list(samples)
+    cap = SAMPLE_CAP // max(len(samples), 1)
+    seen: dict[str, list[np.ndarray]] = {}
+
+    def observe(call: dict, what: str, values: np.ndarray) -> None:
+        if what in ("output", "hidden"):
+            key = call["layer"] + ("/hidden" if what == "hidden" else "")
+            step = -(-values.size // cap)  # a strided subsample: deterministic across threads
+            seen.setdefault(key, []).append(np.asarray(values[::step], np.float32))
+
+    KernelEmulator(plan, blob).run_many(samples, [observe] * len(samples))
+    return {key: np.concatenate(parts) for key, parts in seen.items()}
+
+
+def _input_sources(calls: list[dict]) -> list[tuple[dict, str]]:
+    """(8-bit candidate, the observation key of the tensor its array reads)."""
+    last: dict[str, str] = {}
+    pairs = []
+    for call in calls:
+        if call["op"] in MAC8_OPS:
+            source = "normalised" if call["op"] != "linear" else call["source"]
+            if source in last:
+                pairs.append((call, last[source]))
+        produced = {"layernorm": "normalised", "attention": "attention"}.get(call["op"])
+        if call["op"] == "linear" and call["target"] == "hidden":
+            produced = "hidden"
+        if produced:
+            last[produced] = call["layer"]
+    return pairs
+
+
+def best_integer_bits(values: np.ndarray, lowest: int, highest: int) -> int:
+    """Integer bits of the ap_fixed<8,I> that quantizes `values` with the least squared error:
+    the maximum's I against percentile clipping points' (clipping pays when a few outliers
+    would otherwise cost every other value its resolution)."""
+    magnitudes = np.abs(values.astype(np.float64))
+    peaks = [float(magnitudes.max(initial=0.0)),
+             *(float(np.percentile(magnitudes, q)) for q in CLIP_PERCENTILES)]
+    candidates = sorted({min(max(integer_bits(peak), lowest), highest) for peak in peaks})
+
+    def error(integer: int) -> float:
+        kind = FixedType(MAC8_WIDTH, integer, True, *NARROWED)
+        return float(((kind.to_float(kind.from_float(values)) - values) ** 2).sum())
+
+    return min(candidates, key=lambda integer: (error(integer), -integer))
+
+
+def mac8_types(plan: dict, blob: np.ndarray, types: dict[str, FixedType],
+               inputs: dict[str, np.ndarray], layers: Iterable[str] | None = None
+               ) -> tuple[dict[str, dict], dict[int, FixedType]]:
+    """Per 8-bit layer (all candidates, or those named in `layers`) its kernel.json "mac8"
+    entry, and the weight offsets to round to 8 bits. Operand types are ap_fixed<8,I> per
+    layer, not per output channel: the array's sums share one binary point per product, so
+    only a per-layer scale keeps the 8-bit codes the exact top bits of the data_t / weight_t
+    codes (a shift), and the emulation stays bit-exact without rescaling in the epilogue."""
+    data, weight = types["data"], types["weight"]
+    chosen = None if layers is None else set(layers)
+    specs, narrowed = {}, {}
+    for call, source in _input_sources(plan["calls"]):
+        if chosen is not None and call["layer"] not in chosen:
+            continue
+        parts = [("x", "w", inputs[source], call["w1" if call["op"] == "experts" else "w"])]
+        if call["op"] == "experts":
+            parts.append(("x2", "w2", inputs[call["layer"] + "/hidden"], call["w2"]))
+        spec = {}
+        for x_key, w_key, values, offset in parts:
+            x8 = _type8(values, data)
+            w8 = _type8(_weight_values(plan, blob, call, w_key), weight)
+            spec |= {x_key: x8.to_json(), w_key: w8.to_json(),
+                     f"{x_key}_shift": data.frac - x8.frac, f"{w_key}_shift": weight.frac - w8.frac}
+            narrowed[offset] = w8
+        specs[call["layer"]] = spec
+    return specs, narrowed
+
+
+def _type8(values: np.ndarray, wide: FixedType) -> FixedType:
+    """The 8-bit type for `values` whose codes are `wide`'s codes shifted (binary points
+    aligned): at most `wide`'s integer bits and at most its fractional bits."""
+    integer = best_integer_bits(values, wide.integer - (wide.width - MAC8_WIDTH), wide.integer)
+    return FixedType(MAC8_WIDTH, integer, True, *NARROWED)
+
+
+def _weight_values(plan: dict, blob: np.ndarray, call: dict, key: str) -> np.ndarray:
+    if call["op"] == "experts":
+        size = call["experts"] * call["dim"] * call["hidden"]
+        return blob[call["w1" if key == "w" else "w2"]:][:size]
+    return blob[call["w"]:][:call["in_dim"] * call["out_dim"]]

@@ -291,6 +291,13 @@ class _State:
             return values
         return self.ops.narrow(values, FixedType.from_json(call["narrow"]))
 
+    def mac_input(self, call: dict, values: np.ndarray, key: str = "x") -> np.ndarray:
+        """An 8-bit layer's operand rows: rounded to its 8-bit type as the array's feed does
+        (its raw data_t code then has zero low bits: the 8-bit code shifted up)."""
+        if "mac8" not in call or not self.ops.fixed:
+            return values
+        return self.ops.narrow(values, FixedType.from_json(call["mac8"][key]))
+
     def observe(self, call: dict, what: str, values: np.ndarray) -> None:
         if self.observer is not None:
             self.observer(call, what, np.asarray(values).reshape(-1))
@@ -318,7 +325,7 @@ def _layernorm(state: _State, c: dict) -> None:
 
 def _qkv(state: _State, c: dict) -> None:
     k, m = c["in_dim"], c["out_dim"]
-    qkv = state.ops.linear(state.normalised, state.weight(c["w"], (k, m)),
+    qkv = state.ops.linear(state.mac_input(c, state.normalised), state.weight(c["w"], (k, m)),
                            state.weight(c["b"], (m,)), "none")
     state.qkv = state.narrowed(c, qkv)
     state.observe(c, "output", state.qkv)
@@ -335,7 +342,7 @@ def _attention(state: _State, c: dict) -> None:
 
 def _linear(state: _State, c: dict) -> None:
     k, m = c["in_dim"], c["out_dim"]
-    y = state.narrowed(c, state.ops.linear(state.source(c["source"]),
+    y = state.narrowed(c, state.ops.linear(state.mac_input(c, state.source(c["source"])),
                                            state.weight(c["w"], (k, m)),
                                            state.weight(c["b"], (m,)), c["activation"]))
     state.observe(c, "output", y)
@@ -374,11 +381,11 @@ def _experts(state: _State, c: dict) -> None:
     for expert, tokens in enumerate(state.queues):
         if tokens.size == 0:
             continue
-        hidden_rows = state.ops.linear(state.normalised[tokens], w1[expert], b1[expert],
-                                       c["activation"])
+        hidden_rows = state.ops.linear(state.mac_input(c, state.normalised[tokens]), w1[expert],
+                                       b1[expert], c["activation"])
         state.observe(c, "hidden", hidden_rows)
-        result = state.narrowed(c, state.ops.linear(hidden_rows, w2[expert], b2[expert],
-                                                    "none"))
+        result = state.narrowed(c, state.ops.linear(state.mac_input(c, hidden_rows, "x2"),
+                                                    w2[expert], b2[expert], "none"))
         state.observe(c, "expert_output", result)
         residual[tokens] = state.ops.scatter_add(residual[tokens],
                                                  state.scores[tokens, expert], result)

@@ -40,6 +40,27 @@ def test_fixed_csim_equals_emulation(compiled, preset, gate):
     _assert_bit_exact(compiled(preset, gate, precision="fixed")[1])
 
 
+@pytest.mark.parametrize("preset, gate", [("micro-nyud", "multi"), ("micro-pascal", "task"),
+                                          ("tiny-cityscapes", "multi")])
+def test_int8_csim_equals_emulation(compiled, preset, gate):
+    """The packed array (two 8-bit products per DSP) and its 16-bit two-pass products."""
+    project = compiled(preset, gate, precision="int8")[1]
+    kernel = json.loads((project / "kernel.json").read_text())
+    assert kernel["capacities"]["packed"] == 1
+    assert any("mac8" in call for call in kernel["calls"])
+    _assert_bit_exact(project)
+
+
+@pytest.mark.parametrize("overrides", [
+    {"num_experts": 1, "top_k": 1},
+    {"num_experts": 4, "top_k": 4},
+    {"tasks": {"semseg": 40}, "task_embed_dim": 0},
+])
+def test_int8_odd_shapes(compiled, overrides):
+    _assert_bit_exact(compiled("micro-nyud", "multi", **overrides, precision="int8")[1],
+                      scales=(1.0,))
+
+
 @pytest.mark.parametrize("overrides", [
     {"num_experts": 1, "top_k": 1},
     {"num_experts": 4, "top_k": 4},
@@ -73,6 +94,15 @@ def _assert_estimate_is_the_trace(project: Path) -> None:
 ])
 def test_estimate_equals_the_traced_csim(compiled, preset, gate, overrides):
     _assert_estimate_is_the_trace(compiled(preset, gate, **overrides, precision="fixed")[1])
+
+
+@pytest.mark.parametrize("preset, gate, overrides", [
+    ("micro-nyud", "multi", {}), ("tiny-cityscapes", "multi", {}),
+    ("micro-nyud", "multi", {"num_experts": 1, "top_k": 1}),
+])
+def test_int8_estimate_equals_the_traced_csim(compiled, preset, gate, overrides):
+    """One pass with half-size panels for 8-bit products, two passes for 16-bit ones."""
+    _assert_estimate_is_the_trace(compiled(preset, gate, **overrides, precision="int8")[1])
 
 
 def test_report_trace_writes_traced_and_estimated(compiled):

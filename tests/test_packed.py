@@ -25,15 +25,9 @@ namespace m3c {
 int main() {
     long long x, hi, lo;
     while (std::scanf("%lld %lld %lld", &x, &hi, &lo) == 3) {
-#ifdef M3C_PACKED_AP
-        ap_int<16> a, b;
+        m3c::product8_t a, b;
         m3c::packed_products(m3c::mac8_t(x), m3c::pack_weights(hi, lo), a, b);
-        std::printf("%lld %lld\\n", (long long)a.to_int64(), (long long)b.to_int64());
-#else
-        long long a, b;
-        m3c::packed_products(x, m3c::pack_weights(hi, lo), a, b);
-        std::printf("%lld %lld\\n", a, b);
-#endif
+        std::printf("%lld %lld\\n", (long long)a, (long long)b);
     }
     return 0;
 }

@@ -16,8 +16,9 @@ def _configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="ONNX model")
     parser.add_argument("--target", default="zcu104", help="board (see `m3c targets`)")
     parser.add_argument("-o", "--output", required=True, help="project directory to create")
-    parser.add_argument("--precision", default="fixed", choices=["fixed", "float"],
-                        help="ap_fixed types from calibration (default), or fp32 everywhere")
+    parser.add_argument("--precision", default="fixed", choices=["fixed", "float", "int8"],
+                        help="ap_fixed types from calibration (default), fp32 everywhere, or "
+                             "int8: 8-bit operands, two MACs per DSP")
     parser.add_argument("--calib", metavar="FILE.npy",
                         help="calibration images [N,3,H,W] (default: the test vectors)")
     parser.add_argument("--precision-config", metavar="FILE",
