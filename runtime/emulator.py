@@ -186,17 +186,22 @@ class FixedArithmetic:
         total = self._acc(weights.sum(axis=-1, keepdims=True), self.prob.frac)
         return weights, reciprocal(total, self.acc.frac, self.recip)
 
-    def attention_head(self, q, k, v, scale):
+    def attention_head(self, q, k, v, scale, probs8: FixedType | None = None):
+        """`probs8`: the 8-bit type the softmax numerators are rounded to as the array's
+        operand (an 8-bit attention layer; their sum keeps prob_t)."""
         # Rows are independent; blocks of them keep the temporaries in cache.
-        return np.concatenate([self._attention_rows(q[start:start + ATTENTION_ROWS], k, v, scale)
+        return np.concatenate([self._attention_rows(q[start:start + ATTENTION_ROWS], k, v, scale,
+                                                    probs8)
                                for start in range(0, q.shape[0], ATTENTION_ROWS)])
 
-    def _attention_rows(self, q, k, v, scale):
+    def _attention_rows(self, q, k, v, scale, probs8=None):
         fd, fl = self.data.frac, self.logit.frac
         dot = self.logit.cast(self._acc(self._matmul(q, k.T), 2 * fd), self.acc.frac)
         scores = self.logit.cast(dot * int(self.norm.from_float(np.float32(scale))),
                                  fl + self.norm.frac)
         weights, inverse = self.softmax_rows(scores)
+        if probs8 is not None:  # prob_t(prob8_t(p)): rounded, back on prob_t's grid
+            weights = probs8.cast(weights, self.prob.frac) << (self.prob.frac - probs8.frac)
         mixed = self._acc(self._matmul(weights, v), self.prob.frac + fd)
         mixed = self.logit.cast(mixed, self.acc.frac)
         return self.data.cast(mixed * inverse, fl + self.recip.frac)
@@ -334,8 +339,10 @@ def _qkv(state: _State, c: dict) -> None:
 def _attention(state: _State, c: dict) -> None:
     n, heads, hd = c["tokens"], c["heads"], c["head_dim"]
     qkv = state.qkv.reshape(n, 3, heads, hd)
+    probs8 = FixedType.from_json(c["mac8"]["x2"]) if "mac8" in c and state.ops.fixed else None
     out = np.concatenate([state.ops.attention_head(qkv[:, 0, h], qkv[:, 1, h], qkv[:, 2, h],
-                                                   c["scale"]) for h in range(heads)], axis=1)
+                                                   c["scale"], *([probs8] if probs8 else []))
+                          for h in range(heads)], axis=1)
     state.attention = state.narrowed(c, out)
     state.observe(c, "output", state.attention)
 

@@ -35,10 +35,15 @@ int main() {
 
 
 def _operands() -> np.ndarray:
-    """Every (x, hi, lo) over the corners, then random 8-bit triples."""
+    """Every (x, hi, lo) over the corners, then random 8-bit triples, then unsigned shared
+    operands (softmax numerators: 0 ... 255) with signed weights."""
     corners = np.array(list(itertools.product(CORNERS, repeat=3)), np.int64)
-    random = np.random.default_rng(5).integers(-128, 128, size=(4000, 3))
-    return np.concatenate([corners, random])
+    rng = np.random.default_rng(5)
+    random = rng.integers(-128, 128, size=(4000, 3))
+    unsigned = np.array(list(itertools.product((128, 255), CORNERS, CORNERS)), np.int64)
+    probs = np.concatenate([rng.integers(0, 256, size=(1000, 1)),
+                            rng.integers(-128, 128, size=(1000, 2))], axis=1)
+    return np.concatenate([corners, random, unsigned, probs])
 
 
 @pytest.fixture(scope="module")

@@ -105,6 +105,7 @@ def render_calls(calls: list[dict], layout: DdrLayout, g: Geometry, sizes: dict,
             args = [blob[0], blob[1] // call["heads"], call["tokens"], call["dim"],
                     call["heads"], call["head_dim"], f"norm_t({following['scale']!r}f)",
                     _narrow(call, kinds), _narrow(following, kinds), mac_code(call, kinds),
+                    mac_code(following, kinds), mac_code(following, kinds, second=True),
                     index, index + 1]
             lines.append(_line("attention_layer", "weights", args))
             index += 1
