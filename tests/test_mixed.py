@@ -8,17 +8,14 @@ import subprocess
 import sys
 
 import numpy as np
-import onnx
 import pytest
+from accuracy import head_losses
 
-from m3c import csim
 from m3c.compile import PRECISION_CONFIG, compile_model
 from m3c.errors import CodegenError
 from m3c.estimate import call_macs
-from m3c.graph import ort_session
 from m3c.mixed import choose_layers, parse_loss, task_loss
 from m3c.precision import MAC8_CAPABLE
-from m3c.runtime.emulator import KernelEmulator
 
 
 @pytest.fixture(scope="module")
@@ -33,31 +30,6 @@ def trained(tmp_path_factory):
     return model, path, make_dataset(model.config, 8, seed=99)["image"], folder
 
 
-def _losses(project, path, model) -> dict[str, float]:
-    """Per task against onnxruntime on held-out scenes: segmentation disagreement or depth
-    relative RMSE; the emulation equals the C-simulation on two of them."""
-    from m3c.models.data import make_dataset
-
-    manifest = json.loads((project / "project.json").read_text())
-    emulator, kernel = KernelEmulator.from_project(project), csim.load(project)
-    original = ort_session(onnx.load(str(path)))
-    scenes = make_dataset(model.config, 12, seed=424242)["image"]
-    losses = {}
-    for task_id, task in enumerate(manifest["tasks"]):
-        head = ort_session(onnx.load(str(project / "host" / "heads" / f"{task}.onnx")))
-        floats, ours = [], []
-        for index, image in enumerate(scenes):
-            feeds = {"image": image[None], "task": np.array(task_id, dtype=np.int64)}
-            floats.append(original.run([task], feeds)[0])
-            features = emulator.run(image, task_id)
-            if index < 2:
-                assert np.array_equal(features, kernel.run(image, task_id))
-            shaped = features.reshape(manifest["features_shape"])
-            ours.append(head.run(None, {head.get_inputs()[0].name: shaped})[0])
-        losses[task] = task_loss(np.concatenate(floats), np.concatenate(ours))
-    return losses
-
-
 def _share_8bit(project) -> float:
     kernel = json.loads((project / "kernel.json").read_text())
     top_k = next((c["top_k"] for c in kernel["calls"] if c["op"] == "route"), 1)
@@ -69,7 +41,7 @@ def test_int8_on_the_trained_model(trained):
     """>= 97 % of segmentation pixels and <= 4 % relative depth RMSE against float."""
     model, path, calibration, folder = trained
     project = compile_model(path, out=folder / "int8", precision="int8", calib=calibration)
-    losses = _losses(project, path, model)
+    losses = head_losses(project, path, model.config)
     assert losses["semseg"] <= 0.03 and losses["depth"] <= 0.04, losses
     kernel = json.loads((project / "kernel.json").read_text())
     assert all(("mac8" in call) == (call["op"] in MAC8_CAPABLE) for call in kernel["calls"])
@@ -85,7 +57,7 @@ def test_mixed_on_the_trained_model_and_its_config(trained):
     manifest = json.loads((project / "project.json").read_text())
     assert manifest["mixed"]["measured_loss"] <= 0.01
     assert sorted(manifest["mixed"]["layers_8bit"]) == manifest["mac8_layers"]
-    losses = _losses(project, path, model)
+    losses = head_losses(project, path, model.config)
     assert losses["semseg"] <= 0.01 and losses["depth"] <= 0.02, losses
     assert _share_8bit(project) >= 0.5
     again = compile_model(path, out=folder / "again", calib=calibration,
