@@ -114,8 +114,9 @@ def test_project_testbench_checks_the_emulation_exactly(compiled):
     assert result.stdout.count("max abs error 0.000e+00") == 2
 
 
-def test_generated_fixed_cpp_is_warning_free(compiled, tmp_path):
-    project = compiled("micro-nyud", "multi", precision="fixed")[1]
+@pytest.mark.parametrize("precision", ["fixed", "int8"])
+def test_generated_fixed_cpp_is_warning_free(compiled, tmp_path, precision):
+    project = compiled("micro-nyud", "multi", precision=precision)[1]
     command = csim.compile_command(project, csim.KERNEL_SOURCES, tmp_path / "out", True)
     result = subprocess.run([*command, "-Werror"], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
