@@ -8,7 +8,10 @@ m3c/hw/units.py, which mirrors every loop trip for trip (the C-simulation trace 
 Resources (UltraScale+):
 - the array: TK x TM MACs, one DSP48E2 each for operands up to 27 x 18 bits (`MAC_DSP_FLOAT` =
   5 in fp32); sums wider than the DSP's 48-bit accumulator add a fabric adder per MAC; the two
-  panel register sets (shadow and current) are flip-flops;
+  panel register sets (shadow and current) are flip-flops. A packed array (capacities
+  "packed": some layers are 8-bit) has TK x TM / 2 DSPs, each two 8-bit products per cycle
+  (WP486) or one 16-bit product: 8-bit layers run one pass per panel with half the panel's
+  DDR words, 16-bit layers two passes (m3c/hw/units.py);
 - multipliers the kernel binds to fabric (`bind_op impl=fabric`: the layer norm applied as rows
   are read, the epilogue's scale, softmax normalisation, gate and GELU) cost LUTs, about
   `FABRIC_LUT_PER_BIT2` per product bit pair;
