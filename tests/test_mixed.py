@@ -120,3 +120,12 @@ def test_bad_bits_in_precision_config(trained, tmp_path, text, message):
     config.write_text(text)
     with pytest.raises(CodegenError, match=message):
         compile_model(path, out=tmp_path / "build", precision_config=config)
+
+
+def test_int8_refuses_types_wider_than_its_shifts(trained, tmp_path):
+    _, path, _, _ = trained
+    config = tmp_path / "wide.json"
+    config.write_text('{"types": {"weight": "ap_fixed<32,2>"}}')
+    with pytest.raises(CodegenError, match="at most 16 bits"):
+        compile_model(path, out=tmp_path / "build", precision="int8", precision_config=config)
+    assert not (tmp_path / "build").exists()

@@ -74,6 +74,11 @@ def mac_code(call: dict, kinds: list[str], second: bool = False) -> int:
     spec = call["mac8"]
     x, w = ("x2", "w2") if second else ("x", "w")
     kind = kinds.index(spec[x]["cpp"]) + 1
+    if max(spec[f"{x}_shift"], spec[f"{w}_shift"]) >= 1 << MAC_CODE_BITS:
+        raise CodegenError(f"layer {call['layer']!r}: an 8-bit operand {spec[f'{x}_shift']} / "
+                           f"{spec[f'{w}_shift']} bits below its 16-bit type's binary point",
+                           remedy="keep data and weight types at most 16 bits wide with "
+                                  "--precision int8 or mixed")
     return (1 | spec[f"{x}_shift"] << 1 | spec[f"{w}_shift"] << (1 + MAC_CODE_BITS)
             | kind << (1 + 2 * MAC_CODE_BITS))
 
