@@ -10,7 +10,11 @@
 3. Cache-based vs expert-major latency on routing from real inputs (synthetic scenes) to the
    trained micro model and to a random-weight small-nyud model, beside 8.88x / 9.23x.
 
-Usage: python benchmarks/estimate.py [--images 2] [--budget 0.8]
+With `--precision int8` the paper configuration's products run with 8-bit operands on a
+packed array (two MACs per DSP48E2; the patch embedding and the routers stay 16-bit, two passes
+per panel) and the DSP roofline counts two MACs per DSP.
+
+Usage: python benchmarks/estimate.py [--images 2] [--budget 0.8] [--precision fixed|int8]
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from m3c.dse import choose_design
 from m3c.estimate import (
     Design,
     Precision,
+    as_int8,
     calls_for_config,
     capacity,
     estimate_calls,
@@ -48,20 +53,25 @@ def _config(name: str, **overrides) -> dict:
     return json.loads(preset(name, **overrides).to_json())
 
 
-def _choose(config: dict, budget: float, precision: Precision = FIXED16):
+def _choose(config: dict, budget: float, precision: Precision = FIXED16, int8: bool = False):
     calls, capacities = calls_for_config(config)
+    if int8:
+        calls, capacities = as_int8(calls, capacities)
     return calls, choose_design(calls, capacities, load_target("zcu104"), precision, budget)
 
 
-def paper_breakdown(budget: float) -> dict:
-    calls, choice = _choose(_config("small-nyud"), budget)
+def paper_breakdown(budget: float, int8: bool = False) -> dict:
+    calls, choice = _choose(_config("small-nyud"), budget, int8=int8)
     design = choice.design
     estimates = estimate_calls(calls, design)
     summary = summarize(estimates, design.target.clock_mhz)
     ours = {part: summary["parts"][part]["ms"] for part in PAPER_NYUD_MS if part != "total"}
     ours["total"] = summary["ms"]
     clock = design.target.clock_mhz * 1e3
-    return {"config": "small-nyud (ViT-small, 480x640, E=16, top-4), fixed 16-bit, 300 MHz",
+    per_dsp = 2 if int8 else 1  # MACs a DSP48E2 computes per cycle
+    roofline = summary["macs"] / (per_dsp * design.target.dsp) / clock
+    kind = "int8 (two MACs per DSP)" if int8 else "fixed 16-bit"
+    return {"config": f"small-nyud (ViT-small, 480x640, E=16, top-4), {kind}, 300 MHz",
             "budget": budget, "array": list(design.tiles), "row_tile": design.row_tile,
             "query_tile": design.query_tile, "resources": choice.resources.as_dict(),
             "available": {k: round(v * budget) for k, v in
@@ -74,9 +84,8 @@ def paper_breakdown(budget: float) -> dict:
                     for op, row in mac_efficiency(estimates, design).items()},
             "macs": summary["macs"],
             "array_roofline_ms": round(summary["macs"] / design.geometry.macs / clock, 2),
-            "dsp_roofline_ms": round(summary["macs"] / design.target.dsp / clock, 2),
-            "share_of_dsp_roofline": round(summary["macs"] / design.target.dsp / clock
-                                           / summary["ms"], 3),
+            "dsp_roofline_ms": round(roofline, 2),
+            "share_of_dsp_roofline": round(roofline / summary["ms"], 3),
             "fp32_fits": _fits(_config("small-nyud"), budget, Precision())}
 
 
@@ -155,8 +164,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--images", type=int, default=2)
     parser.add_argument("--budget", type=float, default=0.8)
+    parser.add_argument("--precision", choices=("fixed", "int8"), default="fixed")
     args = parser.parse_args()
-    emit({"paper_breakdown": [paper_breakdown(args.budget), paper_breakdown(0.9)],
+    int8 = args.precision == "int8"
+    emit({"paper_breakdown": [paper_breakdown(args.budget, int8), paper_breakdown(0.9, int8),
+                              *([paper_breakdown(1.0, int8)] if int8 else [])],
           "onchip": onchip_table(args.budget),
           "cache_vs_expert_major": cache_ratios(args.images, args.budget)})
 

@@ -49,6 +49,52 @@ def held_out_table(model, project, count: int = 8) -> str:
     return "\n".join(rows)
 
 
+PRECISIONS = ("fixed", "int8", "mixed")  # one row each: 16-bit, 8-bit, 8 or 16 per layer
+
+
+def precision_table(model, onnx_path: Path, out: Path, count: int = 8) -> str:
+    """Per precision: segmentation agreement and depth relative RMSE against torch on held-out
+    scenes (the accelerator's csim backend), its share of 8-bit MACs and estimated latency.
+    Calibration uses training-distribution scenes (another seed than the held-out ones)."""
+    import json
+
+    import torch
+
+    from m3c.estimate import call_macs
+    from m3c.models.data import make_dataset
+    from m3c.runtime import Accelerator
+
+    data = make_dataset(model.config, count, seed=424242)
+    calib = make_dataset(model.config, 8, seed=99)["image"]
+    rows = [f"    {'precision':<10} {'semseg agreement':>17} {'depth rel. RMSE':>16} "
+            f"{'8-bit MACs':>11} {'est. ms':>8}"]
+    for precision in PRECISIONS:
+        project = m3c.compile(onnx_path, target="zcu104", out=out / f"build_{precision}",
+                              force=True, precision=precision, calib=calib,
+                              max_agreement_loss="1%")
+        figures = {}
+        with Accelerator.open(project, backend="csim") as accelerator:
+            for task_id, task in enumerate(accelerator.tasks):
+                accelerator.switch_task(task)
+                with torch.no_grad():
+                    ours = model(torch.from_numpy(data["image"]), task_id)[task_id]
+                theirs = torch.from_numpy(accelerator.run_batch(data["image"]))
+                if model.config.tasks[task] > 1:
+                    figures[task] = float((ours.argmax(1) == theirs.argmax(1)).float().mean())
+                else:
+                    figures[task] = float((ours - theirs).pow(2).mean().sqrt()
+                                          / ours.pow(2).mean().sqrt())
+        kernel = json.loads((project / "kernel.json").read_text())
+        top_k = next((c["top_k"] for c in kernel["calls"] if c["op"] == "route"), 1)
+        macs = [(call_macs(c, top_k), "mac8" in c) for c in kernel["calls"]]
+        share = sum(m for m, narrow in macs if narrow) / sum(m for m, _ in macs)
+        report = json.loads((project / "report" / "report.json").read_text())
+        rows.append(f"    {precision:<10} {figures.get('semseg', float('nan')):>17.2%} "
+                    f"{figures.get('depth', float('nan')):>16.2%} {share:>11.0%} "
+                    f"{report['latency']['ms']:>8.3f}")
+    return "\n".join(rows)
+
+
 def _quality_row(task, channels, ours, theirs, target, mean_iou, depth_metrics) -> str:
     if channels > 1:
         a, b = ours.argmax(1), theirs.argmax(1)
@@ -107,6 +153,9 @@ def main() -> int:
     _step("held-out synthetic scenes: torch vs the accelerator (m3c.runtime, csim backend)")
     table = held_out_table(model, project)
     print(table)
+
+    _step("precisions: 16-bit, 8-bit (two MACs per DSP), mixed within 1 % (vs torch)")
+    print(precision_table(model, onnx_path, out))
 
     _step("verifying every lowering stage and the C-simulation against onnxruntime")
     from m3c.verify import format_project_table, format_table, verify, verify_project

@@ -87,11 +87,36 @@ class KernelPlan:
             if call["layer"] in results:
                 call["narrow"] = results[call["layer"]].to_json()
 
+    def use_mac8(self, specs: dict[str, dict]) -> None:
+        """Give each named layer its 8-bit operand types (kernel.json "mac8") and the kernel a
+        packed array (two 8-bit products per DSP) when any layer has them."""
+        _mark_mac8(self.calls, self.capacities, specs)
+
     def to_json(self) -> dict:
         """The call sequence as data: what the numpy emulator and the estimators replay."""
         return {"calls": self.calls, "weight_elements": self.weights.size,
                 "image_shape": self.image_shape, "features_shape": self.features_shape,
                 "capacities": self.capacities}
+
+
+def _mark_mac8(calls: list[dict], capacities: dict, specs: dict[str, dict]) -> None:
+    for before, call in zip([{}, *calls], calls, strict=False):
+        if call["layer"] in specs:
+            call["mac8"] = specs[call["layer"]]
+            if call["op"] == "attention":  # its projection rounds q, k, v to 8 bits
+                before["narrow"] = call["mac8"]["x"]
+    if specs:
+        capacities["packed"] = 1
+
+
+def apply_mac8(kernel: dict, specs: dict[str, dict]) -> dict:
+    """A copy of kernel.json with exactly the `specs` layers 8-bit (KernelPlan.use_mac8);
+    the array packed if any is, as the trials of m3c.mixed compare them."""
+    calls = [{key: value for key, value in call.items() if key != "mac8"}
+             for call in kernel["calls"]]
+    capacities = {key: value for key, value in kernel["capacities"].items() if key != "packed"}
+    _mark_mac8(calls, capacities, specs)
+    return {**kernel, "calls": calls, "capacities": capacities}
 
 
 def _elements(tensor: gs.Tensor) -> int:

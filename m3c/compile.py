@@ -11,7 +11,7 @@ import math
 import os
 import shutil
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import jinja2
@@ -20,22 +20,33 @@ import onnx
 from threadpoolctl import threadpool_limits
 
 from m3c.atomic import check_destination, staged_directory
-from m3c.codegen import KernelPlan, plan_kernel
+from m3c.codegen import KernelPlan, apply_mac8, plan_kernel
 from m3c.dse import DEFAULT_BUDGET, Choice, check_budget, choose_design, parse_tiles
 from m3c.errors import CodegenError
 from m3c.estimate import Precision, band_rows, storage_bindings
 from m3c.graph import Graph, load_model, ort_session
-from m3c.hw.layout import DdrLayout, layout_weights, render_calls
+from m3c.hw.layout import DdrLayout, layout_weights, narrow_kinds, render_calls
 from m3c.hw.units import MIN_SPAN
+from m3c.mixed import (
+    MixedChoice,
+    choose_layers,
+    emulated_loss,
+    layer_savings,
+    parse_loss,
+    precision_config,
+)
 from m3c.precision import (
     HEADROOM,
     ROLES,
     calibrate,
     choose_types,
+    config_mac8_layers,
     float_types,
     layer_result_types,
     layer_weight_types,
     load_config,
+    mac8_types,
+    observe_inputs,
     quantize_blob,
 )
 from m3c.report import build_report, write_report
@@ -45,7 +56,8 @@ from m3c.runtime.fixed import EXP_TABLE_BITS, GELU_RANGE, FixedType, gelu_step_b
 from m3c.target import Target, load_target
 from m3c.verify import sample_feeds, task_names
 
-PRECISIONS = ("fixed", "float")
+PRECISIONS = ("fixed", "float", "int8", "mixed")
+PRECISION_CONFIG = "precision_config.json"  # the layers' bits as chosen (--precision-config)
 FLOAT_TOLERANCE = 1e-4  # float C-simulation vs onnxruntime; fixed must equal the emulation
 HP_BUNDLES = ["gmem_w", "gmem_in", "gmem_out"]
 UNITS = ("embed_layer", "load_band", "add_positions", "layernorm_stats", "load_vector",
@@ -67,11 +79,15 @@ def compile_model(model, target: str = "zcu104", out: str | os.PathLike = "build
                   precision: str = "fixed", force: bool = False,
                   calib: str | os.PathLike | np.ndarray | None = None,
                   precision_config: str | os.PathLike | None = None, tiles=None,
-                  budget: float = DEFAULT_BUDGET) -> Path:
+                  budget: float = DEFAULT_BUDGET, max_agreement_loss: str | float = "1%") -> Path:
     """Compile an ONNX model (path, ModelProto, gs.Graph or Graph) into a project at `out`.
 
     Fixed precision calibrates on `calib` (images [N,3,H,W] or a .npy of them; by default the
     project's own test vectors) and applies the overrides of `precision_config` (JSON/YAML).
+    `int8` is fixed point whose dense layers and experts multiply 8-bit operands, two per DSP
+    (m3c.precision says which layers and why); `mixed` chooses 8 or 16 bits per layer for the
+    least estimated latency within `max_agreement_loss` (m3c.mixed), and the project keeps the
+    choice as a precision config (precision_config.json) that `precision_config` reuses.
     `tiles` (TK, TM) force the MAC array's size; by default m3c.dse picks the
     fastest that fits `budget` x the target's resources.
     """
@@ -85,7 +101,8 @@ def compile_model(model, target: str = "zcu104", out: str | os.PathLike = "build
     board = load_target(target)
     original = load_model(model)
     settings = {"precision": precision, "calib": _calibration_images(calib),
-                "config": load_config(precision_config)}
+                "config": load_config(precision_config), "board": board, "budget": budget,
+                "tiles": tiles, "max_loss": parse_loss(max_agreement_loss)}
     with staged_directory(out, force, error=CodegenError) as staging:
         _build(original, board, settings, staging, tiles, budget)
         copy_ap_types(staging)
@@ -151,6 +168,7 @@ def _build(original: Graph, board: Target, settings: dict, project: Path, tiles,
     plan = plan_kernel(graph.graph)
     kernel = plan.to_json()
     images = [vector["image"] for vector in vectors]
+    settings = {**settings, "heads": _head_runner(graph, tasks, plan.features_shape)}
     # The emulator runs images in parallel threads, beside the lowering check (its own copy
     # of the graph); BLAS threads on top would oversubscribe.
     with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(1) as background:
@@ -158,6 +176,7 @@ def _build(original: Graph, board: Target, settings: dict, project: Path, tiles,
         typing = _typing(plan, kernel, settings, images, len(tasks))
         if typing.types is not None:  # per-layer result types: narrowing calls after layers
             plan.narrow_results(layer_result_types(kernel, settings["config"]))
+            plan.use_mac8(typing.mac8)
             kernel = plan.to_json()
         expected = _expected_features(kernel, typing, vectors)
         lowering.result()  # no silently wrong project
@@ -168,6 +187,10 @@ def _build(original: Graph, board: Target, settings: dict, project: Path, tiles,
         call["ddr"] = segments
     data_files = _write_data(project / "data", vectors, tasks, expected)
     _write_weights(project / "weights", plan, typing, layout)
+    if typing.mixed is not None:  # the choice, reusable: --precision-config
+        document = precision_config(typing.mixed, settings["config"])
+        (project / PRECISION_CONFIG).write_text(json.dumps(document, indent=1, sort_keys=True)
+                                                + "\n")
     _write_heads(project / "host" / "heads", graph)
     context = _context(graph, plan, kernel, board, typing, tasks, data_files, choice, layout)
     _render_all(project, context)
@@ -186,6 +209,8 @@ class Typing:
     weights: np.ndarray  # the values the kernel computes with (float32)
     activation_max: float | None = None
     raw_weights: np.ndarray | None = None  # fixed: the weight_t codes DDR holds
+    mac8: dict[str, dict] = field(default_factory=dict)  # 8-bit layers: kernel.json "mac8"
+    mixed: MixedChoice | None = None  # --precision mixed: the choice and its measurements
     headroom: float | None = None  # fixed: the data type's range over the calibrated peak
 
     @property
@@ -222,13 +247,51 @@ def _typing(plan: KernelPlan, kernel: dict, settings: dict, test_images: list[np
     types = choose_types(kernel, blob, activation_max, settings["config"])
     sizes = {name: array.size for name, array in plan.weights.arrays.items()}
     narrowed = layer_weight_types(kernel, settings["config"])
+    layers = config_mac8_layers(kernel, settings["config"])
+    mac8: dict[str, dict] = {}
+    mixed = None
+    if settings["precision"] in ("int8", "mixed") or layers:
+        inputs = observe_inputs(kernel, blob, samples)
+        everything = None if settings["precision"] in ("int8", "mixed") else layers
+        mac8, narrowed8 = mac8_types(kernel, blob, types, inputs, everything)
+        if settings["precision"] == "mixed":
+            raw16 = quantize_blob(blob, plan.weights.offsets, sizes, types["weight"], narrowed)
+            mixed = _choose_mixed(kernel, blob, types, raw16, mac8, samples, settings)
+            mac8, narrowed8 = mac8_types(kernel, blob, types, inputs, mixed.layers)
+        narrowed |= narrowed8
     raw = quantize_blob(blob, plan.weights.offsets, sizes, types["weight"], narrowed)
     # In float32 directly (a power-of-two scale): the same values as through float64, without
     # a float64 copy of the whole blob.
     values = raw.astype(np.float32)
     values *= np.float32(math.ldexp(1.0, -types["weight"].frac))
-    return Typing("fixed", types, values, activation_max, raw,
+    return Typing("fixed", types, values, activation_max, raw, mac8, mixed,
                   settings["config"].get("headroom", HEADROOM))
+
+
+def _choose_mixed(kernel: dict, blob: np.ndarray, types: dict, raw: np.ndarray,
+                  specs: dict[str, dict], samples: list, settings: dict) -> MixedChoice:
+    """8 or 16 bits per layer (m3c.mixed): savings estimated on the array the DSE picks with
+    every candidate 8-bit, losses measured on the calibration samples."""
+    wide = Precision.from_types({name: kind.to_json() for name, kind in types.items()})
+    packed = apply_mac8(kernel, specs)
+    design = choose_design(packed["calls"], packed["capacities"], settings["board"], wide,
+                           settings["budget"], settings["tiles"]).design
+    loss = emulated_loss(kernel, types, raw, blob, specs, samples, settings["heads"])
+    return choose_layers(loss, layer_savings(kernel, specs, design), settings["max_loss"])
+
+
+def _head_runner(graph: Graph, tasks: list[str], features_shape: list[int]):
+    """Task index, encoder features (flat) -> the task head's output (onnxruntime)."""
+    sessions: dict = {}
+
+    def run(task: int, features: np.ndarray) -> np.ndarray:
+        if task not in sessions:
+            sessions[task] = ort_session(graph.to_onnx(graph.heads[tasks[task]]))
+        session = sessions[task]
+        feeds = {session.get_inputs()[0].name: features.reshape(features_shape)}
+        return session.run(None, feeds)[0]
+
+    return run
 
 
 def _test_vectors(original: Graph, graph: Graph) -> tuple[list[str], list[dict]]:
@@ -315,7 +378,7 @@ def _context(graph: Graph, plan: KernelPlan, kernel: dict, board: Target, typing
     sizes = dict(design.sizes)
     embed = next((c for c in kernel["calls"] if c["op"] == "embed"), None)
     sizes["BAND_ROWS"] = band_rows(embed, design) if embed else 1
-    kinds = sorted({call["narrow"]["cpp"] for call in kernel["calls"] if "narrow" in call})
+    kinds = narrow_kinds(kernel["calls"])
     tokens, dim = plan.features_shape[-2], plan.features_shape[-1]
     return {
         "model_name": config.get("name", graph.graph.name or "model"),
@@ -388,6 +451,8 @@ def _write_manifest(project: Path, graph: Graph, plan: KernelPlan, kernel: dict,
     g = choice.design.geometry
     manifest = {
         "m3c_version": 2, "target": board.name, "precision": typing.precision, "tasks": tasks,
+        "mac8_layers": sorted(typing.mac8),
+        **({"mixed": typing.mixed.to_json()} if typing.mixed else {}),
         "types": typing.types_json(), "tolerance": typing.tolerance,
         "calibration_max_abs": typing.activation_max, "calibration_headroom": typing.headroom,
         "config": json.loads(graph.metadata.get("m3c.config", "{}")),

@@ -8,7 +8,10 @@ m3c/hw/units.py, which mirrors every loop trip for trip (the C-simulation trace 
 Resources (UltraScale+):
 - the array: TK x TM MACs, one DSP48E2 each for operands up to 27 x 18 bits (`MAC_DSP_FLOAT` =
   5 in fp32); sums wider than the DSP's 48-bit accumulator add a fabric adder per MAC; the two
-  panel register sets (shadow and current) are flip-flops;
+  panel register sets (shadow and current) are flip-flops. A packed array (capacities
+  "packed": some layers are 8-bit) has TK x TM / 2 DSPs, each two 8-bit products per cycle
+  (WP486) or one 16-bit product: 8-bit layers run one pass per panel with half the panel's
+  DDR words, 16-bit layers two passes (m3c/hw/units.py);
 - multipliers the kernel binds to fabric (`bind_op impl=fabric`: the layer norm applied as rows
   are read, the epilogue's scale, softmax normalisation, gate and GELU) cost LUTs, about
   `FABRIC_LUT_PER_BIT2` per product bit pair;
@@ -112,7 +115,8 @@ class Design:
     @cached_property
     def geometry(self) -> Geometry:
         return Geometry(self.tiles[0], self.tiles[1], lane_bits(self.precision),
-                        self.target.hp_port_bits, self.row_tile, self.query_tile)
+                        self.target.hp_port_bits, self.row_tile, self.query_tile,
+                        packed=bool(self.capacities.get("packed")))
 
     @cached_property
     def sizes(self) -> dict[str, int]:
@@ -282,7 +286,7 @@ def unit_logic(design: Design) -> dict[str, Resources]:
     p, g, c = design.precision, design.geometry, design.capacities
     s = design.sizes
     macs = g.macs
-    array = Resources(dsp=macs * p.mac_dsp,
+    array = Resources(dsp=g.dsps * p.mac_dsp,
                       ff=2 * macs * g.lane_bits + 2 * g.tm * s["SUM_BITS"])
     if not p.floating and s["SUM_BITS"] > DSP_ACC_BITS:
         array = array + Resources(lut=macs * s["SUM_BITS"])  # the sum leaves the cascade
@@ -573,6 +577,17 @@ def calls_for_config(config: dict) -> tuple[list[dict], dict]:
     return calls, capacities
 
 
+MAC8_OPS = ("qkv", "attention", "linear", "experts")  # 8-bit; embed and route stay 16
+
+
+def as_int8(calls: Sequence[dict], capacities: dict) -> tuple[list[dict], dict]:
+    """`calls_for_config`'s calls with every 8-bit candidate marked 8-bit (for estimates: the
+    shifts are placeholders) and the array packed: what `--precision int8` compiles."""
+    marked = [{**call, "mac8": {"x_shift": 0, "w_shift": 0}} if call["op"] in MAC8_OPS
+              else call for call in calls]
+    return marked, {**capacities, "packed": 1}
+
+
 def _linear_call(layer: str, tokens: int, in_dim: int, out_dim: int, source: str, target: str,
                  activation: str = "none") -> dict:
     return {"op": "linear", "layer": layer, "tokens": tokens, "in_dim": in_dim,
@@ -596,8 +611,9 @@ class ExpertStep:
 def expert_load_cycles(call: dict, d: Design) -> int:
     """One expert's weights from DDR, a word per cycle (fc1 and fc2 blobs)."""
     g = d.geometry
-    return (g.matmul_words(call["dim"], g.padded(call["hidden"]))
-            + g.matmul_words(call["hidden"], call["dim"]))
+    narrow = hw.mac8(call)
+    return (g.matmul_words(call["dim"], g.padded(call["hidden"]), narrow)
+            + g.matmul_words(call["hidden"], call["dim"], narrow))
 
 
 def expert_compute_cycles(call: dict, d: Design, count: int) -> int:
@@ -610,7 +626,8 @@ def expert_compute_cycles(call: dict, d: Design, count: int) -> int:
                              (call["hidden"], call["dim"])):
             k_panels, m_panels = g.panels(in_dim, cols)
             steps = k_panels * m_panels
-            total += steps * (max(rows, hw.MIN_SPAN) + hw.MAC_DEPTH) + hw.LOOP_DEPTH
+            sweep = hw.sweep(g, rows, hw.mac8(call))
+            total += steps * (max(sweep, hw.MIN_SPAN) + hw.MAC_DEPTH) + hw.LOOP_DEPTH
     return total
 
 
@@ -626,8 +643,10 @@ def expert_schedule(call: dict, d: Design, queue_lengths: Sequence[int]) -> list
             continue
         compute = 0
         for rows in g.row_tiles(int(count)):
-            compute += hw.tile_cost(g, rows, call["dim"], g.padded(call["hidden"])).cycles
-            compute += hw.tile_cost(g, rows, call["hidden"], call["dim"]).cycles
+            narrow = hw.mac8(call)
+            compute += hw.tile_cost(g, rows, call["dim"], g.padded(call["hidden"]),
+                                    narrow=narrow).cycles
+            compute += hw.tile_cost(g, rows, call["hidden"], call["dim"], narrow=narrow).cycles
         steps.append(ExpertStep(expert, int(count), clock, clock + load, clock,
                                 clock + compute))
         clock += compute

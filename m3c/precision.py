@@ -14,7 +14,28 @@ seen, so images a little louder than the calibration set do not saturate (`m3c v
 
 A JSON or YAML config overrides any class (`types:`), the headroom (`headroom: 2`) and, per
 layer, the weight type its tensors are quantized to and the type its results are rounded to
-(`layers: {name: {weight: ap_fixed<8,2>, result: ap_fixed<12,4>}}`).
+(`layers: {name: {weight: ap_fixed<8,2>, result: ap_fixed<12,4>}}`), and makes layers 8-bit
+(`layers: {name: {bits: 8}}`: what `--precision mixed` saves).
+
+8-bit layers (`--precision int8`: every one that can; `mixed`: m3c.mixed chooses) multiply
+8-bit operands on the packed array, two products per DSP48E2 (WP486): the query/key/value
+projections, the attention products (queries x keys, softmax numerators x values), the
+attention projection, the MLP's two layers and the experts' two layers. Their operand types are
+ap_fixed<8,I> per layer (weights: per matrix), I fitted on the calibration images by the least
+squared quantization error among the maximum and the 99.9 / 99.99th percentiles (clipping
+wins when a few outliers would cost every other value its resolution). Per-output-channel
+scales are not used: the array's sums share one binary point per product, and a per-layer
+power-of-two scale keeps each 8-bit code the exact top bits of its data_t / weight_t code, so
+the sums are the 16-bit kernel's integers and no epilogue rescaling is needed. What stays wide,
+and why: the residual stream and every stored activation keep data_t (16 bits: residual adds
+accumulate small updates on a large stream); biases keep weight_t (added once, at the sums'
+full precision); the layer norm's statistics, 1/std and its gamma/beta product keep var_t,
+norm_t and acc_t (a variance over hundreds of squared deviations needs them); the softmax's
+scores, exponentials, row sums and reciprocals keep logit_t, prob_t, acc_t and recip_t (only the
+numerators the array multiplies are rounded to 8 bits, unsigned, 1.0 = 128), since its max
+subtraction and normalisation amplify errors; the routers stay 16-bit (their top-k choice flips
+on small logit errors, and they are a sliver of the MACs); the patch embedding stays 16-bit
+(raw pixels, 1% of the MACs).
 """
 
 from __future__ import annotations
@@ -168,7 +189,7 @@ def _check(types: dict[str, FixedType]) -> None:
             raise CodegenError(f"{name} wider than {limit} bits is not supported")
 
 
-LAYER_FIELDS = ("weight", "result")
+LAYER_FIELDS = ("weight", "result", "bits")
 
 
 def layer_weight_types(plan: dict, config: dict) -> dict[int, FixedType]:
@@ -219,6 +240,26 @@ def _layer_overrides(plan: dict, config: dict, wanted: str) -> list[tuple[FixedT
     return overrides
 
 
+def config_mac8_layers(plan: dict, config: dict) -> list[str]:
+    """The layers a config's `layers: {pattern: {bits: 8}}` make 8-bit."""
+    names: list[str] = []
+    for pattern, spec in (config.get("layers") or {}).items():
+        if not isinstance(spec, dict) or "bits" not in spec:
+            continue
+        if spec["bits"] not in (8, 16, "8", "16"):
+            raise CodegenError(f"precision config layer {pattern!r}: bits {spec['bits']!r}",
+                               remedy="bits are 8 (two MACs per DSP) or 16")
+        matched = [call["layer"] for call in plan["calls"] if call["op"] in MAC8_CAPABLE
+                   and fnmatch.fnmatchcase(call["layer"], pattern)]
+        if not matched:
+            raise CodegenError(f"precision config layer {pattern!r} names no layer that can "
+                               "be 8-bit", remedy="name qkv, attention, linear or experts "
+                                                  "layers from kernel.json")
+        if int(spec["bits"]) == 8:
+            names += [name for name in matched if name not in names]
+    return names
+
+
 def _weight_arguments(op: str) -> tuple[str, ...]:
     from m3c.codegen import WEIGHT_ARGS
 
@@ -242,3 +283,142 @@ def quantize_blob(blob: np.ndarray, offsets: dict[str, int], sizes: dict[str, in
             span = slice(offset, offset + sizes[name])
             raw[span] = weight.from_float(kind.to_float(kind.from_float(blob[span])))
     return raw
+
+
+# ------------------------------------------------------------------ 8-bit layers (int8, mixed)
+
+MAC8_WIDTH = 8
+MAC8_OPS = ("qkv", "linear", "experts")
+MAC8_CAPABLE = (*MAC8_OPS, "attention")
+CLIP_PERCENTILES = (99.9, 99.99)  # clipping points tried against the plain maximum
+SAMPLE_CAP = 1 << 18  # values kept per observed tensor (a uniform subsample beyond)
+
+
+def observe_inputs(plan: dict, blob: np.ndarray,
+                   samples: Iterable[tuple[np.ndarray, int]]) -> dict[str, np.ndarray]:
+    """Every call's results on the samples (float emulation), by layer name, and an expert
+    layer's hidden rows by "layer/hidden": what the 8-bit layers' operand types are fitted to."""
+    samples = list(samples)
+    cap = SAMPLE_CAP // max(len(samples), 1)
+    seen: dict[str, list[np.ndarray]] = {}
+
+    def observe(call: dict, what: str, values: np.ndarray) -> None:
+        if what in ("output", "hidden"):
+            key = call["layer"] + ("/hidden" if what == "hidden" else "")
+            step = -(-values.size // cap)  # a strided subsample: deterministic across threads
+            seen.setdefault(key, []).append(np.asarray(values[::step], np.float32))
+
+    KernelEmulator(plan, blob).run_many(samples, [observe] * len(samples))
+    return {key: np.concatenate(parts) for key, parts in seen.items()}
+
+
+def _input_sources(calls: list[dict]) -> list[tuple[dict, str]]:
+    """(8-bit candidate, the observation key of the tensor its array reads)."""
+    last: dict[str, str] = {}
+    pairs = []
+    for call in calls:
+        if call["op"] in MAC8_OPS:
+            source = "normalised" if call["op"] != "linear" else call["source"]
+            if source in last:
+                pairs.append((call, last[source]))
+        produced = {"layernorm": "normalised", "attention": "attention"}.get(call["op"])
+        if call["op"] == "linear" and call["target"] == "hidden":
+            produced = "hidden"
+        if produced:
+            last[produced] = call["layer"]
+    return pairs
+
+
+def best_integer_bits(values: np.ndarray, lowest: int, highest: int) -> int:
+    """Integer bits of the ap_fixed<8,I> that quantizes `values` with the least squared error:
+    the maximum's I against percentile clipping points' (clipping pays when a few outliers
+    would otherwise cost every other value its resolution)."""
+    magnitudes = np.abs(values.astype(np.float64))
+    peaks = [float(magnitudes.max(initial=0.0)),
+             *(float(np.percentile(magnitudes, q)) for q in CLIP_PERCENTILES)]
+    candidates = sorted({min(max(integer_bits(peak), lowest), highest) for peak in peaks})
+
+    def error(integer: int) -> float:
+        kind = FixedType(MAC8_WIDTH, integer, True, *NARROWED)
+        return float(((kind.to_float(kind.from_float(values)) - values) ** 2).sum())
+
+    return min(candidates, key=lambda integer: (error(integer), -integer))
+
+
+def mac8_types(plan: dict, blob: np.ndarray, types: dict[str, FixedType],
+               inputs: dict[str, np.ndarray], layers: Iterable[str] | None = None
+               ) -> tuple[dict[str, dict], dict[int, FixedType]]:
+    """Per 8-bit layer (all candidates, or those named in `layers`) its kernel.json "mac8"
+    entry, and the weight offsets to round to 8 bits. Operand types are ap_fixed<8,I> per
+    layer, not per output channel: the array's sums share one binary point per product, so
+    only a per-layer scale keeps the 8-bit codes the exact top bits of the data_t / weight_t
+    codes (a shift), and the emulation stays bit-exact without rescaling in the epilogue."""
+    data, weight = types["data"], types["weight"]
+    chosen = None if layers is None else set(layers)
+    specs, narrowed = {}, {}
+    for call, source in _input_sources(plan["calls"]):
+        if chosen is not None and call["layer"] not in chosen:
+            continue
+        operands = {"x": inputs[source], "x2": inputs.get(call["layer"] + "/hidden")}
+        spec = {}
+        for offset, size, w_key in weight_spans(call):
+            x_key = "x2" if w_key == "w2" else "x"
+            x8 = _type8(operands[x_key], data)
+            w8 = _type8(blob[offset:offset + size], weight)
+            spec |= {x_key: x8.to_json(), w_key: w8.to_json(),
+                     f"{x_key}_shift": data.frac - x8.frac, f"{w_key}_shift": weight.frac - w8.frac}
+            narrowed[offset] = w8
+        specs[call["layer"]] = spec
+    calls = plan["calls"]
+    for qkv, call in zip(calls, calls[1:], strict=False):
+        if call["op"] == "attention" and (chosen is None or call["layer"] in chosen):
+            specs[call["layer"]] = _attention8(types, inputs[qkv["layer"]])
+    return specs, narrowed
+
+
+PROBS8 = FixedType(MAC8_WIDTH, 1, False, *NARROWED)  # softmax numerators: 1.0 is code 128
+
+
+def _attention8(types: dict[str, FixedType], qkv: np.ndarray) -> dict:
+    """An 8-bit attention layer: its queries, keys and values rounded to one 8-bit type by the
+    projection's epilogue (the scores are query x key, the mix numerator x value), the softmax
+    numerators rounded to PROBS8 as the array's operand."""
+    data, prob = types["data"], types["prob"]
+    kind = _type8(qkv, data).to_json()
+    shift = data.frac - kind["frac"]
+    probs_shift = prob.frac - PROBS8.frac
+    if probs_shift < 0 or probs_shift > 15:
+        raise CodegenError(f"8-bit attention needs prob_t with 7 to 22 fractional bits, not "
+                           f"{prob.frac}", remedy="leave the prob type at its default")
+    return {"x": kind, "w": kind, "x_shift": shift, "w_shift": shift,
+            "x2": PROBS8.to_json(), "w2": kind, "x2_shift": probs_shift, "w2_shift": shift}
+
+
+def _type8(values: np.ndarray, wide: FixedType) -> FixedType:
+    """The 8-bit type for `values` whose codes are `wide`'s codes shifted (binary points
+    aligned): at most `wide`'s integer bits and at most its fractional bits."""
+    integer = best_integer_bits(values, wide.integer - (wide.width - MAC8_WIDTH), wide.integer)
+    return FixedType(MAC8_WIDTH, integer, True, *NARROWED)
+
+
+def weight_spans(call: dict) -> list[tuple[int, int, str]]:
+    """(offset, size, its "mac8" key) of each weight matrix an 8-bit layer multiplies."""
+    if call["op"] == "experts":
+        size = call["experts"] * call["dim"] * call["hidden"]
+        return [(call["w1"], size, "w"), (call["w2"], size, "w2")]
+    if call["op"] in MAC8_OPS:
+        return [(call["w"], call["in_dim"] * call["out_dim"], "w")]
+    return []
+
+
+def requantized(raw: np.ndarray, blob: np.ndarray, kernel: dict, specs: dict[str, dict],
+                weight: FixedType) -> np.ndarray:
+    """weight_t codes with the `specs` layers' weight matrices rounded to their 8-bit types
+    (what quantize_blob gives with them narrowed), for trials that change the 8-bit set."""
+    out = raw.copy()
+    for call in kernel["calls"]:
+        for offset, size, key in weight_spans(call) if call["layer"] in specs else []:
+            kind = FixedType.from_json(specs[call["layer"]][key])
+            span = slice(offset, offset + size)
+            out[span] = weight.from_float(kind.to_float(kind.from_float(blob[span])))
+    return out

@@ -89,6 +89,9 @@ def build_report(manifest: dict, kernel: dict, choice, power_w: float | None = N
     seconds = summary["ms"] / 1e3
     return {
         "target": target.name, "clock_mhz": target.clock_mhz, "precision": _precision(design),
+        "layers_8bit": {"packed_array": design.geometry.packed,
+                        "layers": manifest.get("mac8_layers", []),
+                        "mixed": manifest.get("mixed")},
         "tiles": {"tile_in": design.tiles[0], "tile_out": design.tiles[1],
                   "row_tile": design.row_tile, "query_tile": design.query_tile,
                   "forced": choice.forced, "budget": choice.budget,

@@ -255,22 +255,27 @@ class FixedArithmetic:
         total = self._acc(weights.sum(axis=-1, keepdims=True), self.prob.frac)
         return weights, reciprocal(total, self.acc.frac, self.recip)
 
-    def attention_head(self, q, k, v, scale):
+    def attention_head(self, q, k, v, scale, probs8: FixedType | None = None):
+        """`probs8`: the 8-bit type the softmax numerators are rounded to as the array's
+        operand (an 8-bit attention layer; their sum keeps prob_t)."""
         scale = int(self.norm.from_float(np.float32(scale)))
-        fast = self._float_attention(q, k, v, scale)
-        return self.exact_attention_head(q, k, v, scale) if fast is None else fast
+        fast = self._float_attention(q, k, v, scale, probs8)
+        return self.exact_attention_head(q, k, v, scale, probs8) if fast is None else fast
 
-    def exact_attention_head(self, q, k, v, scale):
+    def exact_attention_head(self, q, k, v, scale, probs8=None):
         """attention_head cast for cast on int64 (`scale`: norm_t's raw code)."""
         # Rows are independent; blocks of them keep the temporaries in cache.
-        return np.concatenate([self._attention_rows(q[start:start + ATTENTION_ROWS], k, v, scale)
+        return np.concatenate([self._attention_rows(q[start:start + ATTENTION_ROWS], k, v, scale,
+                                                    probs8)
                                for start in range(0, q.shape[0], ATTENTION_ROWS)])
 
-    def _attention_rows(self, q, k, v, scale):
+    def _attention_rows(self, q, k, v, scale, probs8=None):
         fd, fl = self.data.frac, self.logit.frac
         dot = self.logit.cast(self._acc(self._matmul(q, k.T), 2 * fd), self.acc.frac)
         scores = self.logit.cast(dot * scale, fl + self.norm.frac)
         weights, inverse = self.softmax_rows(scores)
+        if probs8 is not None:  # prob_t(prob8_t(p)): rounded, back on prob_t's grid
+            weights = probs8.cast(weights, self.prob.frac) << (self.prob.frac - probs8.frac)
         mixed = self._acc(self._matmul(weights, v), self.prob.frac + fd)
         mixed = self.logit.cast(mixed, self.acc.frac)
         return self._mixed_out(mixed, inverse)
@@ -278,13 +283,15 @@ class FixedArithmetic:
     def _mixed_out(self, mixed, inverse):
         return self.data.cast(mixed * inverse, self.logit.frac + self.recip.frac)
 
-    def _float_attention(self, q, k, v, scale):
+    def _float_attention(self, q, k, v, scale, probs8=None):
         """_attention_rows on integers held in float64, when the operands' magnitudes show
         that acc_t never rounds or wraps and every product stays below 2^53 (else None)."""
         fd, fp = self.data.frac, self.prob.frac
         keys = np.abs(k).max(initial=0)
         dot_bound = float(np.abs(q).max(initial=0)) * float(keys) * k.shape[1]
-        mix_bound = float(self.prob.raw_max) * float(np.abs(v).max(initial=0)) * k.shape[0]
+        weight_max = self.prob.raw_max if probs8 is None else max(
+            self.prob.raw_max, probs8.raw_max << (fp - probs8.frac))
+        mix_bound = float(weight_max) * float(np.abs(v).max(initial=0)) * k.shape[0]
         logit_bound = float(1 << (self.logit.width - 1))
         if self.exp_by_index is None:
             return None
@@ -300,13 +307,13 @@ class FixedArithmetic:
         values = np.ldexp(np.asarray(v, np.float64), self.logit.frac - fp - fd)
         dot_bound *= 2.0 ** (self.logit.frac - 2 * fd)
         blocks = [self._float_attention_rows(rows[start:start + ATTENTION_ROWS], keys_t, values,
-                                             scale, dot_bound)
+                                             scale, dot_bound, probs8)
                   for start in range(0, q.shape[0], ATTENTION_ROWS)]
         total = self._acc(np.concatenate([t for _, t in blocks]).astype(np.int64), fp)
         mixed = np.concatenate([m for m, _ in blocks]).astype(np.int64)
         return self._mixed_out(mixed, reciprocal(total, self.acc.frac, self.recip))
 
-    def _float_attention_rows(self, rows, keys_t, values, scale, dot_bound):
+    def _float_attention_rows(self, rows, keys_t, values, scale, dot_bound, probs8):
         """The logit_t mixes and the exp sums of a block of rows: `rows` @ `keys_t` are their
         logit_t dot products before rounding, bounded by `dot_bound`; `values` give the mixes."""
         fl, fp = self.logit.frac, self.prob.frac
@@ -323,7 +330,11 @@ class FixedArithmetic:
         scores -= top
         np.maximum(scores, 0, out=scores)
         weights = self.exp_by_index.take(scores.astype(np.intp))
-        return self.logit.round_float(weights @ values), weights.sum(axis=-1, keepdims=True)
+        total = weights.sum(axis=-1, keepdims=True)
+        if probs8 is not None:  # prob_t(prob8_t(p)): rounded, back on prob_t's grid
+            weights = probs8.cast_float(weights, fp)
+            weights *= 2.0 ** (fp - probs8.frac)
+        return self.logit.round_float(weights @ values), total
 
     def route_probs(self, x, w, b):
         pre = self._acc(self._matmul(x, w), self.data.frac + self.weight.frac)
@@ -415,6 +426,13 @@ class _State:
             return values
         return self.ops.narrow(values, FixedType.from_json(call["narrow"]))
 
+    def mac_input(self, call: dict, values: np.ndarray, key: str = "x") -> np.ndarray:
+        """An 8-bit layer's operand rows: rounded to its 8-bit type as the array's feed does
+        (its raw data_t code then has zero low bits: the 8-bit code shifted up)."""
+        if "mac8" not in call or not self.ops.fixed:
+            return values
+        return self.ops.narrow(values, FixedType.from_json(call["mac8"][key]))
+
     def observe(self, call: dict, what: str, values: np.ndarray) -> None:
         if self.observer is not None:
             self.observer(call, what, np.asarray(values).reshape(-1))
@@ -442,7 +460,7 @@ def _layernorm(state: _State, c: dict) -> None:
 
 def _qkv(state: _State, c: dict) -> None:
     k, m = c["in_dim"], c["out_dim"]
-    qkv = state.ops.linear(state.normalised, state.weight(c["w"], (k, m)),
+    qkv = state.ops.linear(state.mac_input(c, state.normalised), state.weight(c["w"], (k, m)),
                            state.weight(c["b"], (m,)), "none")
     state.qkv = state.narrowed(c, qkv)
     state.observe(c, "output", state.qkv)
@@ -451,15 +469,17 @@ def _qkv(state: _State, c: dict) -> None:
 def _attention(state: _State, c: dict) -> None:
     n, heads, hd = c["tokens"], c["heads"], c["head_dim"]
     qkv = state.qkv.reshape(n, 3, heads, hd)
+    probs8 = FixedType.from_json(c["mac8"]["x2"]) if "mac8" in c and state.ops.fixed else None
     out = np.concatenate([state.ops.attention_head(qkv[:, 0, h], qkv[:, 1, h], qkv[:, 2, h],
-                                                   c["scale"]) for h in range(heads)], axis=1)
+                                                   c["scale"], *([probs8] if probs8 else []))
+                          for h in range(heads)], axis=1)
     state.attention = state.narrowed(c, out)
     state.observe(c, "output", state.attention)
 
 
 def _linear(state: _State, c: dict) -> None:
     k, m = c["in_dim"], c["out_dim"]
-    y = state.narrowed(c, state.ops.linear(state.source(c["source"]),
+    y = state.narrowed(c, state.ops.linear(state.mac_input(c, state.source(c["source"])),
                                            state.weight(c["w"], (k, m)),
                                            state.weight(c["b"], (m,)), c["activation"]))
     state.observe(c, "output", y)
@@ -498,11 +518,11 @@ def _experts(state: _State, c: dict) -> None:
     for expert, tokens in enumerate(state.queues):
         if tokens.size == 0:
             continue
-        hidden_rows = state.ops.linear(state.normalised[tokens], w1[expert], b1[expert],
-                                       c["activation"])
+        hidden_rows = state.ops.linear(state.mac_input(c, state.normalised[tokens]), w1[expert],
+                                       b1[expert], c["activation"])
         state.observe(c, "hidden", hidden_rows)
-        result = state.narrowed(c, state.ops.linear(hidden_rows, w2[expert], b2[expert],
-                                                    "none"))
+        result = state.narrowed(c, state.ops.linear(state.mac_input(c, hidden_rows, "x2"),
+                                                    w2[expert], b2[expert], "none"))
         state.observe(c, "expert_output", result)
         residual[tokens] = state.ops.scatter_add(residual[tokens],
                                                  state.scores[tokens, expert], result)

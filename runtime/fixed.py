@@ -269,3 +269,18 @@ def rounded_quotient(numerator: np.ndarray, divisor: int) -> np.ndarray:
     up = (2 * remainder > divisor) | ((2 * remainder == divisor) & (quotient & 1 == 1))
     quotient = quotient + up
     return np.where(numerator < 0, -quotient, quotient)
+
+
+PACK_SHIFT = 18  # the low product's field of a packed DSP48E2 multiply (WP486)
+
+
+def packed_products(x: np.ndarray, hi: np.ndarray, lo: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """(x hi, x lo) for 8-bit operands from one multiply of x by hi 2^18 + lo, separated as
+    the DSP output is (m3c::packed_products): the low field read as signed, the high part
+    shifted down plus the low field's sign bit (the borrow a negative low product took)."""
+    x, hi, lo = (np.asarray(v, dtype=np.int64) for v in (x, hi, lo))
+    product = ((hi << PACK_SHIFT) + lo) * x
+    sign = (product >> (PACK_SHIFT - 1)) & 1
+    low = (product & ((1 << PACK_SHIFT) - 1)) - (sign << PACK_SHIFT)
+    return (product >> PACK_SHIFT) + sign, low

@@ -52,14 +52,16 @@ def test_linear_fast_path_equals_the_exact_path(name, activation):
 
 
 @pytest.mark.parametrize("name", sorted(TYPE_SETS))
-def test_attention_fast_path_equals_the_exact_path(name):
+@pytest.mark.parametrize("probs8", [None, FixedType(8, 1, False, "AP_RND_CONV", "AP_SAT")])
+def test_attention_fast_path_equals_the_exact_path(name, probs8):
+    """Also with the softmax numerators rounded to 8 bits (an 8-bit attention layer)."""
     ops, rng = _ops(TYPE_SETS[name]), np.random.default_rng(2)
     for spread in (1.0, 0.1, 0.01, 0.0005):
         q, k, v = (_raw(rng, ops.data, (301, 32), spread) for _ in range(3))
         for scale in (32 ** -0.5, 1.0):
             code = int(ops.norm.from_float(np.float32(scale)))
-            np.testing.assert_array_equal(ops.attention_head(q, k, v, scale),
-                                          ops.exact_attention_head(q, k, v, code))
+            np.testing.assert_array_equal(ops.attention_head(q, k, v, scale, probs8),
+                                          ops.exact_attention_head(q, k, v, code, probs8))
 
 
 def test_the_fast_paths_run_where_they_should():

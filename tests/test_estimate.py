@@ -218,3 +218,35 @@ def test_precision_from_project_types(types, expected):
 def test_unknown_type_is_refused():
     with pytest.raises(EstimateError):
         Precision.from_types({"data": "posit<16>"})
+
+
+def test_packed_array_halves_dsps_and_8bit_panels_halve_ddr():
+    """Two 8-bit products per DSP48E2: the same TK x TM array on half the DSPs; an 8-bit
+    product streams half the panel words and takes one pass, a 16-bit one two."""
+    from m3c.estimate import as_int8
+
+    calls, capacities = calls_for_config(_config("small-nyud"))
+    marked, packed = as_int8(calls, capacities)
+    wide = Design(ZCU104, capacities, (64, 48), FIXED16, 384, 64)
+    narrow = Design(ZCU104, packed, (64, 48), FIXED16, 384, 64)
+    assert unit_resources(narrow)["matmul"].dsp * 2 == unit_resources(wide)["matmul"].dsp
+    g = narrow.geometry
+    eight, sixteen = (tile_cost(g, 197, 384, 384, narrow=n) for n in (True, False))
+    assert eight.beats["gmem_w"] <= 0.51 * sixteen.beats["gmem_w"]  # biases stay 16-bit
+    assert 1.9 * eight.array_cycles < sixteen.array_cycles  # rows-bound: one pass vs two
+    # With rows enough to hide most of a 16-bit panel's load, the unpacked array's 16-bit
+    # product takes about as long as the packed array's 8-bit one (on half the DSPs).
+    assert tile_cost(g, 384, 384, 384, narrow=True).array_cycles == pytest.approx(
+        tile_cost(wide.geometry, 384, 384, 384).array_cycles, rel=0.02)
+
+
+def test_int8_beats_fixed_on_small_nyud():
+    """The DSE with two MACs per DSP: a faster design within the same budget, fitting."""
+    from m3c.estimate import as_int8
+
+    calls, capacities = calls_for_config(_config("small-nyud"))
+    fixed = choose_design(calls, capacities, ZCU104, FIXED16, 0.9)
+    int8 = choose_design(*as_int8(calls, capacities), ZCU104, FIXED16, 0.9)
+    assert int8.design.geometry.packed and not fixed.design.geometry.packed
+    assert not overflows(int8.resources, ZCU104, 0.9)
+    assert int8.cycles * 1.3 < fixed.cycles

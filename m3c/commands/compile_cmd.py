@@ -16,8 +16,13 @@ def _configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="ONNX model")
     parser.add_argument("--target", default="zcu104", help="board (see `m3c targets`)")
     parser.add_argument("-o", "--output", required=True, help="project directory to create")
-    parser.add_argument("--precision", default="fixed", choices=["fixed", "float"],
-                        help="ap_fixed types from calibration (default), or fp32 everywhere")
+    parser.add_argument("--precision", default="fixed", choices=["fixed", "float", "int8", "mixed"],
+                        help="ap_fixed types from calibration (default), fp32 everywhere, or "
+                             "int8: 8-bit operands, two MACs per DSP, or mixed: 8 or 16 bits "
+                             "per layer within --max-agreement-loss")
+    parser.add_argument("--max-agreement-loss", default="1%", metavar="LOSS",
+                        help="mixed: the task outputs' largest allowed disagreement with float "
+                             "on the calibration images (default 1%%)")
     parser.add_argument("--calib", metavar="FILE.npy",
                         help="calibration images [N,3,H,W] (default: the test vectors)")
     parser.add_argument("--precision-config", metavar="FILE",
@@ -40,7 +45,7 @@ def run_compile(args: argparse.Namespace) -> int:
     project = compile_model(args.model, target=args.target, out=args.output,
                             precision=args.precision, force=args.force, calib=calib,
                             precision_config=args.precision_config, tiles=args.tiles,
-                            budget=args.budget)
+                            budget=args.budget, max_agreement_loss=args.max_agreement_loss)
     if not args.quiet:
         from m3c.commands.report_cmd import summary_line
 
@@ -86,10 +91,11 @@ def check_precision_config(path: Path) -> None:
     layers = config.get("layers") or {}
     if not isinstance(layers, dict) or not all(
             isinstance(key, str) and isinstance(spec, dict)
-            and all(isinstance(value, str) for value in spec.values())
+            and all(isinstance(value, str) or (name == "bits" and isinstance(value, int))
+                    for name, value in spec.items())
             for key, spec in layers.items()):
         raise CodegenError(f"precision config {path}: 'layers' must map layer patterns to "
-                           "{weight: type, result: type}", remedy=remedy)
+                           "{weight: type, result: type, bits: 8 | 16}", remedy=remedy)
 
 
 def _no_arguments(parser: argparse.ArgumentParser) -> None:

@@ -28,6 +28,9 @@ class Geometry:
     port_bits: int  # DDR word
     row_tile: int  # rows of a matmul tile (its accumulators and the MLP's hidden rows)
     query_tile: int  # attention queries scored and mixed together
+    # Two 8-bit products per DSP48E2 (WP486): TK x TM / 2 DSPs; 8-bit layers use all TK x TM
+    # products per cycle, 16-bit layers one per DSP (two passes over the rows per panel).
+    packed: bool = False
 
     def __post_init__(self) -> None:
         if self.tk % self.lanes or self.tm % self.lanes or self.tm > self.tk:
@@ -51,6 +54,16 @@ class Geometry:
     def macs(self) -> int:
         return self.tk * self.tm
 
+    @property
+    def dsps(self) -> int:
+        """DSP48E2s of the array (at one DSP per 16-bit product)."""
+        return self.macs // 2 if self.packed else self.macs
+
+    def passes(self, narrow: bool) -> int:
+        """Sweeps over a tile's rows per panel: a 16-bit layer on a packed array takes two
+        (a DSP computes the even column, then the odd one)."""
+        return 2 if self.packed and not narrow else 1
+
     def chunks(self, width: int) -> int:
         """Chunks of TK elements a row of `width` elements takes."""
         return max(1, math.ceil(width / self.tk))
@@ -66,6 +79,10 @@ class Geometry:
     def panel_words(self) -> int:
         return self.words(self.tk * self.tm)
 
+    def panel_words_of(self, narrow: bool) -> int:
+        """A panel's DDR words: 8-bit weights go two codes to a lane."""
+        return self.words(self.tk * self.tm // 2) if narrow else self.panel_words
+
     @property
     def bias_words(self) -> int:
         return self.words(self.tm)
@@ -74,10 +91,10 @@ class Geometry:
         """(k panels, m panels) of a product with `in_dim` inputs and `out_cols` outputs."""
         return self.chunks(in_dim), max(1, math.ceil(out_cols / self.tm))
 
-    def matmul_words(self, in_dim: int, out_cols: int) -> int:
+    def matmul_words(self, in_dim: int, out_cols: int, narrow: bool = False) -> int:
         """DDR words of one matmul's blob: per m panel its biases, then its k panels."""
         k_panels, m_panels = self.panels(in_dim, out_cols)
-        return m_panels * (self.bias_words + k_panels * self.panel_words)
+        return m_panels * (self.bias_words + k_panels * self.panel_words_of(narrow))
 
     def row_tiles(self, rows: int) -> list[int]:
         """Rows per tile: as few tiles as ROW_TILE allows, of (nearly) equal size, so a short

@@ -42,27 +42,42 @@ class Cost:
         return self
 
 
-def _fill(g: Geometry, panels: str) -> tuple[int, int]:
+def _fill(g: Geometry, panels: str, narrow: bool) -> tuple[int, int]:
     """(items to fill a first-input-panel step, items for the other steps)."""
     if panels == "keys":
         return g.tm, g.tm
     if panels == "values":
         return g.tk, g.tk
-    return g.bias_words + g.panel_words, g.panel_words
+    return g.bias_words + g.panel_words_of(narrow), g.panel_words_of(narrow)
 
 
-def tile_cost(g: Geometry, rows: int, in_dim: int, out_cols: int, panels: str = "ddr") -> Cost:
+def mac8(call: dict) -> bool:
+    """Whether the call's products have 8-bit operands (two per DSP on a packed array)."""
+    return "mac8" in call
+
+
+def tile_cost(g: Geometry, rows: int, in_dim: int, out_cols: int, panels: str = "ddr",
+              narrow: bool = False) -> Cost:
     """One product of `rows` (<= ROW_TILE) rows: matmul in matmul.h.j2 (a fresh copy of the
-    memoised figure: callers add to it)."""
-    cost = _tile_cost(g, rows, in_dim, out_cols, panels)
+    memoised figure: callers add to it). `narrow`: 8-bit operands and panels."""
+    cost = _tile_cost(g, rows, in_dim, out_cols, panels, narrow)
     return Cost(cost.cycles, cost.array_cycles, dict(cost.beats))
 
 
+def sweep(g: Geometry, rows: int, narrow: bool) -> int:
+    """Array cycles a step spends on its rows: a second pass starts once the first pass's
+    sums are written back (at least MIN_SPAN cycles after)."""
+    passes = g.passes(narrow)
+    return rows if passes == 1 else passes * max(rows, MIN_SPAN)
+
+
 @lru_cache(maxsize=65536)
-def _tile_cost(g: Geometry, rows: int, in_dim: int, out_cols: int, panels: str) -> Cost:
+def _tile_cost(g: Geometry, rows: int, in_dim: int, out_cols: int, panels: str,
+               narrow: bool) -> Cost:
     k_panels, m_panels = g.panels(in_dim, out_cols)
     steps = k_panels * m_panels
-    first, other = _fill(g, panels)
+    first, other = _fill(g, panels, narrow)
+    rows = sweep(g, rows, narrow)
     # Steps before an output panel's first input panel fill `first` items, the others `other`.
     to_first = m_panels - 1
     spans = (to_first * max(rows, first, MIN_SPAN)
@@ -70,7 +85,7 @@ def _tile_cost(g: Geometry, rows: int, in_dim: int, out_cols: int, panels: str) 
     array = first + spans
     cost = Cost(first + LOOP_DEPTH + spans + MAC_DEPTH, array)
     if panels == "ddr":
-        cost.beats["gmem_w"] = g.matmul_words(in_dim, out_cols)
+        cost.beats["gmem_w"] = g.matmul_words(in_dim, out_cols, narrow)
     return cost
 
 
@@ -83,10 +98,12 @@ def _loop(trip: int, bundle: str | None = None) -> Cost:
 
 # ------------------------------------------------------------------------- DDR segments
 
-def pack_matmul(g: Geometry, weights: np.ndarray, bias: np.ndarray, out_cols: int) -> np.ndarray:
+def pack_matmul(g: Geometry, weights: np.ndarray, bias: np.ndarray, out_cols: int,
+                w_shift: int | None = None) -> np.ndarray:
     """A product's blob in consumption order: per output panel its TM biases (at the end of
     BIAS_WORDS words: the shadow registers keep the last lanes shifted in), then its input
-    panels, each TK x TM row-major."""
+    panels, each TK x TM row-major. With `w_shift` (an 8-bit layer) the panels' weight_t codes
+    become 8-bit codes (shifted right: their low bits are zero), two to a lane."""
     in_dim, out_dim = weights.shape
     k_panels, m_panels = g.panels(in_dim, out_cols)
     padded = np.zeros((k_panels * g.tk, m_panels * g.tm), weights.dtype)
@@ -96,7 +113,17 @@ def pack_matmul(g: Geometry, weights: np.ndarray, bias: np.ndarray, out_cols: in
     full = np.zeros(m_panels * g.tm, weights.dtype)
     full[:out_dim] = bias
     biases[:, -g.tm:] = full.reshape(m_panels, g.tm)
-    return np.concatenate([biases, panels.reshape(m_panels, -1)], axis=1).reshape(-1)
+    panels = panels.reshape(m_panels, -1)
+    if w_shift is not None:
+        panels = pair_codes(panels >> w_shift)
+    return np.concatenate([biases, panels], axis=1).reshape(-1)
+
+
+def pair_codes(codes: np.ndarray) -> np.ndarray:
+    """8-bit codes, consecutive pairs (even, odd) as one 16-bit lane: odd << 8 | even (the
+    pair the array's fill unpacks into one DSP's two weights)."""
+    pairs = codes.reshape(*codes.shape[:-1], -1, 2)
+    return (pairs[..., 1] << 8) | (pairs[..., 0] & 0xFF)
 
 
 def pack_vector(g: Geometry, values: np.ndarray, length: int | None = None) -> np.ndarray:
@@ -143,7 +170,8 @@ def segments(call: dict, g: Geometry, read: Weights) -> dict[str, np.ndarray]:
     if op == "linear":
         k, m = call["in_dim"], call["out_dim"]
         cols = g.padded(m) if call["target"] == "hidden" else m
-        return {"blob": pack_matmul(g, read(call["w"], (k, m)), read(call["b"], (m,)), cols)}
+        return {"blob": pack_matmul(g, read(call["w"], (k, m)), read(call["b"], (m,)), cols,
+                                    w_shift(call))}
     if op == "route":
         return {"blob": np.concatenate(_pack_routers(call, g, read))}
     if op == "experts":
@@ -157,7 +185,13 @@ def _pack_heads(call: dict, g: Geometry, read: Weights) -> np.ndarray:
     weights, bias = read(call["w"], (dim, 3 * dim)), read(call["b"], (3 * dim,))
     columns = [np.concatenate([np.arange(part * dim + h * hd, part * dim + (h + 1) * hd)
                                for part in range(3)]) for h in range(heads)]
-    return np.concatenate([pack_matmul(g, weights[:, c], bias[c], 3 * hd) for c in columns])
+    return np.concatenate([pack_matmul(g, weights[:, c], bias[c], 3 * hd, w_shift(call))
+                           for c in columns])
+
+
+def w_shift(call: dict) -> int | None:
+    """An 8-bit layer's weight shift (weight_t code -> its 8-bit code), else None."""
+    return call["mac8"]["w_shift"] if mac8(call) else None
 
 
 def router_tasks(call: dict) -> int:
@@ -180,8 +214,8 @@ def _pack_experts(call: dict, g: Geometry, read: Weights) -> list[np.ndarray]:
     w2, b2 = read(call["w2"], (experts, hidden, dim)), read(call["b2"], (experts, dim))
     blobs = []
     for e in range(experts):
-        blobs += [pack_matmul(g, w1[e], b1[e], g.padded(hidden)),
-                  pack_matmul(g, w2[e], b2[e], dim)]
+        blobs += [pack_matmul(g, w1[e], b1[e], g.padded(hidden), w_shift(call)),
+                  pack_matmul(g, w2[e], b2[e], dim, w_shift(call))]
     return blobs
 
 
@@ -231,7 +265,7 @@ def _qkv_cost(call, g, sizes, queues) -> Cost:
     total = Cost()
     for _ in range(call["heads"]):
         for rows in g.row_tiles(call["tokens"]):
-            total += tile_cost(g, rows, call["dim"], 3 * call["head_dim"])
+            total += tile_cost(g, rows, call["dim"], 3 * call["head_dim"], narrow=mac8(call))
     return total
 
 
@@ -242,8 +276,8 @@ def _attention_cost(call, g, sizes, queues) -> Cost:
     for _ in range(call["heads"]):
         for q0 in range(0, tokens, g.query_tile):
             rows = min(g.query_tile, tokens - q0)
-            total += tile_cost(g, rows, hd, tokens, "keys")
-            total += tile_cost(g, rows, tokens, hd, "values")
+            total += tile_cost(g, rows, hd, tokens, "keys", mac8(call))
+            total += tile_cost(g, rows, tokens, hd, "values", mac8(call))
     return total
 
 
@@ -252,7 +286,7 @@ def _linear_cost(call, g, sizes, queues) -> Cost:
     cols = g.padded(call["out_dim"]) if call["target"] == "hidden" else call["out_dim"]
     total = Cost()
     for rows in g.row_tiles(call["tokens"]):
-        total += tile_cost(g, rows, call["in_dim"], cols)
+        total += tile_cost(g, rows, call["in_dim"], cols, narrow=mac8(call))
     return total
 
 
@@ -274,8 +308,8 @@ def _experts_cost(call, g, sizes, queues) -> Cost:
     total = Cost()
     for count in queues:
         for rows in g.row_tiles(int(count)):
-            total += tile_cost(g, rows, dim, g.padded(hidden))
-            total += tile_cost(g, rows, hidden, dim)
+            total += tile_cost(g, rows, dim, g.padded(hidden), narrow=mac8(call))
+            total += tile_cost(g, rows, hidden, dim, narrow=mac8(call))
     return total
 
 

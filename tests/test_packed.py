@@ -1,0 +1,93 @@
+"""The packed 8-bit MAC (two products per DSP48E2, WP486): the HLS C++ (both its synthesis
+ap_int form and its C-simulation form, compiled by g++ against the ap_types headers) and the
+numpy emulation against the two separate integer products."""
+
+from __future__ import annotations
+
+import itertools
+import subprocess
+from pathlib import Path
+
+import jinja2
+import numpy as np
+import pytest
+
+from m3c import csim
+from m3c.runtime.fixed import packed_products
+
+CORNERS = (-128, 127, 0, 1, -1)
+DRIVER = """
+#include <ap_int.h>
+#include <cstdio>
+namespace m3c {
+#include "packed_mac.h"
+}
+int main() {
+    long long x, hi, lo;
+    while (std::scanf("%lld %lld %lld", &x, &hi, &lo) == 3) {
+        m3c::product8_t a, b;
+        m3c::packed_products(m3c::mac8_t(x), m3c::pack_weights(hi, lo), a, b);
+        std::printf("%lld %lld\\n", (long long)a, (long long)b);
+    }
+    return 0;
+}
+"""
+
+
+def _operands() -> np.ndarray:
+    """Every (x, hi, lo) over the corners, then random 8-bit triples, then unsigned shared
+    operands (softmax numerators: 0 ... 255) with signed weights."""
+    corners = np.array(list(itertools.product(CORNERS, repeat=3)), np.int64)
+    rng = np.random.default_rng(5)
+    random = rng.integers(-128, 128, size=(4000, 3))
+    unsigned = np.array(list(itertools.product((128, 255), CORNERS, CORNERS)), np.int64)
+    probs = np.concatenate([rng.integers(0, 256, size=(1000, 1)),
+                            rng.integers(-128, 128, size=(1000, 2))], axis=1)
+    return np.concatenate([corners, random, unsigned, probs])
+
+
+@pytest.fixture(scope="module")
+def header(tmp_path_factory) -> Path:
+    root = Path(__file__).resolve().parents[1] / "templates"
+    text = jinja2.Environment(loader=jinja2.FileSystemLoader(root)).get_template(
+        "hls/units/packed_mac.h.j2").render()
+    folder = tmp_path_factory.mktemp("packed")
+    (folder / "packed_mac.h").write_text(text)
+    (folder / "driver.cpp").write_text(DRIVER)
+    return folder
+
+
+@pytest.mark.parametrize("form", ["csim", "ap_int"])
+def test_packed_cpp_equals_separate_products(header, form):
+    binary = header / f"driver_{form}"
+    defines = ["-DM3C_PACKED_AP"] if form == "ap_int" else []
+    subprocess.run(["g++", "-std=c++14", "-O1", "-Wall", "-Wextra", *defines,
+                    "-isystem", str(csim.ap_types_dir()), "-I", str(header),
+                    str(header / "driver.cpp"), "-o", str(binary)], check=True)
+    operands = _operands()
+    stdin = "\n".join(" ".join(str(v) for v in row) for row in operands)
+    out = subprocess.run([str(binary)], input=stdin, capture_output=True, text=True,
+                         check=True).stdout
+    got = np.array([line.split() for line in out.splitlines()], np.int64)
+    x, hi, lo = operands.T
+    assert got.shape == (len(operands), 2)
+    np.testing.assert_array_equal(got[:, 0], x * hi)
+    np.testing.assert_array_equal(got[:, 1], x * lo)
+
+
+def test_packed_numpy_equals_separate_products():
+    x, hi, lo = _operands().T
+    high, low = packed_products(x, hi, lo)
+    np.testing.assert_array_equal(high, x * hi)
+    np.testing.assert_array_equal(low, x * lo)
+
+
+def test_unsigned_low_field_would_break():
+    """The sign correction is what makes it exact: without it every negative low product
+    leaves its high product one short."""
+    x, hi, lo = _operands().T
+    product = ((hi << 18) + lo) * x
+    uncorrected = product >> 18
+    negative = x * lo < 0
+    assert negative.any()
+    np.testing.assert_array_equal(uncorrected[negative], (x * hi)[negative] - 1)
