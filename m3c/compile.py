@@ -58,6 +58,7 @@ from m3c.verify import sample_feeds, task_names
 
 PRECISIONS = ("fixed", "float", "int8", "mixed")
 PRECISION_CONFIG = "precision_config.json"  # the layers' bits as chosen (--precision-config)
+CALIBRATION_SCENES = 1  # per compile without --calib, every task run on each
 FLOAT_TOLERANCE = 1e-4  # float C-simulation vs onnxruntime; fixed must equal the emulation
 HP_BUNDLES = ["gmem_w", "gmem_in", "gmem_out"]
 UNITS = ("embed_layer", "load_band", "add_positions", "layernorm_stats", "load_vector",
@@ -169,11 +170,12 @@ def _build(original: Graph, board: Target, settings: dict, project: Path, tiles,
     kernel = plan.to_json()
     images = [vector["image"] for vector in vectors]
     settings = {**settings, "heads": _head_runner(graph, tasks, plan.features_shape)}
-    # The emulator runs images in parallel threads, beside the lowering check (its own copy
-    # of the graph); BLAS threads on top would oversubscribe.
+    # The emulator runs images in parallel threads, beside the lowering check (which only
+    # reads the graph); BLAS threads on top would oversubscribe.
     with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(1) as background:
-        lowering = background.submit(check_lowering, original, graph.copy(), tasks, vectors)
-        typing = _typing(plan, kernel, settings, images, len(tasks))
+        lowering = background.submit(check_lowering, original, graph, tasks, vectors)
+        typing = _typing(plan, kernel, settings, images, len(tasks),
+                         _calibration_scenes(graph, plan))
         if typing.types is not None:  # per-layer result types: narrowing calls after layers
             plan.narrow_results(layer_result_types(kernel, settings["config"]))
             plan.use_mac8(typing.mac8)
@@ -228,13 +230,15 @@ class Typing:
 
 
 def _typing(plan: KernelPlan, kernel: dict, settings: dict, test_images: list[np.ndarray],
-            num_tasks: int) -> Typing:
+            num_tasks: int, scenes: list[np.ndarray] = ()) -> Typing:
+    """Without --calib, calibration runs each task on its test image and on every scene."""
     blob = plan.weights.packed()
     if settings["precision"] == "float":
         return Typing("float", None, blob)
     images = settings["calib"]
-    if images is None:  # each task on its own test image
+    if images is None:  # each task on its own test image, and on every scene
         samples = list(zip(test_images, range(num_tasks), strict=True))
+        samples += [(scene, task) for scene in scenes for task in range(num_tasks)]
     else:
         images = np.asarray(images, np.float32)
         if images.ndim not in (3, 4) or images.shape[-3:] != tuple(plan.image_shape[1:]):
@@ -292,6 +296,25 @@ def _head_runner(graph: Graph, tasks: list[str], features_shape: list[int]):
         return session.run(None, feeds)[0]
 
     return run
+
+
+def _calibration_scenes(graph: Graph, plan: KernelPlan) -> list[np.ndarray]:
+    """Synthetic scenes from the model's own generator (models m3c exported): beside the test
+    vectors' standard-normal images they give calibration the flat regions and edges of real
+    pictures, whose patch embeddings the noise never reaches."""
+    from m3c.models.config import ModelConfig
+    from m3c.models.data import make_dataset
+
+    config = graph.metadata.get("m3c.config")
+    if not config:
+        return []
+    try:
+        scenes = make_dataset(ModelConfig.from_json(config), CALIBRATION_SCENES, seed=7)["image"]
+    except (ValueError, KeyError, TypeError):  # a config m3c's generator cannot draw for
+        return []
+    if scenes.shape[1:] != tuple(plan.image_shape[1:]):
+        return []
+    return list(scenes.astype(np.float32))
 
 
 def _test_vectors(original: Graph, graph: Graph) -> tuple[list[str], list[dict]]:

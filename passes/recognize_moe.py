@@ -8,6 +8,8 @@ so switching tasks changes only which router row is read.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 from m3c.graph import Graph, fresh_name, fresh_node_name
 from m3c.moe_forms import (
     find_computed_moes,
@@ -21,6 +23,7 @@ from m3c.passmanager import Pass
 # The spelled-out forms first; whatever top-k routing is left is read by what it computes.
 FINDERS = {"dense": find_dense_moes, "contrib": find_contrib_moes, "sparse": find_sparse_moes,
            "computed": find_computed_moes}
+CHECK_THREADS = 2
 
 
 class RecognizeMoE(Pass):
@@ -30,10 +33,15 @@ class RecognizeMoE(Pass):
     def apply(self, graph: Graph) -> tuple[Graph, bool]:
         found = 0
         for form, finder in FINDERS.items():
-            for match in finder(graph.graph):
-                where = f"MoE layer {found} ({form} form)"
+            matches = list(finder(graph.graph))
+            wheres = [f"MoE layer {found + i} ({form} form)" for i in range(len(matches))]
+            for match, where in zip(matches, wheres, strict=True):
                 match.check(where)
-                check_match(graph.graph, match, where)
+            # Each check runs its own layer's subgraph (onnxruntime, numpy: both release the
+            # GIL) on the graph as found, which no replacement has touched yet.
+            with ThreadPoolExecutor(CHECK_THREADS) as pool:
+                list(pool.map(check_match, [graph.graph] * len(matches), matches, wheres))
+            for match in matches:
                 replace_with_moe(graph.graph, match, found)
                 found += 1
             graph.graph.cleanup()  # a replaced layer's routing is not found again

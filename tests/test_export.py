@@ -12,6 +12,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
+import m3c
 from m3c.errors import ExportError
 from m3c.exporter import export, read_metadata
 
@@ -99,6 +100,16 @@ def test_cli_exports_small_nyud_that_passes_the_full_checker(tmp_path):
     result = _cli("export", "--preset", "small-nyud", "--random", "-o", str(out))
     assert result.returncode == 0, result.stderr
     onnx.checker.check_model(str(out), full_check=True)
+
+
+def test_cli_exports_the_single_shared_router(tmp_path):
+    out = tmp_path / "single.onnx"
+    result = _cli("export", "--preset", "micro-nyud", "--gate", "single", "--random", "-o",
+                  str(out))
+    assert result.returncode == 0, result.stderr
+    assert "single-gate" in result.stdout
+    routes = [n for n in m3c.lower(out).graph.nodes if n.op == "Route"]
+    assert routes and all(route.inputs[2].values.shape[0] == 1 for route in routes)
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,7 @@
 """Models m3c's own exporter did not write: each is built here, lowered, compared with
 onnxruntime on the original file, and compiled (float), which itself refuses a lowered graph
-more than 1e-4 away from onnxruntime."""
+more than 1e-4 away from onnxruntime; each MoE form also in fixed point, where the C-simulated
+kernel must equal the emulation bit for bit."""
 
 from __future__ import annotations
 
@@ -177,6 +178,12 @@ def test_moe_form_lowers_to_the_expert_major_graph(tmp_path, form, gate, exporte
     routes = [n for n in lowered.graph.nodes if n.op == "Route"]
     if gemm:  # the router's bias is kept, in the one row of the router table
         assert all(np.any(route.inputs[3].values) for route in routes)
+    # In fixed point, the C-simulated kernel equals the bit-exact emulation on every task.
+    from m3c.verify import verify_project
+
+    rows = verify_project(compile_model(path, out=tmp_path / "fixed", precision="fixed"),
+                          oracle="ort")
+    assert rows and all(row.kernel_error == 0 and row.passed for row in rows)
 
 
 @pytest.mark.parametrize("tasks, drop", [(None, (5,)), ({"semseg": 40}, (3, 5))])

@@ -90,3 +90,20 @@ def test_bad_headroom_is_refused(export_model, tmp_path, headroom):
     config.write_text(json.dumps({"headroom": headroom}))
     with pytest.raises(CodegenError, match="headroom"):
         compile_model(path, out=tmp_path / "b", precision_config=config)
+
+
+def test_eight_bit_layers_widen_the_limit_and_the_project_passes(compiled, capsys):
+    from m3c.validate import load_project
+    from m3c.verify import FIXED_ORT_STEPS, fixed_onnxruntime_tolerance
+
+    project = compiled("micro-nyud", "multi", "int8")[1]
+    manifest, kernel = load_project(project)
+    # The activations 8-bit layers read (signed; attention's probabilities are not)
+    narrowest = min(kind["frac"] for call in kernel["calls"] for name, kind in
+                    call.get("mac8", {}).items() if name in ("x", "x2") and kind["signed"])
+    limit = fixed_onnxruntime_tolerance(manifest, kernel)
+    assert limit == 16 * 2.0 ** -narrowest > fixed_onnxruntime_tolerance(manifest)
+    assert fixed_onnxruntime_tolerance(manifest) == \
+        FIXED_ORT_STEPS * 2.0 ** -manifest["types"]["data"]["frac"]
+    assert main(["verify", str(project), "--images", "2", "--oracle", "ort"]) == 0
+    assert "16 of the coarsest 8-bit operand" in capsys.readouterr().out

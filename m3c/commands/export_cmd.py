@@ -8,13 +8,15 @@ from pathlib import Path
 
 from m3c.cli import command
 from m3c.errors import M3CError, ModelError
+from m3c.models.config import GATES
 
 
 def _configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", nargs="?", help="M3ViT .pth file or directory of rank files")
     parser.add_argument("--preset", default="micro-nyud", help="model preset, e.g. small-nyud")
-    parser.add_argument("--gate", choices=("multi", "task"), default="multi",
-                        help="multi-gate (router per task) or task-conditioned routing")
+    parser.add_argument("--gate", choices=GATES, default="multi",
+                        help="multi-gate (a router per task), task-conditioned routing, or one "
+                             "router shared by all tasks (M3ViT-Single)")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--random", action="store_true", help="random weights (with --seed)")
     source.add_argument("--trained", action="store_true",

@@ -41,6 +41,11 @@ class Cost:
             self.beats[bundle] += beats
         return self
 
+    def scaled(self, count: int) -> Cost:
+        """The cost of `count` runs of this one (identical heads or tiles)."""
+        return Cost(self.cycles * count, self.array_cycles * count,
+                    {bundle: beats * count for bundle, beats in self.beats.items()})
+
 
 def _fill(g: Geometry, panels: str, narrow: bool) -> tuple[int, int]:
     """(items to fill a first-input-panel step, items for the other steps)."""
@@ -262,23 +267,26 @@ def _layernorm_cost(call, g, sizes, queues) -> Cost:
 
 def _qkv_cost(call, g, sizes, queues) -> Cost:
     del sizes, queues
-    total = Cost()
-    for _ in range(call["heads"]):
-        for rows in g.row_tiles(call["tokens"]):
-            total += tile_cost(g, rows, call["dim"], 3 * call["head_dim"], narrow=mac8(call))
-    return total
+    head = Cost()
+    for rows in g.row_tiles(call["tokens"]):
+        head += tile_cost(g, rows, call["dim"], 3 * call["head_dim"], narrow=mac8(call))
+    return head.scaled(call["heads"])
 
 
 def _attention_cost(call, g, sizes, queues) -> Cost:
     del sizes, queues
     tokens, hd = call["tokens"], call["head_dim"]
-    total = Cost()
-    for _ in range(call["heads"]):
-        for q0 in range(0, tokens, g.query_tile):
-            rows = min(g.query_tile, tokens - q0)
-            total += tile_cost(g, rows, hd, tokens, "keys", mac8(call))
-            total += tile_cost(g, rows, tokens, hd, "values", mac8(call))
-    return total
+
+    def block(rows: int) -> Cost:  # a block of queries: their scores, then their mix
+        cost = tile_cost(g, rows, hd, tokens, "keys", mac8(call))
+        cost += tile_cost(g, rows, tokens, hd, "values", mac8(call))
+        return cost
+
+    full, rest = divmod(tokens, g.query_tile)
+    head = block(g.query_tile).scaled(full)
+    if rest:
+        head += block(rest)
+    return head.scaled(call["heads"])
 
 
 def _linear_cost(call, g, sizes, queues) -> Cost:
