@@ -164,24 +164,28 @@ def _build(original: Graph, board: Target, settings: dict, project: Path, tiles,
     from m3c.lowering_check import check_lowering
     from m3c.passmanager import default_pipeline
 
-    graph = default_pipeline().run(original.copy(), save_dir=project / "intermediate")
-    tasks, vectors = _test_vectors(original, graph)
-    plan = plan_kernel(graph.graph)
-    kernel = plan.to_json()
-    images = [vector["image"] for vector in vectors]
-    settings = {**settings, "heads": _head_runner(graph, tasks, plan.features_shape)}
-    # The emulator runs images in parallel threads, beside the lowering check (which only
-    # reads the graph); BLAS threads on top would oversubscribe.
-    with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(1) as background:
-        lowering = background.submit(check_lowering, original, graph, tasks, vectors)
-        typing = _typing(plan, kernel, settings, images, len(tasks),
-                         _calibration_scenes(graph, plan))
-        if typing.types is not None:  # per-layer result types: narrowing calls after layers
-            plan.narrow_results(layer_result_types(kernel, settings["config"]))
-            plan.use_mac8(typing.mac8)
-            kernel = plan.to_json()
-        expected = _expected_features(kernel, typing, vectors)
-        lowering.result()  # no silently wrong project
+    with ThreadPoolExecutor(1) as background:
+        # Drawn while the passes run (one core each).
+        scenes = background.submit(_calibration_scenes, original.metadata, settings)
+        graph = default_pipeline().run(original.copy(), save_dir=project / "intermediate")
+        tasks, vectors = _test_vectors(original, graph)
+        plan = plan_kernel(graph.graph)
+        kernel = plan.to_json()
+        images = [vector["image"] for vector in vectors]
+        settings = {**settings, "heads": _head_runner(graph, tasks, plan.features_shape)}
+        # The emulator runs images in parallel threads, beside the lowering check (which only
+        # reads the graph); BLAS threads on top would oversubscribe.
+        with threadpool_limits(limits=1, user_api="blas"):
+            lowering = background.submit(check_lowering, original, graph, tasks, vectors)
+            typing = _typing(plan, kernel, settings, images, len(tasks),
+                             [scene for scene in scenes.result()
+                              if scene.shape == tuple(plan.image_shape[1:])])
+            if typing.types is not None:  # per-layer result types: narrowing calls after layers
+                plan.narrow_results(layer_result_types(kernel, settings["config"]))
+                plan.use_mac8(typing.mac8)
+                kernel = plan.to_json()
+            expected = _expected_features(kernel, typing, vectors)
+            lowering.result()  # no silently wrong project
     choice = choose_design(kernel["calls"], plan.capacities, board,
                            Precision.from_types(typing.types_json()), budget, tiles)
     layout = layout_weights(kernel["calls"], choice.design.geometry, typing.ddr_values())
@@ -298,21 +302,19 @@ def _head_runner(graph: Graph, tasks: list[str], features_shape: list[int]):
     return run
 
 
-def _calibration_scenes(graph: Graph, plan: KernelPlan) -> list[np.ndarray]:
+def _calibration_scenes(metadata: dict, settings: dict) -> list[np.ndarray]:
     """Synthetic scenes from the model's own generator (models m3c exported): beside the test
     vectors' standard-normal images they give calibration the flat regions and edges of real
     pictures, whose patch embeddings the noise never reaches."""
     from m3c.models.config import ModelConfig
     from m3c.models.data import make_dataset
 
-    config = graph.metadata.get("m3c.config")
-    if not config:
+    config = metadata.get("m3c.config")
+    if not config or settings["precision"] == "float" or settings["calib"] is not None:
         return []
     try:
         scenes = make_dataset(ModelConfig.from_json(config), CALIBRATION_SCENES, seed=7)["image"]
     except (ValueError, KeyError, TypeError):  # a config m3c's generator cannot draw for
-        return []
-    if scenes.shape[1:] != tuple(plan.image_shape[1:]):
         return []
     return list(scenes.astype(np.float32))
 
