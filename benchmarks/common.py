@@ -1,4 +1,4 @@
-"""Shared helpers for the benchmark scripts: exported models, timed child processes."""
+"""Shared helpers for the benchmark scripts: exported models, timed runs."""
 
 from __future__ import annotations
 
@@ -38,6 +38,16 @@ def timed_runs(command: list[str], repeats: int) -> dict:
     return {"wall_s_median": round(statistics.median(walls), 3),
             "wall_s_runs": [round(w, 3) for w in walls],
             "peak_rss_mib_median": round(statistics.median(peaks), 1)}
+
+
+def median_seconds(work, repeats: int) -> float:
+    """Median wall time of `repeats` calls of `work()` in this process."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        work()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
 
 
 def emit(result: dict) -> None:

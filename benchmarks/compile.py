@@ -8,14 +8,12 @@ Usage: python benchmarks/compile.py [--repeats 3]
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
-from common import emit, exported, timed_runs
+from common import emit, exported, median_seconds, timed_runs
 
 from m3c import csim
 from m3c.compile import compile_model
@@ -47,21 +45,12 @@ def csim_figures(repeats: int) -> dict:
         for precision in ("float", "fixed"):
             project = compile_model(model, out=Path(scratch) / precision, precision=precision)
             kernel = csim.load(project)
-            times = _seconds(lambda kernel=kernel: kernel.run(image, 0), repeats)
+            times = median_seconds(lambda kernel=kernel: kernel.run(image, 0), repeats)
             figures[f"csim_{precision}_s_per_image_median"] = round(times, 3)
     figures["onnxruntime_s_per_image_median"] = round(
-        _seconds(lambda: session.run(None, feeds), repeats), 4)
+        median_seconds(lambda: session.run(None, feeds), repeats), 4)
     figures["note"] = "C-sim covers the encoder; onnxruntime runs encoder and both heads"
     return figures
-
-
-def _seconds(work, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        work()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -22,16 +21,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import emit, exported
-
-
-def _median_seconds(work, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        work()
-        times.append(time.perf_counter() - start)
-    return round(statistics.median(times), 3)
+from common import emit, exported, median_seconds
 
 
 def emulation_figures(preset: str, repeats: int) -> dict:
@@ -61,8 +51,8 @@ def emulation_figures(preset: str, repeats: int) -> dict:
                                    providers=["CPUExecutionProvider"])
     feeds = {"image": image, "task": np.array(0, dtype=np.int64)}
     with threadpool_limits(limits=1):
-        emulate = _median_seconds(lambda: emulator.run(image, 0), repeats)
-    reference = _median_seconds(lambda: session.run(None, feeds), repeats)
+        emulate = round(median_seconds(lambda: emulator.run(image, 0), repeats), 3)
+    reference = round(median_seconds(lambda: session.run(None, feeds), repeats), 3)
     return {"preset": preset, "emulation_s_per_image": emulate,
             "onnxruntime_encoder_s_per_image": reference,
             "emulation_over_onnxruntime": round(emulate / reference, 2)}
