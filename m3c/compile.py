@@ -168,24 +168,34 @@ def _build(original: Graph, board: Target, settings: dict, project: Path, tiles,
         # Drawn while the passes run (one core each).
         scenes = background.submit(_calibration_scenes, original.metadata, settings)
         graph = default_pipeline().run(original.copy(), save_dir=project / "intermediate")
-        tasks, vectors = _test_vectors(original, graph)
+        tasks, feeds = _test_feeds(original)
+        images = [feed["image"].astype(np.float32) for feed in feeds]
+        # onnxruntime's outputs on the test images come in beside the emulations, which need
+        # only the images.
+        references = background.submit(_test_vectors, original, graph, tasks, feeds)
         plan = plan_kernel(graph.graph)
         kernel = plan.to_json()
-        images = [vector["image"] for vector in vectors]
         settings = {**settings, "heads": _head_runner(graph, tasks, plan.features_shape)}
-        # The emulator runs images in parallel threads, beside the lowering check (which only
-        # reads the graph); BLAS threads on top would oversubscribe.
+        # The emulator runs images in parallel threads beside onnxruntime; BLAS threads on
+        # top would oversubscribe.
         with threadpool_limits(limits=1, user_api="blas"):
-            lowering = background.submit(check_lowering, original, graph, tasks, vectors)
             typing = _typing(plan, kernel, settings, images, len(tasks),
                              [scene for scene in scenes.result()
                               if scene.shape == tuple(plan.image_shape[1:])])
+            float_features = typing.float_features
+            if float_features is None:  # calibration did not run the test images
+                float_features = KernelEmulator(kernel, plan.weights.packed()).run_many(
+                    [(image, task) for task, image in enumerate(images)])
+            vectors = references.result()
+            # No silently wrong project: the kernel in float against onnxruntime.
+            lowering = background.submit(check_lowering, original, graph, tasks, vectors,
+                                         float_features)
             if typing.types is not None:  # per-layer result types: narrowing calls after layers
                 plan.narrow_results(layer_result_types(kernel, settings["config"]))
                 plan.use_mac8(typing.mac8)
                 kernel = plan.to_json()
             expected = _expected_features(kernel, typing, vectors)
-            lowering.result()  # no silently wrong project
+            lowering.result()
     choice = choose_design(kernel["calls"], plan.capacities, board,
                            Precision.from_types(typing.types_json()), budget, tiles)
     layout = layout_weights(kernel["calls"], choice.design.geometry, typing.ddr_values())
@@ -218,6 +228,7 @@ class Typing:
     mac8: dict[str, dict] = field(default_factory=dict)  # 8-bit layers: kernel.json "mac8"
     mixed: MixedChoice | None = None  # --precision mixed: the choice and its measurements
     headroom: float | None = None  # fixed: the data type's range over the calibrated peak
+    float_features: list[np.ndarray] | None = None  # the float kernel's, per task's test image
 
     @property
     def tolerance(self) -> float:
@@ -251,7 +262,8 @@ def _typing(plan: KernelPlan, kernel: dict, settings: dict, test_images: list[np
                                remedy="give a .npy of images shaped [N,3,H,W] as the model's")
         images = images.reshape(-1, *plan.image_shape[1:])
         samples = [(image, task) for image in images for task in range(num_tasks)]
-    activation_max = calibrate(kernel, blob, samples)
+    activation_max, features = calibrate(kernel, blob, samples)
+    float_features = features[:num_tasks] if images is None else None
     types = choose_types(kernel, blob, activation_max, settings["config"])
     sizes = {name: array.size for name, array in plan.weights.arrays.items()}
     narrowed = layer_weight_types(kernel, settings["config"])
@@ -273,7 +285,7 @@ def _typing(plan: KernelPlan, kernel: dict, settings: dict, test_images: list[np
     values = raw.astype(np.float32)
     values *= np.float32(math.ldexp(1.0, -types["weight"].frac))
     return Typing("fixed", types, values, activation_max, raw, mac8, mixed,
-                  settings["config"].get("headroom", HEADROOM))
+                  settings["config"].get("headroom", HEADROOM), float_features)
 
 
 def _choose_mixed(kernel: dict, blob: np.ndarray, types: dict, raw: np.ndarray,
@@ -319,11 +331,16 @@ def _calibration_scenes(metadata: dict, settings: dict) -> list[np.ndarray]:
     return list(scenes.astype(np.float32))
 
 
-def _test_vectors(original: Graph, graph: Graph) -> tuple[list[str], list[dict]]:
-    """The task names, and per task a test image with onnxruntime's encoder features and task
-    output on it."""
+def _test_feeds(original: Graph) -> tuple[list[str], list[dict[str, np.ndarray]]]:
+    """The task names, and per task the feeds of its test image."""
     probe = original.to_onnx()
-    tasks, feeds_per_task = task_names(probe), sample_feeds(probe, count=1, seed=2024)
+    return task_names(probe), sample_feeds(probe, count=1, seed=2024)
+
+
+def _test_vectors(original: Graph, graph: Graph, tasks: list[str],
+                  feeds_per_task: list[dict]) -> list[dict]:
+    """Per task its test image with onnxruntime's encoder features and task output on it."""
+    probe = original.to_onnx()
     boundary = graph.metadata["m3c.features_tensor"]
     probe.graph.output.append(onnx.helper.make_tensor_value_info(boundary, onnx.TensorProto.FLOAT,
                                                                  None))
@@ -336,7 +353,7 @@ def _test_vectors(original: Graph, graph: Graph) -> tuple[list[str], list[dict]]
         vectors.append({"image": feeds["image"].astype(np.float32),
                         "features": outputs[boundary].astype(np.float32),
                         "output": outputs[task]})
-    return tasks, vectors
+    return vectors
 
 
 def _expected_features(kernel: dict, typing: Typing, vectors: list[dict]) -> list[np.ndarray]:

@@ -121,8 +121,9 @@ def _parse(spelling: str, name: str, where: str) -> FixedType:
 
 
 def calibrate(plan: dict, weights: np.ndarray,
-              samples: Iterable[tuple[np.ndarray, int]]) -> float:
-    """The largest activation magnitude the float kernel reaches on the samples."""
+              samples: Iterable[tuple[np.ndarray, int]]) -> tuple[float, list[np.ndarray]]:
+    """The largest activation magnitude the float kernel reaches on the samples, and its
+    features on each."""
     samples = list(samples)
     peaks = [0.0] * len(samples)
 
@@ -132,9 +133,10 @@ def calibrate(plan: dict, weights: np.ndarray,
                 peaks[index] = max(peaks[index], float(np.abs(values).max(initial=0.0)))
         return observe
 
-    KernelEmulator(plan, weights).run_many(samples, [watching(i) for i in range(len(samples))])
+    features = KernelEmulator(plan, weights).run_many(
+        samples, [watching(i) for i in range(len(samples))])
     images = max(float(np.abs(image).max()) for image, _ in samples)
-    return max([images, *peaks])
+    return max([images, *peaks]), features
 
 
 def choose_types(plan: dict, weights: np.ndarray, activation_max: float,

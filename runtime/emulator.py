@@ -201,8 +201,9 @@ class FixedArithmetic:
         step = 2.0 ** (bits - fd)
         index = x * step
         index += (GELU_RANGE << bits) + 1
-        np.clip(index, 0, len(factors) - 1, out=index)
-        x *= factors.take(index.astype(np.intp))
+        # astype truncates: below the table lands at or below 0, which the clipping take reads
+        # as index 0, as it reads what lies past the table as its last entry.
+        x *= factors.take(index.astype(np.intp), mode="clip")
         return self.data.round_float(x).astype(np.int64)
 
     def layernorm(self, x, gamma, beta, epsilon):
@@ -323,13 +324,13 @@ class FixedArithmetic:
         scores = self.logit.round_float(scores, scale_bound)
         # exp_neg's table index in one step, floor((x - max) log2e / 2^s) + n - 1, since
         # floor(floor(y) / 2^s) = floor(y / 2^s); a logit_t difference saturated in the kernel
-        # reaches index 0 (exp 0) here too, and astype's truncation floors what is >= 0.
+        # reaches index 0 (exp 0) here too. astype truncates: it floors what is >= 0, and
+        # what is below lands at or below 0, which the clipping take reads as index 0.
         scores *= self.log2e * 2.0 ** (EXP_TABLE_BITS - fl - fp)
         top = scores.max(axis=-1, keepdims=True)
         top -= len(self.exp_by_index) - 1
         scores -= top
-        np.maximum(scores, 0, out=scores)
-        weights = self.exp_by_index.take(scores.astype(np.intp))
+        weights = self.exp_by_index.take(scores.astype(np.intp), mode="clip")
         total = weights.sum(axis=-1, keepdims=True)
         if probs8 is not None:  # prob_t(prob8_t(p)): rounded, back on prob_t's grid
             weights = probs8.cast_float(weights, fp)

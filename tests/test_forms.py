@@ -6,6 +6,7 @@ kernel must equal the emulation bit for bit."""
 from __future__ import annotations
 
 import copy
+import importlib
 import json
 
 import numpy as np
@@ -96,6 +97,25 @@ def test_compile_refuses_a_lowering_that_changes_the_numbers(tmp_path, monkeypat
         compile_model(path, out=tmp_path / "build", precision="float")
     assert not (tmp_path / "build").exists()
     assert not list(tmp_path.glob(".build*"))
+
+
+def test_compile_refuses_a_kernel_plan_that_differs_from_every_stage(tmp_path, monkeypatch):
+    """Every graph stage is right, the kernel planned from it is not: in fixed point the check
+    reads the calibration's float run of the kernel, and names the plan."""
+    compile_module = importlib.import_module("m3c.compile")  # m3c.compile is also a function
+    original = compile_module.plan_kernel
+
+    def one_bias_off(graph):
+        plan = original(graph)
+        name = next(name for name in plan.weights.arrays if name.endswith("bias"))
+        plan.weights.arrays[name] = plan.weights.arrays[name] + 1e-2
+        return plan
+
+    monkeypatch.setattr(compile_module, "plan_kernel", one_bias_off)
+    path = m3c.export(build_model("micro-nyud", seed=1), tmp_path / "m.onnx")
+    with pytest.raises(LoweringError, match="first diverging stage: kernel plan"):
+        compile_model(path, out=tmp_path / "build")
+    assert not (tmp_path / "build").exists()
 
 
 def test_compile_accepts_the_unchanged_model(tmp_path):
