@@ -179,13 +179,17 @@ def _build(original: Graph, board: Target, settings: dict, project: Path, tiles,
         # The emulator runs images in parallel threads beside onnxruntime; BLAS threads on
         # top would oversubscribe.
         with threadpool_limits(limits=1, user_api="blas"):
-            typing = _typing(plan, kernel, settings, images, len(tasks),
-                             [scene for scene in scenes.result()
-                              if scene.shape == tuple(plan.image_shape[1:])])
-            float_features = typing.float_features
-            if float_features is None:  # calibration did not run the test images
-                float_features = KernelEmulator(kernel, plan.weights.packed()).run_many(
-                    [(image, task) for task, image in enumerate(images)])
+            try:
+                typing = _typing(plan, kernel, settings, images, len(tasks),
+                                 [scene for scene in scenes.result()
+                                  if scene.shape == tuple(plan.image_shape[1:])])
+                float_features = typing.float_features
+                if float_features is None:  # calibration did not run the test images
+                    float_features = KernelEmulator(kernel, plan.weights.packed()).run_many(
+                        [(image, task) for task, image in enumerate(images)])
+            except Exception:
+                references.result()  # onnxruntime's refusal names what is wrong with the model
+                raise
             vectors = references.result()
             # No silently wrong project: the kernel in float against onnxruntime.
             lowering = background.submit(check_lowering, original, graph, tasks, vectors,
