@@ -240,3 +240,21 @@ def test_each_mutation_class_is_refused_or_survived_by_lower(mutation, export_mo
     output = tmp_path / "lowered.onnx"
     code, stdout, stderr = run_cli(["--quiet", "lower", str(mutated), "-o", str(output)])
     assert classify("lower", code, stdout, stderr, output) in ("ok", "error"), stderr
+
+
+@pytest.mark.parametrize(("axis", "size"), [(2, 1), (3, 3)])
+def test_compile_refuses_an_image_shape_the_model_cannot_take(axis, size, export_model,
+                                                              tmp_path, monkeypatch):
+    """The emulations of the test images run beside onnxruntime's; onnxruntime's refusal of
+    the shape is what the user hears, not the emulator's failure to reshape."""
+    monkeypatch.setenv("M3C_LOG_DIR", str(tmp_path / "logs"))
+    _, path = export_model("micro-nyud", "multi")
+    model = onnx.load(str(path))
+    image = next(value for value in model.graph.input if value.name == "image")
+    image.type.tensor_type.shape.dim[axis].dim_value = size
+    mutated = tmp_path / "mutated.onnx"
+    mutated.write_bytes(_serialized(model))
+    output = tmp_path / "build"
+    code, stdout, stderr = run_cli(["--quiet", "compile", str(mutated), "-o", str(output)])
+    assert classify("compile", code, stdout, stderr, output) == "error", stderr
+    assert not output.exists()
