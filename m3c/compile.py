@@ -168,11 +168,14 @@ def _build(original: Graph, board: Target, settings: dict, project: Path, tiles,
         # Drawn while the passes run (one core each).
         scenes = background.submit(_calibration_scenes, original.metadata, settings)
         graph = default_pipeline().run(original.copy(), save_dir=project / "intermediate")
-        tasks, feeds = _test_feeds(original)
+        probe = original.to_onnx()
+        tasks, feeds = task_names(probe), sample_feeds(probe, count=1, seed=2024)
         images = [feed["image"].astype(np.float32) for feed in feeds]
         # onnxruntime's outputs on the test images come in beside the emulations, which need
         # only the images.
-        references = background.submit(_test_vectors, original, graph, tasks, feeds)
+        references = background.submit(_test_vectors, probe,
+                                       graph.metadata["m3c.features_tensor"], tasks, feeds)
+        del probe
         plan = plan_kernel(graph.graph)
         kernel = plan.to_json()
         settings = {**settings, "heads": _head_runner(graph, tasks, plan.features_shape)}
@@ -335,21 +338,13 @@ def _calibration_scenes(metadata: dict, settings: dict) -> list[np.ndarray]:
     return list(scenes.astype(np.float32))
 
 
-def _test_feeds(original: Graph) -> tuple[list[str], list[dict[str, np.ndarray]]]:
-    """The task names, and per task the feeds of its test image."""
-    probe = original.to_onnx()
-    return task_names(probe), sample_feeds(probe, count=1, seed=2024)
-
-
-def _test_vectors(original: Graph, graph: Graph, tasks: list[str],
+def _test_vectors(probe: onnx.ModelProto, boundary: str, tasks: list[str],
                   feeds_per_task: list[dict]) -> list[dict]:
-    """Per task its test image with onnxruntime's encoder features and task output on it."""
-    probe = original.to_onnx()
-    boundary = graph.metadata["m3c.features_tensor"]
+    """Per task its test image with onnxruntime's encoder features (tensor `boundary` of the
+    original model `probe`) and task output on it."""
     probe.graph.output.append(onnx.helper.make_tensor_value_info(boundary, onnx.TensorProto.FLOAT,
                                                                  None))
     session = ort_session(probe)
-    del probe
     names = [output.name for output in session.get_outputs()]
     vectors = []
     for task, feeds in zip(tasks, feeds_per_task, strict=True):
