@@ -3,11 +3,14 @@ has enough to do, yet never leaves a ready process asleep nor misses a deadlock.
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from m3c import csim
 from m3c.compile import _templates
 
 STREAM_SCENARIOS = r"""
@@ -113,3 +116,199 @@ def test_a_deadlock_behind_a_ready_fifo_is_still_found(stream_headers):
     assert result.returncode == 3, result.stdout + result.stderr
     assert result.stdout.startswith("dataflow deadlock: every process waits (")
     assert "'replies' empty" in result.stdout and "'values' empty" in result.stdout
+
+
+# normalise over corner and random operands: the project's own function (built twice: with its
+# exact integer shortcut, and with -DM3C_AP_REFERENCE on the ap_fixed code alone), then the
+# shortcut against the ap_fixed expression for other type choices a precision config can make.
+NORMALISE_PROGRAM = r"""
+#include <cstdint>
+#include <cstdio>
+#include <vector>
+
+#include "kernel.h"
+#include "m3c_ops.h"
+
+namespace {
+
+typedef ap_fixed<16, 2, AP_RND_CONV, AP_SAT> weight16;
+typedef ap_ufixed<24, 10, AP_RND_CONV, AP_SAT> norm24;
+
+std::uint64_t state = 0x9e3779b97f4a7c15ULL;
+std::uint64_t next() {  // splitmix64
+    std::uint64_t z = (state += 0x9e3779b97f4a7c15ULL);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+
+template <typename T>
+T from_bits(std::uint64_t bits) {
+    T value;
+    value.range(T::width - 1, 0) = bits;
+    return value;
+}
+
+template <typename T>
+long long bits_of(const T& value) {
+    return (long long)value.range(T::width - 1, 0).to_uint64();
+}
+
+// Raw codes worth trying for a W-bit type: the ends of its range, around zero, powers of two
+// and their neighbours (rounding ties), then random ones.
+std::vector<std::uint64_t> corners(int width, int randoms) {
+    const std::uint64_t mask = width == 64 ? ~0ULL : (1ULL << width) - 1;
+    std::vector<std::uint64_t> codes = {0, 1, 2, 3, mask, mask - 1, mask >> 1, (mask >> 1) + 1,
+                                        (mask >> 1) - 1, (mask >> 1) + 2};
+    for (int k = 2; k < width; k += 3) {
+        codes.push_back(1ULL << k);
+        codes.push_back((1ULL << k) + 1);
+        codes.push_back((1ULL << k) - 1);
+        codes.push_back(mask - (1ULL << k) + 1);
+    }
+    for (int r = 0; r < randoms; ++r) codes.push_back(next() & mask);
+    for (auto& code : codes) code &= mask;
+    return codes;
+}
+
+template <typename D, typename V, typename N, typename W, typename A>
+D reference(D x, D mean, N inv, W g, W b) {  // matmul.h's normalise on these types
+    const auto centred = (V(x) - V(mean)) * inv;
+    const D normed = D(centred);
+    const auto scaled = normed * g;
+    return D(A(scaled) + A(b));
+}
+
+#ifndef M3C_AP_REFERENCE
+template <typename D, typename V, typename N, typename W, typename A>
+long long mismatches(const char* name, int randoms) {
+    typedef m3c::ExactNormalise<D, V, N, W, A> Exact;
+    static_assert(Exact::ok, "the shortcut covers these types");
+    long long wrong = 0, total = 0;
+    const auto check = [&](std::uint64_t x, std::uint64_t mean, std::uint64_t inv,
+                           std::uint64_t g, std::uint64_t b) {
+        const D args[2] = {from_bits<D>(x), from_bits<D>(mean)};
+        const N n = from_bits<N>(inv);
+        const W gb[2] = {from_bits<W>(g), from_bits<W>(b)};
+        const D want = reference<D, V, N, W, A>(args[0], args[1], n, gb[0], gb[1]);
+        const D got = Exact::run(args[0], args[1], n, gb[0], gb[1]);
+        ++total;
+        if (bits_of(want) != bits_of(got) && wrong++ < 5)
+            std::printf("%s: x %llx mean %llx inv %llx g %llx b %llx: %llx, want %llx\n", name,
+                        (unsigned long long)x, (unsigned long long)mean,
+                        (unsigned long long)inv, (unsigned long long)g,
+                        (unsigned long long)b, (unsigned long long)bits_of(got),
+                        (unsigned long long)bits_of(want));
+    };
+    const auto xs = corners(D::width, 4), ns = corners(N::width, 4), ws = corners(W::width, 2);
+    for (auto x : xs)
+        for (auto mean : xs)
+            for (auto inv : ns)
+                for (int j = 0; j < 8; ++j) check(x, mean, inv, ws[next() % ws.size()],
+                                                  ws[next() % ws.size()]);
+    for (int r = 0; r < randoms; ++r) {
+        const std::uint64_t x = next(), mean = next(), inv = next(), g = next(), b = next();
+        check(x, mean, inv, g, b);
+        check(x, x ^ (next() & 0xff), inv, g, b);  // a value near its mean
+    }
+    std::printf("%s: %lld of %lld differ\n", name, wrong, total);
+    return wrong;
+}
+#endif
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    (void)argc;
+    // The project's normalise: raw results to a file the test compares between the builds.
+    std::FILE* out = std::fopen(argv[1], "wb");
+    const auto xs = corners(data_t::width, 8), ns = corners(norm_t::width, 8);
+    const auto ws = corners(weight_t::width, 8);
+    std::vector<long long> results;
+    for (auto x : xs)
+        for (auto mean : xs)
+            for (auto inv : ns)
+                for (int j = 0; j < 6; ++j)
+                    results.push_back(bits_of(m3c::normalise(
+                        from_bits<data_t>(x), from_bits<data_t>(mean), from_bits<norm_t>(inv),
+                        from_bits<weight_t>(ws[next() % ws.size()]),
+                        from_bits<weight_t>(ws[next() % ws.size()]))));
+    for (int r = 0; r < 1000000; ++r)
+        results.push_back(bits_of(m3c::normalise(
+            from_bits<data_t>(next()), from_bits<data_t>(next()), from_bits<norm_t>(next()),
+            from_bits<weight_t>(next()), from_bits<weight_t>(next()))));
+    std::fwrite(results.data(), sizeof(long long), results.size(), out);
+    std::fclose(out);
+    long long wrong = 0;
+#ifndef M3C_AP_REFERENCE
+    static_assert(m3c::ExactNormalise<data_t, var_t, norm_t, weight_t, acc_t>::ok,
+                  "the project's types take the shortcut");
+    wrong += mismatches<ap_fixed<16, 4, AP_RND_CONV, AP_SAT>, ap_fixed<42, 18>,
+                        norm24, weight16,
+                        ap_fixed<48, 19>>("default", 200000);
+    wrong += mismatches<ap_fixed<18, 8, AP_TRN, AP_WRAP>, ap_fixed<46, 20>,
+                        norm24, ap_fixed<12, 3, AP_RND_CONV, AP_SAT>,
+                        ap_fixed<44, 18>>("trn-wrap", 200000);
+    wrong += mismatches<ap_fixed<12, 5, AP_RND_CONV, AP_WRAP>, ap_fixed<40, 16>,
+                        ap_ufixed<20, 8, AP_TRN, AP_SAT>, ap_fixed<8, 1, AP_TRN, AP_SAT>,
+                        ap_fixed<40, 16>>("conv-wrap", 200000);
+    wrong += mismatches<ap_fixed<10, 6, AP_TRN, AP_SAT>, ap_fixed<30, 14>,
+                        ap_ufixed<12, 14, AP_RND_CONV, AP_WRAP>, ap_fixed<6, 7, AP_TRN, AP_WRAP>,
+                        ap_fixed<36, 20>>("negative-frac", 200000);
+    wrong += mismatches<ap_fixed<24, 8, AP_RND_CONV, AP_SAT>, ap_fixed<56, 24>,
+                        ap_ufixed<32, 12, AP_RND_CONV, AP_SAT>, weight16,
+                        ap_fixed<60, 26>>("wide", 200000);
+    static_assert(!m3c::ExactNormalise<ap_fixed<16, 4>, ap_fixed<42, 18>, ap_ufixed<24, 10>,
+                                       ap_fixed<16, 2>, ap_fixed<40, 19>>::ok,
+                  "an inexact conversion keeps the ap_fixed code");
+    static_assert(!m3c::ExactNormalise<ap_fixed<16, 4, AP_RND>, ap_fixed<42, 18>,
+                                       ap_ufixed<24, 10>, ap_fixed<16, 2>, ap_fixed<48, 19>>::ok,
+                  "so does a quantisation mode it does not model");
+#endif
+    std::printf("%zu results, %lld shortcut mismatches\n", results.size(), wrong);
+    return wrong == 0 ? 0 : 1;
+}
+"""
+
+
+def _normalise_results(project: Path, tmp_path: Path, reference: bool) -> bytes:
+    source = tmp_path / "normalise.cpp"
+    source.write_text(NORMALISE_PROGRAM)
+    name = "reference" if reference else "shortcut"
+    binary = tmp_path / name
+    command = csim.compile_command(project, [], binary, shared=False)  # [..., "-o", binary]
+    defines = ["-DM3C_AP_REFERENCE"] if reference else []
+    command = [*command[:-2], "-Werror", *defines, str(source), *command[-2:]]
+    build = subprocess.run(command, capture_output=True, text=True)
+    assert build.returncode == 0, build.stderr[-3000:]
+    run = subprocess.run([binary, tmp_path / f"{name}.bin"], capture_output=True, text=True,
+                         timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:]
+    return (tmp_path / f"{name}.bin").read_bytes()
+
+
+def test_exact_normalise_equals_ap_fixed_bit_for_bit(compiled, tmp_path):
+    project = compiled("micro-nyud", "multi", precision="fixed")[1]
+    shortcut = _normalise_results(project, tmp_path, reference=False)
+    reference = _normalise_results(project, tmp_path, reference=True)
+    assert len(shortcut) == len(reference) > 8_000_000
+    assert shortcut == reference
+
+
+@pytest.mark.parametrize("precision", ["fixed", "int8"])
+def test_csim_shortcuts_change_no_bit_of_the_kernel(compiled, tmp_path, precision):
+    """The whole kernel built with its C-simulation shortcuts and with -DM3C_AP_REFERENCE (the
+    code Vitis sees alone) gives the same features, saturating inputs included."""
+    project = compiled("micro-nyud", "multi", precision=precision)[1]
+    library = tmp_path / "reference.so"
+    command = csim.compile_command(project, csim.KERNEL_SOURCES, library, shared=True)
+    build = subprocess.run([*command[:-2], "-DM3C_AP_REFERENCE", *command[-2:]],
+                           capture_output=True, text=True)
+    assert build.returncode == 0, build.stderr[-3000:]
+    fast = csim.load(project)
+    reference = csim.CSimKernel(library, fast.weights)
+    manifest = json.loads((project / "project.json").read_text())
+    rng = np.random.default_rng(3)
+    for task, scale in ((0, 1.0), (1, 60.0)):
+        image = (rng.standard_normal(manifest["image_shape"]) * scale).astype(np.float32)
+        assert np.array_equal(fast.run(image, task), reference.run(image, task))
