@@ -146,9 +146,10 @@ def test_a_deadlock_behind_a_ready_fifo_is_still_found(stream_headers):
     assert "'replies' empty" in result.stdout and "'values' empty" in result.stdout
 
 
-# normalise over corner and random operands: the project's own function (built twice: with its
-# exact integer shortcut, and with -DM3C_AP_REFERENCE on the ap_fixed code alone), then the
-# shortcut against the ap_fixed expression for other type choices a precision config can make.
+# normalise over corner and random operands, and the conversions of raw sums: the project's own
+# functions (built twice: with their exact integer shortcuts, and with -DM3C_AP_REFERENCE on the
+# ap_fixed code alone), then the shortcuts against the ap_fixed code for other type choices a
+# precision config can make.
 NORMALISE_PROGRAM = r"""
 #include <cstdint>
 #include <cstdio>
@@ -199,6 +200,9 @@ std::vector<std::uint64_t> corners(int width, int randoms) {
     return codes;
 }
 
+// A random raw value of any magnitude up to 64 bits.
+long long any_raw() { return (long long)next() >> (next() % 64); }
+
 template <typename D, typename V, typename N, typename W, typename A>
 D reference(D x, D mean, N inv, W g, W b) {  // matmul.h's normalise on these types
     const auto centred = (V(x) - V(mean)) * inv;
@@ -242,6 +246,25 @@ long long mismatches(const char* name, int randoms) {
     std::printf("%s: %lld of %lld differ\n", name, wrong, total);
     return wrong;
 }
+
+
+template <typename T, typename S>
+long long cast_mismatches(const char* name) {
+    static_assert(m3c::Fixed<T>::known && m3c::Fixed<S>::known, "a modelled pair");
+    long long wrong = 0, total = 0;
+    auto codes = corners(S::width, 20000);
+    for (int r = 0; r < 200000; ++r) codes.push_back((std::uint64_t)any_raw());
+    for (const auto code : codes) {
+        const S x = from_bits<S>(code);
+        const T want = T(x), got = m3c::Cast<T, S>::run(x);
+        ++total;
+        if (bits_of(want) != bits_of(got) && wrong++ < 5)
+            std::printf("%s: %llx -> %llx, want %llx\n", name, (unsigned long long)code,
+                        (unsigned long long)bits_of(got), (unsigned long long)bits_of(want));
+    }
+    std::printf("%s: %lld of %lld differ\n", name, wrong, total);
+    return wrong;
+}
 #endif
 
 }  // namespace
@@ -265,6 +288,20 @@ int main(int argc, char** argv) {
         results.push_back(bits_of(m3c::normalise(
             from_bits<data_t>(next()), from_bits<data_t>(next()), from_bits<norm_t>(next()),
             from_bits<weight_t>(next()), from_bits<weight_t>(next()))));
+    // The project's conversions of raw sums and accumulators (from_raw, fixed_cast).
+    for (int r = 0; r < 300000; ++r) {
+        const long long raw = any_raw();
+        results.push_back(bits_of(m3c::from_raw<data_t, m3c::ACC_FRAC>(raw)));
+        results.push_back(bits_of(m3c::from_raw<data_t, m3c::DATA_FRAC>(raw)));
+        results.push_back(bits_of(m3c::from_raw<acc_t, m3c::ACC_FRAC + 3>(raw)));
+        results.push_back(bits_of(m3c::from_raw<recip_t, m3c::RECIP_FRAC>(raw)));
+        results.push_back(bits_of(m3c::from_raw<norm_t, m3c::NORM_FRAC>(raw)));
+        results.push_back(bits_of(m3c::from_raw<logit_t, 0>(raw)));
+        const acc_t sum = from_bits<acc_t>((std::uint64_t)raw);
+        results.push_back(bits_of(m3c::fixed_cast<data_t>(sum)));
+        results.push_back(bits_of(m3c::fixed_cast<logit_t>(sum)));
+        results.push_back(bits_of(m3c::activate(sum, m3c::ACT_NONE)));
+    }
     std::fwrite(results.data(), sizeof(long long), results.size(), out);
     std::fclose(out);
     long long wrong = 0;
@@ -286,6 +323,14 @@ int main(int argc, char** argv) {
     wrong += mismatches<ap_fixed<24, 8, AP_RND_CONV, AP_SAT>, ap_fixed<56, 24>,
                         ap_ufixed<32, 12, AP_RND_CONV, AP_SAT>, weight16,
                         ap_fixed<60, 26>>("wide", 200000);
+    wrong += cast_mismatches<ap_fixed<16, 4, AP_RND_CONV, AP_SAT>, ap_fixed<48, 19>>("acc-data");
+    wrong += cast_mismatches<ap_fixed<32, 16, AP_RND_CONV, AP_SAT>, ap_fixed<48, 19>>("acc-logit");
+    wrong += cast_mismatches<ap_fixed<12, 3, AP_TRN, AP_WRAP>, ap_fixed<48, 19>>("trn-wrap");
+    wrong += cast_mismatches<ap_fixed<10, 3, AP_RND_CONV, AP_WRAP>, ap_fixed<40, 30>>("conv-wrap");
+    wrong += cast_mismatches<ap_fixed<20, 12, AP_TRN, AP_SAT>, ap_fixed<24, 4>>("widening");
+    wrong += cast_mismatches<ap_ufixed<24, 1, AP_RND_CONV, AP_SAT>, ap_fixed<63, 35>>("unsigned");
+    wrong += cast_mismatches<ap_ufixed<8, 12, AP_RND_CONV, AP_WRAP>, ap_fixed<63, 20>>("coarse");
+    wrong += cast_mismatches<ap_fixed<16, 4, AP_RND_CONV, AP_SAT>, ap_ufixed<18, 1>>("from-u");
     static_assert(!m3c::ExactNormalise<ap_fixed<16, 4>, ap_fixed<42, 18>, ap_ufixed<24, 10>,
                                        ap_fixed<16, 2>, ap_fixed<40, 19>>::ok,
                   "an inexact conversion keeps the ap_fixed code");
@@ -315,7 +360,7 @@ def _normalise_results(project: Path, tmp_path: Path, reference: bool) -> bytes:
     return (tmp_path / f"{name}.bin").read_bytes()
 
 
-def test_exact_normalise_equals_ap_fixed_bit_for_bit(compiled, tmp_path):
+def test_exact_integer_helpers_equal_ap_fixed_bit_for_bit(compiled, tmp_path):
     project = compiled("micro-nyud", "multi", precision="fixed")[1]
     shortcut = _normalise_results(project, tmp_path, reference=False)
     reference = _normalise_results(project, tmp_path, reference=True)
