@@ -94,6 +94,15 @@ int main() {
         M3C_PROCESS(int got = 0; int value = 0;
                     while (got < 100) if (values.read_nb(value)) { total += value; ++got; })
         M3C_DATAFLOW_END
+#elif SCENARIO == 8
+        // Pollers on both sides: a writer that waits for room with full(), a reader that waits
+        // for values with empty().
+        hls::stream<int, 2> values("values");
+        M3C_DATAFLOW_BEGIN
+        M3C_PROCESS(for (int i = 0; i < 50; ++i) { while (values.full()) {} values.write(i); })
+        M3C_PROCESS(for (int i = 0; i < 50; ++i) { while (values.empty()) {} total += values.read();
+                    })
+        M3C_DATAFLOW_END
 #endif
     } catch (const m3c::csim::Deadlock& deadlock) {
         std::printf("%s\n", deadlock.what());
@@ -132,6 +141,7 @@ def _scenario(headers: Path, number: int) -> subprocess.CompletedProcess:
     (5, str(sum(range(5000)) * sum(range(1, 21)))),
     (6, str(0 + 100 + (1 + 2) + sum(range(5)))),  # read 0, deadlock, 1 and 2 left, then all
     (7, "0"),  # big[i * 4096] holds char(i * 4096): 0
+    (8, str(sum(range(50)))),
 ])
 def test_a_ready_process_is_never_left_asleep(stream_headers, number, printed):
     result = _scenario(stream_headers, number)
