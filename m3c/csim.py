@@ -21,7 +21,7 @@ import numpy as np
 
 from m3c.errors import CodegenError
 
-CXXFLAGS = ["-std=c++14", "-O2", "-pthread", "-Wall", "-Wextra", "-fPIC"]
+CXXFLAGS = ["-std=c++14", "-O3", "-pthread", "-Wall", "-Wextra", "-fPIC"]
 # Several projects' kernels live in one Python process: keep each library's symbols (and the
 # static buffers of its inline units, which g++ would otherwise make process-wide "unique")
 # to itself; only the C API is exported.
