@@ -6,6 +6,7 @@ never leaves a half-written project; the same inputs give byte-identical files.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -164,7 +165,7 @@ def _build(original: Graph, board: Target, settings: dict, project: Path, tiles,
     from m3c.lowering_check import check_lowering
     from m3c.passmanager import default_pipeline
 
-    with ThreadPoolExecutor(1) as background:
+    with ThreadPoolExecutor(2) as background:
         # Drawn while the passes run (one core each).
         scenes = background.submit(_calibration_scenes, original.metadata, settings)
         graph = default_pipeline().run(original.copy(), save_dir=project / "intermediate")
@@ -201,15 +202,17 @@ def _build(original: Graph, board: Target, settings: dict, project: Path, tiles,
                 plan.narrow_results(layer_result_types(kernel, settings["config"]))
                 plan.use_mac8(typing.mac8)
                 kernel = plan.to_json()
-            expected = _expected_features(kernel, typing, vectors)
+            # Its own copy: the layout below records DDR segments in the calls meanwhile.
+            expected = background.submit(_expected_features, copy.deepcopy(kernel), typing,
+                                         vectors)
+            try:  # the design and the weights, while the fixed-point emulation runs
+                choice, layout = _place(kernel, plan, board, typing, budget, tiles)
+                _write_weights(project / "weights", plan, typing, layout)
+            except Exception:
+                lowering.result()  # a wrong lowering is what the user must hear of first
+                raise
             lowering.result()
-    choice = choose_design(kernel["calls"], plan.capacities, board,
-                           Precision.from_types(typing.types_json()), budget, tiles)
-    layout = layout_weights(kernel["calls"], choice.design.geometry, typing.ddr_values())
-    for call, segments in zip(kernel["calls"], layout.segments, strict=True):
-        call["ddr"] = segments
-    data_files = _write_data(project / "data", vectors, tasks, expected)
-    _write_weights(project / "weights", plan, typing, layout)
+            data_files = _write_data(project / "data", vectors, tasks, expected.result())
     if typing.mixed is not None:  # the choice, reusable: --precision-config
         document = precision_config(typing.mixed, settings["config"])
         (project / PRECISION_CONFIG).write_text(json.dumps(document, indent=1, sort_keys=True)
@@ -221,6 +224,18 @@ def _build(original: Graph, board: Target, settings: dict, project: Path, tiles,
                                layout)
     write_report(project, build_report(manifest, kernel, choice))
     _write_host(project, manifest)
+
+
+def _place(kernel: dict, plan: KernelPlan, board: Target, typing: Typing, budget: float,
+           tiles) -> tuple[Choice, DdrLayout]:
+    """The design point, and the weights laid out for it (each call's DDR segments recorded in
+    its kernel.json entry)."""
+    choice = choose_design(kernel["calls"], plan.capacities, board,
+                           Precision.from_types(typing.types_json()), budget, tiles)
+    layout = layout_weights(kernel["calls"], choice.design.geometry, typing.ddr_values())
+    for call, segments in zip(kernel["calls"], layout.segments, strict=True):
+        call["ddr"] = segments
+    return choice, layout
 
 
 @dataclass

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from m3c.precision import choose_types
+from m3c.precision import choose_types, quantize_blob
 from m3c.runtime.emulator import FixedArithmetic
 from m3c.runtime.fixed import FixedType
 
@@ -73,3 +73,22 @@ def test_the_fast_paths_run_where_they_should():
     assert default._float_attention(q, q, q, 1 << default.norm.frac) is not None
     q = _raw(rng, wide.data, (50, 32), 1.0)
     assert wide._float_attention(q, q, q, 1 << wide.norm.frac) is None
+
+
+@pytest.mark.parametrize("spelling", ["ap_fixed<16,2,AP_RND_CONV,AP_SAT>",
+                                      "ap_fixed<8,1,AP_RND_CONV,AP_SAT>",
+                                      "ap_fixed<24,3,AP_RND_CONV,AP_SAT>",
+                                      "ap_ufixed<12,2,AP_RND_CONV,AP_SAT>",
+                                      "ap_fixed<16,2,AP_TRN,AP_WRAP>"])
+def test_the_float32_weight_quantisation_equals_from_float(spelling):
+    """Ties, the saturation points, huge values and signed zeros included."""
+    kind = FixedType.parse(spelling)
+    rng = np.random.default_rng(4)
+    step = 2.0 ** -kind.frac
+    ties = (np.arange(-40, 40) + 0.5) * step
+    corners = [kind.raw_max * step, kind.raw_min * step, (kind.raw_max + 0.5) * step,
+               (kind.raw_min - 0.5) * step, 1e30, -1e30, 0.0, -0.0]
+    values = np.concatenate([rng.standard_normal(20000) * 2.0 ** (kind.width - kind.frac - 2),
+                             ties, corners]).astype(np.float32)
+    np.testing.assert_array_equal(quantize_blob(values, {}, {}, kind, {}),
+                                  kind.from_float(values))
