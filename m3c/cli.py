@@ -83,7 +83,7 @@ TOP_PAD = 1 << 28
 def keep_freed_memory() -> None:
     """Let glibc's malloc reuse freed memory instead of handing it back to the kernel: a
     compile allocates and frees arrays of tens of MB per layer (emulations, onnxruntime without
-    its arena), and fresh pages from the kernel made a quarter of its time page faults. A no-op
+    its arena), and faulting in fresh pages from the kernel took a fifth of its CPU time. A no-op
     where the C library is not glibc."""
     import ctypes
     import ctypes.util
