@@ -47,9 +47,10 @@ def check_model(model: onnx.ModelProto, where: str, memory_bytes: int = DEFAULT_
             f"{initializer_bytes / 2**20:.0f} MiB do not fit the target's "
             f"{memory_bytes / 2**30:.0f} GiB of DDR with their activations",
             remedy="export the model at a smaller input size")
+    serialized = model.SerializeToString()  # once: both checks would serialize the model
     try:
-        onnx.checker.check_model(model)
-        onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+        onnx.checker.check_model(serialized)
+        onnx.shape_inference.infer_shapes(serialized, check_type=True, strict_mode=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as error:
         raise GraphImportError(f"{where}: the ONNX checker rejects the model: "
                                f"{_first_line(str(error))}",
