@@ -167,14 +167,17 @@ def graph_runner(model: onnx.ModelProto) -> Callable[[dict[str, np.ndarray]], di
     return lambda feeds: dict(zip(names, session.run(None, feeds), strict=True))
 
 
-def ort_session(model: onnx.ModelProto):
+def ort_session(model: onnx.ModelProto, threads: int | None = None):
     """An onnxruntime CPU session that reports only errors and returns the memory a run
-    used (its arena would keep the peak of every run, hundreds of MB on a MoE model)."""
+    used (its arena would keep the peak of every run, hundreds of MB on a MoE model); on
+    `threads` threads (default: onnxruntime's, one per core)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
     options.enable_cpu_mem_arena = False
+    if threads is not None:
+        options.intra_op_num_threads = options.inter_op_num_threads = threads
     try:
         return ort.InferenceSession(model.SerializeToString(), options,
                                     providers=["CPUExecutionProvider"])
