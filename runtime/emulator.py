@@ -77,12 +77,18 @@ class FloatArithmetic:
         return (x - mean) / np.sqrt(variance + np.float32(epsilon)) * gamma + beta
 
     def softmax_rows(self, logits):
-        weights = np.exp(logits - logits.max(axis=-1, keepdims=True))
+        """Unnormalised softmax weights (in place over `logits`) and their rows' 1 / sum."""
+        logits -= logits.max(axis=-1, keepdims=True)
+        weights = np.exp(logits, out=logits)
         return weights, 1.0 / weights.sum(axis=-1, keepdims=True)
 
     def attention_head(self, q, k, v, scale):
-        weights, inverse = self.softmax_rows((q @ k.T) * np.float32(scale))
-        return (weights @ v) * inverse
+        scores = q @ k.T
+        scores *= np.float32(scale)
+        weights, inverse = self.softmax_rows(scores)
+        mixed = weights @ v
+        mixed *= inverse
+        return mixed
 
     def route_probs(self, x, w, b):
         weights, inverse = self.softmax_rows(x @ w + b)
