@@ -187,17 +187,13 @@ def _build(original: Graph, board: Target, settings: dict, project: Path, tiles,
                 typing = _typing(plan, kernel, settings, images, len(tasks),
                                  [scene for scene in scenes.result()
                                   if scene.shape == tuple(plan.image_shape[1:])])
-                float_features = typing.float_features
-                if float_features is None:  # calibration did not run the test images
-                    float_features = KernelEmulator(kernel, plan.weights.packed()).run_many(
-                        [(image, task) for task, image in enumerate(images)])
             except Exception:
                 references.result()  # onnxruntime's refusal names what is wrong with the model
                 raise
             vectors = references.result()
             # No silently wrong project: the kernel in float against onnxruntime.
             lowering = background.submit(check_lowering, original, graph, tasks, vectors,
-                                         float_features)
+                                         typing.float_features)
             if typing.types is not None:  # per-layer result types: narrowing calls after layers
                 plan.narrow_results(layer_result_types(kernel, settings["config"]))
                 plan.use_mac8(typing.mac8)
@@ -250,7 +246,7 @@ class Typing:
     mac8: dict[str, dict] = field(default_factory=dict)  # 8-bit layers: kernel.json "mac8"
     mixed: MixedChoice | None = None  # --precision mixed: the choice and its measurements
     headroom: float | None = None  # fixed: the data type's range over the calibrated peak
-    float_features: list[np.ndarray] | None = None  # the float kernel's, per task's test image
+    float_features: list[np.ndarray] = field(default_factory=list)  # per task's test image
 
     @property
     def tolerance(self) -> float:
@@ -268,14 +264,16 @@ class Typing:
 
 def _typing(plan: KernelPlan, kernel: dict, settings: dict, test_images: list[np.ndarray],
             num_tasks: int, scenes: list[np.ndarray] = ()) -> Typing:
-    """Without --calib, calibration runs each task on its test image and on every scene."""
+    """Without --calib, calibration runs each task on its test image and on every scene. The
+    float kernel's features on the test images come with it (the lowering check's)."""
     blob = plan.weights.packed()
+    tests = list(zip(test_images, range(num_tasks), strict=True))
     if settings["precision"] == "float":
-        return Typing("float", None, blob)
+        features = KernelEmulator(kernel, blob).run_many(tests)
+        return Typing("float", None, blob, float_features=features)
     images = settings["calib"]
     if images is None:  # each task on its own test image, and on every scene
-        samples = list(zip(test_images, range(num_tasks), strict=True))
-        samples += [(scene, task) for scene in scenes for task in range(num_tasks)]
+        samples = tests + [(scene, task) for scene in scenes for task in range(num_tasks)]
     else:
         images = np.asarray(images, np.float32)
         if images.ndim not in (3, 4) or images.shape[-3:] != tuple(plan.image_shape[1:]):
@@ -285,7 +283,8 @@ def _typing(plan: KernelPlan, kernel: dict, settings: dict, test_images: list[np
         images = images.reshape(-1, *plan.image_shape[1:])
         samples = [(image, task) for image in images for task in range(num_tasks)]
     activation_max, features = calibrate(kernel, blob, samples)
-    float_features = features[:num_tasks] if images is None else None
+    float_features = (features[:num_tasks] if images is None
+                      else KernelEmulator(kernel, blob).run_many(tests))
     types = choose_types(kernel, blob, activation_max, settings["config"])
     sizes = {name: array.size for name, array in plan.weights.arrays.items()}
     narrowed = layer_weight_types(kernel, settings["config"])

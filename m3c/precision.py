@@ -283,8 +283,13 @@ def quantize_blob(blob: np.ndarray, offsets: dict[str, int], sizes: dict[str, in
         kind = narrowed.get(offset)
         if kind is not None:
             span = slice(offset, offset + sizes[name])
-            raw[span] = weight.from_float(kind.to_float(kind.from_float(blob[span])))
+            raw[span] = _narrowed_codes(blob[span], kind, weight)
     return raw
+
+
+def _narrowed_codes(values: np.ndarray, kind: FixedType, weight: FixedType) -> np.ndarray:
+    """weight_t codes of `values` rounded to a layer's narrower type `kind` first."""
+    return weight.from_float(kind.to_float(kind.from_float(values)))
 
 
 def _quantized(values: np.ndarray, weight: FixedType) -> np.ndarray:
@@ -435,5 +440,5 @@ def requantized(raw: np.ndarray, blob: np.ndarray, kernel: dict, specs: dict[str
         for offset, size, key in weight_spans(call) if call["layer"] in specs else []:
             kind = FixedType.from_json(specs[call["layer"]][key])
             span = slice(offset, offset + size)
-            out[span] = weight.from_float(kind.to_float(kind.from_float(blob[span])))
+            out[span] = _narrowed_codes(blob[span], kind, weight)
     return out

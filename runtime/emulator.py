@@ -191,6 +191,7 @@ class FixedArithmetic:
         g = self.tables[activation][index]
         y = self.data.cast(x * g, fd + self.prob.frac)
         return np.where(x >= limit, x, np.where(inside, y, 0))
+
     def _gelu_by_index(self) -> dict[str, np.ndarray]:
         """Per GELU form, its factor tables (prob_t codes / 2^prob frac, float64) with one entry
         before them for x below the table (factor 0) and one after for x above it (factor 1):
@@ -293,6 +294,8 @@ class FixedArithmetic:
     def _float_attention(self, q, k, v, scale, probs8=None):
         """_attention_rows on integers held in float64, when the operands' magnitudes show
         that acc_t never rounds or wraps and every product stays below 2^53 (else None)."""
+        if self.exp_by_index is None:
+            return None
         fd, fp = self.data.frac, self.prob.frac
         keys = np.abs(k).max(initial=0)
         dot_bound = float(np.abs(q).max(initial=0)) * float(keys) * k.shape[1]
@@ -300,8 +303,6 @@ class FixedArithmetic:
             self.prob.raw_max, probs8.raw_max << (fp - probs8.frac))
         mix_bound = float(weight_max) * float(np.abs(v).max(initial=0)) * k.shape[0]
         logit_bound = float(1 << (self.logit.width - 1))
-        if self.exp_by_index is None:
-            return None
         index_bound = len(self.exp_by_index) * 2.0 ** (self.logit.frac + fp - EXP_TABLE_BITS)
         if (max(dot_bound, mix_bound) >= EXACT_FLOAT64 or logit_bound * scale >= EXACT_FLOAT64
                 or 2 * logit_bound * self.log2e + index_bound >= EXACT_FLOAT64

@@ -99,9 +99,13 @@ def test_compile_refuses_a_lowering_that_changes_the_numbers(tmp_path, monkeypat
     assert not list(tmp_path.glob(".build*"))
 
 
-def test_compile_refuses_a_kernel_plan_that_differs_from_every_stage(tmp_path, monkeypatch):
-    """Every graph stage is right, the kernel planned from it is not: in fixed point the check
-    reads the calibration's float run of the kernel, and names the plan."""
+@pytest.mark.parametrize("precision, calibrated", [("fixed", False), ("fixed", True),
+                                                   ("float", False)])
+def test_compile_refuses_a_kernel_plan_that_differs_from_every_stage(precision, calibrated,
+                                                                     tmp_path, monkeypatch):
+    """Every graph stage is right, the kernel planned from it is not: the check reads the float
+    run of the kernel (calibration's on the test images, or its own with --calib or in float),
+    and names the plan."""
     compile_module = importlib.import_module("m3c.compile")  # m3c.compile is also a function
     original = compile_module.plan_kernel
 
@@ -113,8 +117,9 @@ def test_compile_refuses_a_kernel_plan_that_differs_from_every_stage(tmp_path, m
 
     monkeypatch.setattr(compile_module, "plan_kernel", one_bias_off)
     path = m3c.export(build_model("micro-nyud", seed=1), tmp_path / "m.onnx")
+    calib = np.random.default_rng(0).standard_normal((2, 3, 48, 64)) if calibrated else None
     with pytest.raises(LoweringError, match="first diverging stage: kernel plan"):
-        compile_model(path, out=tmp_path / "build")
+        compile_model(path, out=tmp_path / "build", precision=precision, calib=calib)
     assert not (tmp_path / "build").exists()
 
 
