@@ -6,11 +6,15 @@ Integer matrix products go through float64 BLAS, which is exact because every op
 integer below 2^18 and every partial sum stays below 2^53. In float precision the same ops run in
 float32, like the float kernel: a reference for it to within rounding, used for calibration.
 
-Numpy only: this module also ships inside generated projects (host/m3c_runtime).
+The hottest element-wise passes (the attention softmax, linear epilogues, layer norm) run as
+compiled loops from fused.py when numba is installed, bit for bit the same as the numpy passes
+kept beside them, which run without it: this module also ships inside generated projects
+(host/m3c_runtime), where numpy alone suffices.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -44,6 +48,16 @@ def erf(x: np.ndarray) -> np.ndarray:
     poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027
                                                                           + t * 1.061405429))))
     return np.sign(x) * (1.0 - poly * np.exp(-x * x))
+
+
+@functools.cache
+def fused_loops():
+    """runtime/fused.py's compiled loops, or None where numba is not installed."""
+    try:
+        from . import fused
+    except ImportError:
+        return None
+    return fused
 
 
 class FloatArithmetic:
@@ -140,38 +154,65 @@ class FixedArithmetic:
         return frac <= self.acc.frac and bound * 2.0 ** (self.acc.frac - frac) < self.acc.raw_max
 
     @staticmethod
-    def _float_product(a, b) -> tuple[np.ndarray | None, float]:
-        """The integer product a @ b by float64 BLAS with a bound on its magnitude, or None
-        when a partial sum could reach 2^53 (the operands' magnitudes bound every sum)."""
+    def _matmul(a, b):
+        """The exact integer product a @ b as int64: by float64 BLAS unless a partial sum could
+        reach 2^53 (the operands' magnitudes bound every sum)."""
         bound = float(np.abs(a).max(initial=0)) * float(np.abs(b).max(initial=0)) * a.shape[-1]
         if bound >= EXACT_FLOAT64:
-            return None, bound
-        return np.asarray(a, np.float64) @ np.asarray(b, np.float64), bound
-
-    def _matmul(self, a, b):
-        """The exact integer product a @ b as int64."""
-        product, _ = self._float_product(a, b)
-        if product is None:
             return a.astype(np.int64) @ b.astype(np.int64)
-        return product.astype(np.int64)
+        return (np.asarray(a, np.float64) @ np.asarray(b, np.float64)).astype(np.int64)
 
     def linear(self, x, w, b, activation):
         fd, fw = self.data.frac, self.weight.frac
-        product, bound = self._float_product(x, w)
-        bound += float(np.abs(b).max(initial=0)) * 2.0 ** fd
-        if product is None or bound >= EXACT_FLOAT64 or not self._acc_holds(bound, fd + fw):
-            return self.exact_linear(x, w, b, activation, product)
+        bias = np.ldexp(np.asarray(b, np.float64), fd)
+        if not self._linear_exact_in_float(x, w, bias):
+            return self.exact_linear(x, w, b, activation)
         # acc_t would hold the biased sums exactly: round them straight into data_t.
-        product += np.ldexp(np.asarray(b, np.float64), fd)
+        product = np.asarray(x, np.float64) @ np.asarray(w, np.float64)
+        fast = self._fused_linear(product, bias, activation)
+        if fast is not None:
+            return fast
+        product += bias
         x = self.data.cast_float(product, fd + fw)
         if activation in self.gelu_by_index:
             return self._float_gelu(x, self.gelu_by_index[activation])
         return self._activated(x.astype(np.int64), activation)
 
-    def exact_linear(self, x, w, b, activation, product=None):
-        """linear cast for cast through acc_t on int64 (`product`: x @ w if already known)."""
-        product = self._matmul(x, w) if product is None else product.astype(np.int64)
-        pre = self._acc(product, self.data.frac + self.weight.frac)
+    def _linear_exact_in_float(self, x, w, bias) -> bool:
+        """Whether every partial sum of x @ w + bias (data_t and weight_t codes, the bias in
+        their product's units) stays below 2^53 and acc_t holds the sums: by the types' ranges
+        where they show it, which spares a pass over both operands, else by their magnitudes."""
+        biggest, frac = float(np.abs(bias).max(initial=0)), self.data.frac + self.weight.frac
+
+        def holds(bound: float) -> bool:
+            return bound + biggest < EXACT_FLOAT64 and self._acc_holds(bound + biggest, frac)
+
+        by_types = self.data.magnitude * self.weight.magnitude * x.shape[-1]
+        return holds(by_types) or holds(float(np.abs(x).max(initial=0))
+                                        * float(np.abs(w).max(initial=0)) * x.shape[-1])
+
+    def _fused_linear(self, product, bias, activation) -> np.ndarray | None:
+        """linear's rounding into data_t and its activation in one compiled loop (fused.py),
+        or None where numba is missing or the types or activation have no such loop."""
+        compiled = fused_loops()
+        if (compiled is None or self.data.overflow != "AP_SAT"
+                or activation not in ("none", *self.gelu_by_index)):
+            return None
+        out = np.empty(product.shape, np.int64)
+        rounding = (2.0 ** -self.weight.frac, self.data.quant == "AP_RND_CONV",
+                    float(self.data.raw_min), float(self.data.raw_max))
+        if activation == "none":
+            compiled.linear_epilogue(product, bias, *rounding, out)
+        else:
+            bits = gelu_step_bits(self.data)
+            compiled.linear_gelu_epilogue(product, bias, *rounding, 2.0 ** (bits - self.data.frac),
+                                          float((GELU_RANGE << bits) + 1),
+                                          self.gelu_by_index[activation], out)
+        return out
+
+    def exact_linear(self, x, w, b, activation):
+        """linear cast for cast through acc_t on int64."""
+        pre = self._acc(self._matmul(x, w), self.data.frac + self.weight.frac)
         pre = self.acc.overflowed(pre + self._acc(b, self.weight.frac))
         return self.activate(pre, activation)
 
@@ -219,10 +260,22 @@ class FixedArithmetic:
         fd, fa, dim = self.data.frac, self.acc.frac, x.shape[-1]
         total = self._acc(x.sum(axis=-1, keepdims=True), fd)
         mean = self.data.overflowed(rounded_quotient(total, dim << (fa - fd)))
-        centred = x - mean
-        squares = (centred * centred).sum(axis=-1, keepdims=True)  # var_t: exact, 2 fd bits
+        compiled = fused_loops()
+        if compiled is None:
+            centred = x - mean
+            squares = (centred * centred).sum(axis=-1, keepdims=True)  # var_t: exact, 2 fd bits
+        else:
+            squares = np.empty(mean.shape, np.int64)
+            compiled.centred_squares(x, mean[:, 0], squares[:, 0])
         epsilon_raw = int(self.var.from_float(np.float32(epsilon)))
         inv_std = reciprocal_sqrt(squares // dim + epsilon_raw, 2 * fd, self.norm)
+        if compiled is not None:
+            out = np.empty(x.shape, np.int64)
+            shifts = np.array([self.norm.frac, fd + self.weight.frac - fa, fa - fd])
+            compiled.layernorm_rows(x, mean[:, 0], inv_std[:, 0], gamma,
+                                    self._acc(beta, self.weight.frac), shifts, self.data.spec,
+                                    self.acc.spec, out)
+            return out
         normed = self.data.cast(centred * inv_std, fd + self.norm.frac)
         scaled = self._acc(normed * gamma, fd + self.weight.frac)
         return self.data.cast(scaled + self._acc(beta, self.weight.frac), self.acc.frac)
@@ -325,7 +378,24 @@ class FixedArithmetic:
         """The logit_t mixes and the exp sums of a block of rows: `rows` @ `keys_t` are their
         logit_t dot products before rounding, bounded by `dot_bound`; `values` give the mixes."""
         fl, fp = self.logit.frac, self.prob.frac
-        scores = self.logit.round_float(rows @ keys_t, dot_bound)
+        log2e = self.log2e * 2.0 ** (EXP_TABLE_BITS - fl - fp)
+        compiled = fused_loops()
+        if compiled is not None and self.logit.overflow == "AP_SAT":
+            weights, total = rows @ keys_t, np.empty((rows.shape[0], 1))
+            compiled.softmax_numerators(
+                weights, scale * 2.0 ** -self.norm.frac, log2e, len(self.exp_by_index) - 1.0,
+                self.logit.quant == "AP_RND_CONV", float(self.logit.raw_min),
+                float(self.logit.raw_max), self.exp_by_index, total[:, 0])
+        else:
+            weights, total = self._softmax_numerators(rows @ keys_t, scale, dot_bound, log2e)
+        if probs8 is not None:  # prob_t(prob8_t(p)): rounded, back on prob_t's grid
+            weights = probs8.cast_float(weights, fp)
+            weights *= 2.0 ** (fp - probs8.frac)
+        return self.logit.round_float(weights @ values), total
+
+    def _softmax_numerators(self, scores, scale, dot_bound, log2e):
+        """_float_attention_rows' numpy passes between its products (fused.py fuses them)."""
+        scores = self.logit.round_float(scores, dot_bound)
         scores *= scale * 2.0 ** -self.norm.frac
         scale_bound = (dot_bound + 1) * scale * 2.0 ** -self.norm.frac
         scores = self.logit.round_float(scores, scale_bound)
@@ -333,16 +403,12 @@ class FixedArithmetic:
         # floor(floor(y) / 2^s) = floor(y / 2^s); a logit_t difference saturated in the kernel
         # reaches index 0 (exp 0) here too. astype truncates: it floors what is >= 0, and
         # what is below lands at or below 0, which the clipping take reads as index 0.
-        scores *= self.log2e * 2.0 ** (EXP_TABLE_BITS - fl - fp)
+        scores *= log2e
         top = scores.max(axis=-1, keepdims=True)
         top -= len(self.exp_by_index) - 1
         scores -= top
         weights = self.exp_by_index.take(scores.astype(np.intp), mode="clip")
-        total = weights.sum(axis=-1, keepdims=True)
-        if probs8 is not None:  # prob_t(prob8_t(p)): rounded, back on prob_t's grid
-            weights = probs8.cast_float(weights, fp)
-            weights *= 2.0 ** (fp - probs8.frac)
-        return self.logit.round_float(weights @ values), total
+        return weights, weights.sum(axis=-1, keepdims=True)
 
     def route_probs(self, x, w, b):
         pre = self._acc(self._matmul(x, w), self.data.frac + self.weight.frac)

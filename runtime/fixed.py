@@ -50,6 +50,19 @@ class FixedType:
     def raw_max(self) -> int:
         return (1 << (self.width - (1 if self.signed else 0))) - 1
 
+    @property
+    def spec(self) -> np.ndarray:
+        """(round half to even?, saturate?, raw_min, raw_max, width) as int64, for the
+        compiled casts of runtime/fused.py (which know only these two modes' alternatives:
+        truncation and wrap-around)."""
+        return np.array([self.quant == "AP_RND_CONV", self.overflow == "AP_SAT", self.raw_min,
+                         self.raw_max, self.width], dtype=np.int64)
+
+    @property
+    def magnitude(self) -> float:
+        """The largest magnitude of a raw code (a float: it bounds float64 sums)."""
+        return float(max(-self.raw_min, self.raw_max))
+
     def cpp(self) -> str:
         base = "ap_fixed" if self.signed else "ap_ufixed"
         return f"{base}<{self.width}, {self.integer}, {self.quant}, {self.overflow}>"

@@ -8,10 +8,13 @@ path applies and ones where a bound forces it back, with operands at the types' 
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 
 from m3c.precision import choose_types, quantize_blob
+from m3c.runtime import emulator
 from m3c.runtime.emulator import FixedArithmetic
 from m3c.runtime.fixed import FixedType
 
@@ -22,6 +25,12 @@ TYPE_SETS = {
     "wide data": {"data": "ap_fixed<25,6,AP_RND_CONV,AP_SAT>"},
     "truncating data": {"data": "ap_fixed<12,4,AP_TRN,AP_SAT>"},
 }
+
+
+# Where runtime/fused.py's casts meet each rounding and overflow mode.
+FUSED_TYPE_SETS = {**TYPE_SETS,
+                   "wrapping data": {"data": "ap_fixed<16,4,AP_RND_CONV,AP_WRAP>"},
+                   "truncating logits": {"logit": "ap_fixed<32,16,AP_TRN,AP_SAT>"}}
 
 
 def _ops(overrides: dict) -> FixedArithmetic:
@@ -92,3 +101,53 @@ def test_the_float32_weight_quantisation_equals_from_float(spelling):
                              ties, corners]).astype(np.float32)
     np.testing.assert_array_equal(quantize_blob(values, {}, {}, kind, {}),
                                   kind.from_float(values))
+
+
+KERNELS = ("softmax_numerators", "linear_epilogue", "linear_gelu_epilogue", "centred_squares",
+           "layernorm_rows")  # what the emulator calls in fused.py
+
+
+def _counting(loops, calls: dict):
+    """fused.py's `KERNELS` with each call counted in `calls` by name."""
+    def counted(name):
+        def call(*args):
+            calls[name] = calls.get(name, 0) + 1
+            return getattr(loops, name)(*args)
+        return call
+    return SimpleNamespace(**{name: counted(name) for name in KERNELS})
+
+
+@pytest.mark.skipif(emulator.fused_loops() is None, reason="numba is not installed")
+@pytest.mark.parametrize("name", sorted(FUSED_TYPE_SETS))
+def test_the_compiled_loops_equal_the_numpy_passes(name, monkeypatch):
+    """linear (every activation), attention (also with 8-bit numerators) and layer norm with
+    runtime/fused.py's loops and without them, on the same operands at the types' extremes."""
+    ops, rng = _ops(FUSED_TYPE_SETS[name]), np.random.default_rng(5)
+    probs8 = FixedType(8, 1, False, "AP_RND_CONV", "AP_SAT")
+    operands = []
+    for spread in (1.0, 0.05, 0.002):
+        x = _raw(rng, ops.data, (37, 96), spread)
+        w = _raw(rng, ops.weight, (96, 53), spread).astype(np.int32)
+        gamma, beta = (_raw(rng, ops.weight, (96,), spread).astype(np.int32) for _ in range(2))
+        q, k, v = (_raw(rng, ops.data, (301, 32), spread) for _ in range(3))
+        operands.append((x, w, gamma, beta, q, k, v))
+
+    def results():
+        out = []
+        for x, w, gamma, beta, q, k, v in operands:
+            out += [ops.linear(x, w, gamma[:53], activation)
+                    for activation in ("none", "relu", "gelu", "gelu_tanh")]
+            out += [ops.attention_head(q, k, v, 32 ** -0.5, p) for p in (None, probs8)]
+            out.append(ops.layernorm(x, gamma, beta, 1e-6))
+        return out
+
+    calls: dict[str, int] = {}
+    loops = emulator.fused_loops()
+    monkeypatch.setattr(emulator, "fused_loops", lambda: _counting(loops, calls))
+    compiled = results()
+    monkeypatch.setattr(emulator, "fused_loops", lambda: None)
+    for got, expected in zip(compiled, results(), strict=True):
+        np.testing.assert_array_equal(got, expected)
+    assert calls.get("layernorm_rows")  # every type set has a compiled layer norm
+    if name == "default":  # and there every loop runs
+        assert set(calls) == set(KERNELS)
