@@ -142,6 +142,7 @@ def kernel_sizes(c: dict, g: Geometry, p: Precision) -> dict[str, int]:
     operand = 32 if p.floating else p.operand_bits
     return {
         "MAX_TOKENS": c["max_tokens"], "MAX_EXPERTS": c["max_experts"],
+        "TOKEN_BITS": max(1, (c["max_tokens"] - 1).bit_length()),  # a queued token's index
         "MAX_TOP_K": c["max_top_k"], "MAX_HEADS": c.get("max_heads", 1),
         "MAX_QKV_CHUNKS": qkv_chunks, "NORM_WIDTH": g.padded(c["max_dim"]),
         "RESID_DEPTH": c["max_tokens"] * g.chunks(c["max_dim"]), "ACT_DEPTH": act_depth,
@@ -258,7 +259,7 @@ def unit_arrays(design: Design) -> list[Array]:
         Array("attention", "totals", qt, p.acc),
         Array("attention", "inverses", qt, p.prob + 6),
         Array("moe", "logits", tokens, p.logit, banks=experts),
-        Array("moe", "queue_tokens", tokens, 32, banks=experts),
+        Array("moe", "queue_tokens", tokens, s["TOKEN_BITS"], banks=experts),
         Array("moe", "queue_scores", tokens, p.prob, banks=experts),
         Array("layernorm", "ln_mean", tokens, p.data),
         Array("layernorm", "ln_inv", tokens, 24),
