@@ -2,7 +2,8 @@
 
 1. The fixed-point emulation of one image's encoder (one core, BLAS on one thread) beside
    onnxruntime running the same encoder in float on one thread, for small-nyud and
-   tiny-cityscapes (random weights, default fixed compile). Medians of --repeats runs.
+   tiny-cityscapes (random weights, default fixed compile), and the emulation again on numpy's
+   passes alone (as without numba). Medians of --repeats runs.
 2. `m3c evaluate` of the synthetic-trained micro-nyud on --scenes synthetic scenes with 1
    worker, 2 workers and `--ray local`: wall time of each (child processes), and whether the
    figures in evaluation.json are identical (timings aside).
@@ -19,6 +20,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 from common import emit, exported, median_seconds
@@ -31,6 +33,7 @@ def emulation_figures(preset: str, repeats: int) -> dict:
     from threadpoolctl import threadpool_limits
 
     from m3c.compile import compile_model
+    from m3c.runtime import emulator as emulator_module
     from m3c.runtime.emulator import KernelEmulator
 
     model = exported(preset)
@@ -52,10 +55,14 @@ def emulation_figures(preset: str, repeats: int) -> dict:
     feeds = {"image": image, "task": np.array(0, dtype=np.int64)}
     with threadpool_limits(limits=1):
         emulate = round(median_seconds(lambda: emulator.run(image, 0), repeats), 3)
+        # The same run on numpy's passes alone, as where numba is missing (a board's host).
+        with mock.patch.object(emulator_module, "fused_loops", lambda: None):
+            numpy_only = round(median_seconds(lambda: emulator.run(image, 0), repeats), 3)
     reference = round(median_seconds(lambda: session.run(None, feeds), repeats), 3)
     return {"preset": preset, "emulation_s_per_image": emulate,
             "onnxruntime_encoder_s_per_image": reference,
-            "emulation_over_onnxruntime": round(emulate / reference, 2)}
+            "emulation_over_onnxruntime": round(emulate / reference, 2),
+            "emulation_without_numba_s_per_image": numpy_only}
 
 
 def evaluate_figures(scenes: int) -> dict:
