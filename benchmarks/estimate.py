@@ -12,7 +12,8 @@
 
 With `--precision int8` the paper configuration's products run with 8-bit operands on a
 packed array (two MACs per DSP48E2; the patch embedding and the routers stay 16-bit, two passes
-per panel) and the DSP roofline counts two MACs per DSP.
+per panel) and the DSP roofline counts two MACs per DSP; the breakdown adds budget 1.0
+(the whole device).
 
 Usage: python benchmarks/estimate.py [--images 2] [--budget 0.8] [--precision fixed|int8]
 """

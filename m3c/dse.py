@@ -31,7 +31,7 @@ from m3c.target import Target
 TK_CHOICES = (8, 16, 32, 48, 64, 96, 128)
 TM_CHOICES = (4, 8, 12, 16, 20, 24, 28, 32, 40, 48, 64)
 ROW_TILES = (32, 64, 128, 256, 384)
-QUERY_TILES = (32, 64)
+QUERY_TILES = (32, 64, 96, 128)
 DEFAULT_BUDGET = 0.8
 
 

@@ -129,6 +129,15 @@ class Design:
         return g.panel_words + g.bias_words
 
 
+def score_groups(g: Geometry, head_dim: int) -> int:
+    """Key groups the array scores at once: a head's head_dim inputs fill only part of its TK,
+    so its reduction splits into groups of TK / groups inputs, each scoring its own TM keys.
+    At most TK / TM groups, so that a step's groups x TM scores fall in distinct banks of the
+    score memory (partitioned TK ways)."""
+    most = min(g.tk // max(head_dim, 1), g.tk // g.tm)
+    return max(groups for groups in range(1, max(most, 1) + 1) if g.tk % groups == 0)
+
+
 def kernel_sizes(c: dict, g: Geometry, p: Precision) -> dict[str, int]:
     """The kernel's constants (m3c_ops.h): memory depths, loop bounds, operand widths."""
     qkv_chunks = g.chunks(3 * c["max_head_dim"])
@@ -140,9 +149,11 @@ def kernel_sizes(c: dict, g: Geometry, p: Precision) -> dict[str, int]:
     longest = max(c["max_in"], c["max_tokens"], c.get("max_hidden", 1),
                   c["max_expert_hidden"])
     operand = 32 if p.floating else p.operand_bits
+    groups = 1 if p.floating else score_groups(g, c["max_head_dim"])
     return {
         "MAX_TOKENS": c["max_tokens"], "MAX_EXPERTS": c["max_experts"],
         "TOKEN_BITS": max(1, (c["max_tokens"] - 1).bit_length()),  # a queued token's index
+        "SCORE_GROUPS": groups, "GROUP_K": g.tk // groups,
         "MAX_TOP_K": c["max_top_k"], "MAX_HEADS": c.get("max_heads", 1),
         "MAX_QKV_CHUNKS": qkv_chunks, "NORM_WIDTH": g.padded(c["max_dim"]),
         "RESID_DEPTH": c["max_tokens"] * g.chunks(c["max_dim"]), "ACT_DEPTH": act_depth,
@@ -293,7 +304,8 @@ def unit_logic(design: Design) -> dict[str, Resources]:
         array = array + Resources(lut=macs * s["SUM_BITS"])  # the sum leaves the cascade
     data = 32 if p.floating else p.data
     return {
-        "matmul": _control(2) + array + _fabric(4 * g.tm, data, 24),  # epilogue multipliers
+        # epilogue multipliers, and the scaling of the other key groups' scores
+        "matmul": _control(2) + array + _fabric((3 + s["SCORE_GROUPS"]) * g.tm, data, 24),
         "layernorm": _control() + _fabric(2 * g.tk, data + 1, 24) + _fabric(6, 40, 40),
         "attention": _control() + Resources(bram18=math.ceil(g.tk / 2) * EXP_TABLE_BRAM18),
         "moe": _control() + _fabric(c["max_experts"], p.prob, 24) + _fabric(4, 40, 40)

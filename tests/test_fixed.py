@@ -4,6 +4,7 @@ accuracy on the synthetic-trained model; calibration and per-class / per-layer o
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from accuracy import head_losses
+from hygiene import check
 
 from m3c import csim
 from m3c.compile import compile_model
@@ -256,3 +258,18 @@ def test_fixed_type_arithmetic_matches_ap_types(tmp_path):
                                       check=True).stdout.split(), dtype=np.float64)
     expected = np.stack([kind.to_float(kind.from_float(values)) for kind in kinds], axis=1)
     assert np.array_equal(printed.reshape(values.size, len(kinds)), expected)
+
+
+@pytest.mark.parametrize("precision, tiles", [("fixed", (32, 8)), ("int8", (64, 8))])
+def test_grouped_scores_equal_the_emulation_and_the_estimate(export_model, tmp_path, precision,
+                                                             tiles):
+    """micro's 16-wide heads on a 32- or 64-input array: attention scores 2 or 4 groups of 8
+    keys a step (score_groups; its 13 keys reach the second group), bit for bit the emulation
+    and cycle for cycle the estimate."""
+    _, model = export_model("micro-nyud", "multi")
+    project = compile_model(model, out=tmp_path / "build", precision=precision, tiles=tiles)
+    check(project)
+    ops = (project / "hls" / "src" / "m3c_ops.h").read_text()
+    assert re.search(r"SCORE_GROUPS = (\d+);", ops).group(1) == str(tiles[0] // 16)
+    _assert_bit_exact(project)
+    _assert_estimate_is_the_trace(project)

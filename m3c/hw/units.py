@@ -10,6 +10,7 @@ trace (m3c_trace.h) counts the same array cycles and DDR beats, and tests hold t
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -47,10 +48,10 @@ class Cost:
                     {bundle: beats * count for bundle, beats in self.beats.items()})
 
 
-def _fill(g: Geometry, panels: str, narrow: bool) -> tuple[int, int]:
+def _fill(g: Geometry, panels: str, narrow: bool, groups: int) -> tuple[int, int]:
     """(items to fill a first-input-panel step, items for the other steps)."""
     if panels == "keys":
-        return g.tm, g.tm
+        return groups * g.tm, groups * g.tm
     if panels == "values":
         return g.tk, g.tk
     return g.bias_words + g.panel_words_of(narrow), g.panel_words_of(narrow)
@@ -62,10 +63,11 @@ def mac8(call: dict) -> bool:
 
 
 def tile_cost(g: Geometry, rows: int, in_dim: int, out_cols: int, panels: str = "ddr",
-              narrow: bool = False) -> Cost:
+              narrow: bool = False, groups: int = 1) -> Cost:
     """One product of `rows` (<= ROW_TILE) rows: matmul in matmul.h.j2 (a fresh copy of the
-    memoised figure: callers add to it). `narrow`: 8-bit operands and panels."""
-    cost = _tile_cost(g, rows, in_dim, out_cols, panels, narrow)
+    memoised figure: callers add to it). `narrow`: 8-bit operands and panels; `groups`: key
+    groups a scores step computes (score_groups)."""
+    cost = _tile_cost(g, rows, in_dim, out_cols, panels, narrow, groups)
     return Cost(cost.cycles, cost.array_cycles, dict(cost.beats))
 
 
@@ -78,10 +80,10 @@ def sweep(g: Geometry, rows: int, narrow: bool) -> int:
 
 @lru_cache(maxsize=65536)
 def _tile_cost(g: Geometry, rows: int, in_dim: int, out_cols: int, panels: str,
-               narrow: bool) -> Cost:
-    k_panels, m_panels = g.panels(in_dim, out_cols)
+               narrow: bool, groups: int) -> Cost:
+    k_panels, m_panels = g.panels(in_dim, math.ceil(out_cols / groups))
     steps = k_panels * m_panels
-    first, other = _fill(g, panels, narrow)
+    first, other = _fill(g, panels, narrow, groups)
     rows = sweep(g, rows, narrow)
     # Steps before an output panel's first input panel fill `first` items, the others `other`.
     to_first = m_panels - 1
@@ -273,12 +275,22 @@ def _qkv_cost(call, g, sizes, queues) -> Cost:
     return head.scaled(call["heads"])
 
 
+def score_groups_of(call: dict, g: Geometry, sizes: dict) -> int:
+    """The key groups of the call's scores (attention.h.j2 score_groups): the kernel's
+    SCORE_GROUPS, unless its product takes two passes (16-bit on a packed array) or its heads
+    are wider than a group."""
+    if (g.packed and not mac8(call)) or call["head_dim"] > sizes["GROUP_K"]:
+        return 1
+    return sizes["SCORE_GROUPS"]
+
+
 def _attention_cost(call, g, sizes, queues) -> Cost:
-    del sizes, queues
+    del queues
     tokens, hd = call["tokens"], call["head_dim"]
+    groups = score_groups_of(call, g, sizes)
 
     def block(rows: int) -> Cost:  # a block of queries: their scores, then their mix
-        cost = tile_cost(g, rows, hd, tokens, "keys", mac8(call))
+        cost = tile_cost(g, rows, hd, tokens, "keys", mac8(call), groups)
         cost += tile_cost(g, rows, tokens, hd, "values", mac8(call))
         return cost
 
