@@ -6,8 +6,8 @@ one task's head (task 0: the accelerator runs one task per inference, its head o
 Each figure (milliseconds per image) is the median of `--repeats` runs after one warm-up run;
 a framework whose warm-up run takes longer than `--max-seconds` is timed on that one run (noted
 as `runs: 1`). The accelerator column is the estimate in the compiled project's report
-(`m3c.compile`, zcu104, fixed point) plus, with the head, onnxruntime running the project's host
-head on this CPU.
+(`m3c.compile`, zcu104, fixed point) plus, with the head, onnxruntime running the project's
+host head on this CPU.
 
 Each framework runs in its own child process, so that one's thread pool cannot slow another's.
 
@@ -75,7 +75,7 @@ def measure(framework: str, preset: str, models_dir: Path, threads: list[int], r
     """Milliseconds per image of `framework` on both variants at each thread count (child side)."""
     import onnx
 
-    from m3c.verify import sample_feeds
+    from m3c.frontend.interface import sample_feeds
 
     models = {v: onnx.load(str(models_dir / f"{v}.onnx")) for v in VARIANTS}
     feeds = sample_feeds(models["encoder"], count=1)[0]
@@ -92,7 +92,7 @@ def _runners(framework: str, preset: str, variant: str, model, feeds: dict,
     if framework == "onnxruntime":
         return [_ort_runner(model, feeds, count) for count in threads]
     if framework == "tvm":
-        from m3c import tvm_oracle
+        from m3c.check import tvm_oracle
 
         # built once: its parallel loops run on the runtime pool, sized per measurement
         compiled = tvm_oracle.TVMModel(model, label=f"{preset} {variant}")
@@ -122,8 +122,8 @@ def _ort_runner(model, feeds: dict, threads: int):
 def _torch_runner(preset: str, variant: str, feeds: dict, threads: int):
     import torch
 
-    from m3c.models import build_model
-    from m3c.models.vit import patch_grid
+    from m3c.frontend.models import build_model
+    from m3c.frontend.models.vit import patch_grid
 
     model = build_model(preset).eval()
     image = torch.from_numpy(feeds["image"])

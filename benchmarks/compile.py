@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 from common import emit, exported, median_seconds, timed_runs
 
-from m3c import csim
-from m3c.compile import compile_model
-from m3c.graph import ort_session
+from m3c.ir.sessions import ort_session
+from m3c.project import csim
+from m3c.project.compile import compile_model
 
 
 def compile_figures(repeats: int) -> dict:

@@ -27,8 +27,9 @@ from pathlib import Path
 
 from common import emit, exported
 
-from m3c.dse import choose_design
-from m3c.estimate import (
+from m3c.check.memsim import capture_routing, onchip_bytes, simulate, synthetic_images
+from m3c.hw.dse import choose_design
+from m3c.hw.estimate import (
     Design,
     Precision,
     as_int8,
@@ -38,8 +39,7 @@ from m3c.estimate import (
     mac_efficiency,
     summarize,
 )
-from m3c.memsim import capture_routing, onchip_bytes, simulate, synthetic_images
-from m3c.target import load_target
+from m3c.hw.target import load_target
 
 FIXED16 = Precision(data=16, weight=16, acc=48, prob=18, floating=False)
 PAPER_NYUD_MS = {"patch_embedding": 0.768, "self_attention": 2 * 23.378, "dense_fc": 18.447,
@@ -49,7 +49,7 @@ PAPER_CACHE_RATIO = {"nyud": 8.88, "pascal": 9.23}
 
 
 def _config(name: str, **overrides) -> dict:
-    from m3c.models.config import preset
+    from m3c.frontend.models.config import preset
 
     return json.loads(preset(name, **overrides).to_json())
 
@@ -91,7 +91,7 @@ def paper_breakdown(budget: float, int8: bool = False) -> dict:
 
 
 def _fits(config: dict, budget: float, precision: Precision) -> bool | str:
-    from m3c.estimate import EstimateError
+    from m3c.hw.estimate import EstimateError
 
     try:
         _choose(config, budget, precision)
@@ -148,7 +148,7 @@ def _stage(model: Path, scratch: Path) -> Path:
 
 def cache_ratios(images: int, budget: float) -> dict:
     import m3c
-    from m3c.models.train import load_or_train
+    from m3c.frontend.models.train import load_or_train
 
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)

@@ -32,7 +32,7 @@ def emulation_figures(preset: str, repeats: int) -> dict:
     import onnxruntime as ort
     from threadpoolctl import threadpool_limits
 
-    from m3c.compile import compile_model
+    from m3c.project.compile import compile_model
     from m3c.runtime import emulator as emulator_module
     from m3c.runtime.emulator import KernelEmulator
 
@@ -67,7 +67,7 @@ def emulation_figures(preset: str, repeats: int) -> dict:
 
 def evaluate_figures(scenes: int) -> dict:
     import m3c
-    from m3c.models.train import load_or_train
+    from m3c.frontend.models.train import load_or_train
 
     model = load_or_train("micro-nyud", quiet=True)
     figures: dict = {"preset": "micro-nyud (synthetic-trained)", "scenes": scenes, "runs": {}}

@@ -24,8 +24,8 @@ def held_out_table(model, project, count: int = 8) -> str:
     """Per task: torch vs the compiled accelerator (m3c.runtime, csim backend) + host heads."""
     import torch
 
-    from m3c.models.data import make_dataset
-    from m3c.models.train import depth_metrics, mean_iou
+    from m3c.frontend.models.data import make_dataset
+    from m3c.frontend.models.train import depth_metrics, mean_iou
     from m3c.runtime import Accelerator
 
     data = make_dataset(model.config, count, seed=424242)
@@ -60,8 +60,8 @@ def precision_table(model, onnx_path: Path, out: Path, count: int = 8) -> str:
 
     import torch
 
-    from m3c.estimate import call_macs
-    from m3c.models.data import make_dataset
+    from m3c.frontend.models.data import make_dataset
+    from m3c.hw.estimate import call_macs
     from m3c.runtime import Accelerator
 
     data = make_dataset(model.config, count, seed=424242)
@@ -109,7 +109,7 @@ def _quality_row(task, channels, ours, theirs, target, mean_iou, depth_metrics) 
 
 def _write_scene(model, path: Path) -> Path:
     """A held-out scene as an 8-bit PNG (undoing the training normalisation), for `m3c run`."""
-    from m3c.models.data import IMAGE_MEAN, IMAGE_STD, make_dataset
+    from m3c.frontend.models.data import IMAGE_MEAN, IMAGE_STD, make_dataset
     from m3c.runtime.png import write_png
 
     image = make_dataset(model.config, 1, seed=424242)["image"][0]
@@ -135,7 +135,7 @@ def main() -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
-    from m3c.models.train import load_or_train
+    from m3c.frontend.models.train import load_or_train
 
     start = _step(f"training {args.preset} ({args.gate}-gate) on synthetic scenes (cached)")
     model = load_or_train(args.preset, gate=args.gate)
@@ -158,7 +158,8 @@ def main() -> int:
     print(precision_table(model, onnx_path, out))
 
     _step("verifying every lowering stage and the C-simulation against onnxruntime")
-    from m3c.verify import format_project_table, format_table, verify, verify_project
+    from m3c.check.verify import format_table, verify
+    from m3c.check.verify_project import format_project_table, verify_project
 
     rows = verify(onnx_path)
     print(format_table(rows))

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-# The submodule first: importing it later would rebind the package's `compile` to the module.
-import m3c.compile  # noqa: F401
 from m3c.api import compile, export, lower  # noqa: A004
 from m3c.errors import M3CError
 

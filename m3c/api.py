@@ -5,12 +5,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from m3c.exporter import export as _export
-from m3c.graph import Graph, load_model
+from m3c.frontend.exporter import export as _export
+from m3c.frontend.load import load_model
+from m3c.ir.graph import Graph
 
 
 def export(model, path: str | os.PathLike) -> Path:
-    """Write an `m3c.models.M3ViT` to `path` as static ONNX (opset 17); return the path."""
+    """Write an `m3c.frontend.models.M3ViT` to `path` as static ONNX (opset 17); return the path."""
     return _export(model, path)
 
 
@@ -20,7 +21,7 @@ def lower(model, until: str | None = None, save_dir: str | os.PathLike | None = 
     Returns the expert-major accelerator graph (task heads in `.heads`), or the graph after
     pass `until`. With `save_dir`, every stage is saved there as `NN_<pass>.onnx`.
     """
-    from m3c.passmanager import default_pipeline
+    from m3c.passes import default_pipeline
 
     return default_pipeline().run(load_model(model), until=until, save_dir=save_dir)
 
@@ -38,7 +39,7 @@ def compile(model, target: str = "zcu104", out: str | os.PathLike = "build",  # 
     latency and energy estimates. `precision` "int8" multiplies 8-bit operands two per DSP;
     "mixed" chooses 8 or 16 bits per layer within `max_agreement_loss`.
     """
-    from m3c.compile import compile_model
+    from m3c.project.compile import compile_model
 
     return compile_model(model, target=target, out=out, precision=precision, force=force,
                          calib=calib, precision_config=precision_config, tiles=tiles,

@@ -12,31 +12,17 @@ import argparse
 import signal
 import sys
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
+from m3c.commands import COMMANDS
 from m3c.errors import M3CError, OnnxRuntimeError, OutputError, from_os_error, write_log
 
-Handler = Callable[[argparse.Namespace], int | None]
-_COMMANDS: list[tuple[str, str, Callable[[argparse.ArgumentParser], None], Handler]] = []
 # A message longer than this, or of more than one line, is cut to its first line and written
 # whole to a file the message names.
 MAX_MESSAGE = 300
 
 
-def command(name: str, help_text: str, configure: Callable[[argparse.ArgumentParser], None]):
-    """Register a sub-command: `configure` adds its arguments, the decorated function runs it."""
-
-    def register(handler: Handler) -> Handler:
-        _COMMANDS.append((name, help_text, configure, handler))
-        return handler
-
-    return register
-
-
 def build_parser() -> argparse.ArgumentParser:
-    # Sub-command modules register themselves on import.
-    from m3c import commands  # noqa: F401
-
     parser = argparse.ArgumentParser(
         prog="m3c", description="Compile M3ViT mixture-of-experts models into FPGA accelerators."
     )
@@ -44,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true",
                         help="print the full traceback of any error")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, help_text, configure, handler in _COMMANDS:
+    for name, help_text, configure, handler in COMMANDS:
         sub_parser = sub.add_parser(name, help=help_text, description=help_text)
         configure(sub_parser)
         sub_parser.set_defaults(handler=handler)

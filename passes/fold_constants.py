@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from m3c.graph import Graph
+from m3c.ir.graph import Graph
+from m3c.ir.passmanager import Pass
 from m3c.passes.infer_shapes import InferShapes
-from m3c.passmanager import Pass
 
 
 class FoldConstants(Pass):

@@ -18,10 +18,10 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from m3c.graph import fresh_name, fresh_node_name
-from m3c.passes.simplify_views import simplify_unit_transpose
-from m3c.passmanager import RewritePass
-from m3c.routing import constant_value, producer
+from m3c.frontend.routing import constant_value, producer
+from m3c.ir.graph import fresh_name, fresh_node_name
+from m3c.ir.passmanager import RewritePass
+from m3c.ir.views import simplify_unit_transpose
 
 HEAD_SPLIT_PERM = [2, 0, 3, 1, 4]  # [B,N,3,h,hd] -> [3,B,h,N,hd]
 KEY_PERM = [0, 1, 3, 2]
@@ -260,8 +260,9 @@ def _match_by_computation(graph: gs.Graph, softmax: gs.Node
 def _difference(graph: gs.Graph, qkv: gs.Tensor, output: gs.Tensor, heads: int,
                 scale: float) -> float:
     """How far the subgraph qkv -> output is from m3c.Attention, on random inputs."""
-    from m3c.graph import Graph, ort_session
-    from m3c.ops.attention import attention
+    from m3c.ir.graph import Graph
+    from m3c.ir.ops.attention import attention
+    from m3c.ir.sessions import ort_session
 
     sub = graph.copy()
     tensors = sub.tensors()

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from m3c.graph import fresh_name, fresh_node_name
-from m3c.moe_match import linear_with_constants
-from m3c.passmanager import RewritePass
-from m3c.routing import constant_value, producer
+from m3c.frontend.moe_match import linear_with_constants
+from m3c.frontend.routing import constant_value, producer
+from m3c.ir.graph import fresh_name, fresh_node_name
+from m3c.ir.passmanager import RewritePass
 
 
 class FuseDense(RewritePass):

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from m3c.graph import Graph, fresh_name, fresh_node_name
-from m3c.moe_match import find_downstream
-from m3c.passmanager import Pass
-from m3c.routing import constant_value
+from m3c.frontend.moe_match import find_downstream
+from m3c.frontend.routing import constant_value
+from m3c.ir.graph import Graph, fresh_name, fresh_node_name
+from m3c.ir.passmanager import Pass
 
 
 def _patch_conv(graph: gs.Graph) -> gs.Node | None:

@@ -7,10 +7,10 @@ import math
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from m3c.graph import fresh_node_name
-from m3c.moe_match import find_downstream
-from m3c.passmanager import RewritePass
-from m3c.routing import constant_value, producer
+from m3c.frontend.moe_match import find_downstream
+from m3c.frontend.routing import constant_value, producer
+from m3c.ir.graph import fresh_node_name
+from m3c.ir.passmanager import RewritePass
 
 
 def _scalar(tensor: gs.Tensor) -> float | None:

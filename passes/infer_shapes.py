@@ -6,9 +6,9 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from m3c.graph import Graph
-from m3c.ops import shape_rules
-from m3c.passmanager import Pass
+from m3c.ir.graph import Graph
+from m3c.ir.ops import shape_rules
+from m3c.ir.passmanager import Pass
 
 # Constants larger than this are weights: inference needs their shapes, not their values
 # (small ones, like Reshape targets, are kept for ONNX's data propagation).

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from m3c.expert_major import lower_moe_node
-from m3c.graph import Graph
+from m3c.ir.graph import Graph
+from m3c.ir.passmanager import Pass
+from m3c.lowering.expert_major import lower_moe_node
 from m3c.passes.infer_shapes import InferShapes
-from m3c.passmanager import Pass
 
 
 class LowerExpertMajor(Pass):

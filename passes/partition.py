@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from m3c.graph import Graph
-from m3c.partition import partition
-from m3c.passmanager import Pass
+from m3c.ir.graph import Graph
+from m3c.ir.passmanager import Pass
+from m3c.lowering.partition import partition
 
 
 class Partition(Pass):

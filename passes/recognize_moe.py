@@ -1,24 +1,24 @@
 """MoE recognition: each MoE layer, in any of the three forms m3c reads, -> one m3c.MoE.
 
 The forms (m3c's dense export, onnxruntime's com.microsoft::MoE, the sparse NonZero/ScatterND
-form of a traced token loop) are described in `m3c.moe_forms`. Routers become a task-indexed
-table (multi-gate) or shared weights with a per-task bias (task-conditioned, folded exactly),
-so switching tasks changes only which router row is read.
+form of a traced token loop) are described in `m3c.frontend.moe_forms`. Routers become a
+task-indexed table (multi-gate) or shared weights with a per-task bias (task-conditioned,
+folded exactly), so switching tasks changes only which router row is read.
 """
 
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
-from m3c.graph import Graph, fresh_name, fresh_node_name
-from m3c.moe_forms import (
+from m3c.frontend.moe_forms import (
     find_computed_moes,
     find_contrib_moes,
     find_dense_moes,
     find_sparse_moes,
 )
-from m3c.moe_match import check_match, replace_with_moe
-from m3c.passmanager import Pass
+from m3c.frontend.moe_match import check_match, replace_with_moe
+from m3c.ir.graph import Graph, fresh_name, fresh_node_name
+from m3c.ir.passmanager import Pass
 
 # The spelled-out forms first; whatever top-k routing is left is read by what it computes.
 FINDERS = {"dense": find_dense_moes, "contrib": find_contrib_moes, "sparse": find_sparse_moes,

@@ -28,7 +28,7 @@ class CSimKernelFunction:
     """The C-simulated kernel called on the simulated DDR's words (through its C ABI)."""
 
     def __init__(self, project: Project) -> None:
-        from m3c import csim  # needs the m3c compiler and g++: not on the board
+        from m3c.project import csim  # needs the m3c compiler and g++: not on the board
 
         if not (project.root / "hls" / "src" / "kernel.cpp").is_file():
             raise AcceleratorError(f"{project.root}/hls/src/kernel.cpp is missing: the csim "

@@ -35,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser, backend: str, self_test: bool
                         help="seconds per kernel run (> 0)")
 
 
-# argparse types (the board copy cannot use m3c.validate): a bad value is a usage error.
+# argparse types (the board copy cannot use m3c.frontend.validate): a bad value is a usage error.
 def _task_name(text: str) -> str:
     if not text.strip():
         raise argparse.ArgumentTypeError("a task name must not be empty")
@@ -64,7 +64,7 @@ def output_folder(path: str | Path) -> Path:
 
 def save_atomic(path: Path, write: Callable[[Path], object]) -> None:
     """`write` fills a hidden sibling that is then renamed onto `path`: a full disk or a kill
-    never leaves a half-written map (the board copy has no m3c.atomic)."""
+    never leaves a half-written map (the board copy has no m3c.project.atomic)."""
     temporary = path.parent / f".{path.name}.m3c-{os.getpid()}-{secrets.token_hex(4)}"
     try:
         write(temporary)

@@ -1,6 +1,6 @@
 """From a picture to the kernel's input tensor: RGB in [0,1], bilinear resize, normalise.
 
-The models m3c trains (m3c.models.data) see RGB scaled to [0,1], then (x - 0.5) / 0.25, one
+The models m3c trains (m3c.frontend.models.data) see RGB scaled to [0,1], then (x - 0.5) / 0.25, one
 mean and std for all channels; a project's config may override them with `image_mean` /
 `image_std` (per channel) for models trained with other statistics.
 """

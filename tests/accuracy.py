@@ -9,17 +9,17 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from m3c import csim
-from m3c.graph import ort_session
-from m3c.mixed import task_loss
+from m3c.hw.mixed import task_loss
+from m3c.ir.sessions import ort_session
+from m3c.project import csim
 from m3c.runtime.emulator import KernelEmulator
 
 
 def head_losses(project: Path, onnx_path: Path, config, count: int = 12) -> dict[str, float]:
-    """Per task: segmentation disagreement or depth relative RMSE (m3c.mixed.task_loss) of the
+    """Per task: segmentation disagreement or depth relative RMSE (m3c.hw.mixed.task_loss) of the
     emulated kernel + host head against onnxruntime; the emulation equals the C-simulation on
     the first two scenes."""
-    from m3c.models.data import make_dataset
+    from m3c.frontend.models.data import make_dataset
 
     manifest = json.loads((project / "project.json").read_text())
     emulator, kernel = KernelEmulator.from_project(project), csim.load(project)

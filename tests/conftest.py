@@ -13,8 +13,8 @@ def export_model(tmp_path_factory):
     def get(preset: str, gate: str = "multi", seed: int = 0, **overrides):
         key = (preset, gate, seed, repr(sorted(overrides.items())))
         if key not in cache:
-            from m3c.exporter import export
-            from m3c.models import build_model
+            from m3c.frontend.exporter import export
+            from m3c.frontend.models import build_model
 
             model = build_model(preset, seed=seed, gate=gate, **overrides)
             name = f"{preset}-{gate}-{seed}-{abs(hash(key[3])) % 10**6}.onnx"
@@ -32,14 +32,14 @@ def compiled(export_model, tmp_path_factory):
     def get(preset: str, gate: str = "multi", precision: str = "float", **overrides):
         key = (preset, gate, precision, repr(sorted(overrides.items())))
         if key not in cache:
-            from hygiene import check
-
-            from m3c.compile import compile_model
+            from m3c.check.hygiene import hygiene_findings
+            from m3c.project.compile import compile_model
 
             _, path = export_model(preset, gate, **overrides)
             out = tmp_path_factory.mktemp(precision) / "build"
             cache[key] = (path, compile_model(path, out=out, precision=precision))
-            check(cache[key][1])  # every compiled project passes the HLS hygiene checks
+            # every compiled project passes the HLS hygiene checks
+            assert hygiene_findings(cache[key][1]) == []
         return cache[key]
 
     return get

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from m3c.models.vit import M3ViT, MoEMlp
+from m3c.frontend.models.vit import M3ViT, MoEMlp
 
 
 def _gelu_tanh(x: torch.Tensor) -> torch.Tensor:
@@ -196,7 +196,7 @@ def export_form(model: M3ViT, path: Path) -> Path:
 
 def export_dynamo(model: M3ViT, path: Path) -> Path:
     """Export with `torch.onnx.export(dynamo=True)` (torch.export + onnxscript)."""
-    from m3c.exporter import _export_wrapper
+    from m3c.frontend.exporter import _export_wrapper
 
     config = model.config
     image = torch.randn(1, 3, *config.image_size, generator=torch.Generator().manual_seed(0))

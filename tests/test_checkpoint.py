@@ -14,9 +14,9 @@ import torch
 import torch.nn.functional as F
 
 from m3c.errors import ModelError
-from m3c.models import preset
-from m3c.models.checkpoint import load_checkpoint, save_checkpoint
-from m3c.models.vit import interpolate_pos_embed
+from m3c.frontend.models import preset
+from m3c.frontend.models.checkpoint import load_checkpoint, save_checkpoint
+from m3c.frontend.models.vit import interpolate_pos_embed
 
 EPS = 1e-6
 

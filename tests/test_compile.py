@@ -13,10 +13,10 @@ import numpy as np
 import onnx
 import pytest
 
-from m3c import csim
-from m3c.compile import compile_model
 from m3c.errors import CodegenError
-from m3c.graph import ort_session
+from m3c.ir.sessions import ort_session
+from m3c.project import csim
+from m3c.project.compile import compile_model
 
 
 def _oracle(model_path: Path, project: Path):

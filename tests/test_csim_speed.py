@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from m3c import csim
-from m3c.compile import _templates
+from m3c.project import csim
+from m3c.project.render import template_environment
 
 STREAM_SCENARIOS = r"""
 #include <cstdio>
@@ -118,7 +118,7 @@ int main() {
 def stream_headers(tmp_path_factory) -> Path:
     """m3c's hls_stream.h and m3c_dataflow.h as a project holds them (neither has parameters)."""
     root = tmp_path_factory.mktemp("stream")
-    environment = _templates()
+    environment = template_environment()
     for template in ("hls/csim/hls_stream.h.j2", "hls/kernel/m3c_dataflow.h.j2"):
         (root / Path(template).name[:-3]).write_text(environment.get_template(template).render())
     return root

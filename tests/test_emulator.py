@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from m3c.precision import choose_types, quantize_blob
+from m3c.hw.precision import choose_types, quantize_blob
 from m3c.runtime import emulator
 from m3c.runtime.emulator import FixedArithmetic
 from m3c.runtime.fixed import FixedType

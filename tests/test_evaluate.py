@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from m3c.evaluate import (
+from m3c.check.evaluate import (
     EvaluationError,
     _confusion,
     _miou,

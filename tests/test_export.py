@@ -14,7 +14,7 @@ import torch
 
 import m3c
 from m3c.errors import ExportError
-from m3c.exporter import export, read_metadata
+from m3c.frontend.exporter import export, read_metadata
 
 
 def _inputs(config, seed):
@@ -77,7 +77,7 @@ def test_graph_is_static_and_keeps_every_expert(export_model):
 
 
 def test_single_task_model_has_no_task_input(tmp_path):
-    from m3c.models import build_model, preset
+    from m3c.frontend.models import build_model, preset
 
     config = preset("micro-nyud").replace(tasks={"semseg": 40}, task_embed_dim=0)
     model = build_model(config)
@@ -137,7 +137,7 @@ def test_garbage_checkpoint_is_refused(tmp_path):
 
 
 def test_export_refuses_a_directory_target(tmp_path):
-    from m3c.models import build_model
+    from m3c.frontend.models import build_model
 
     with pytest.raises(ExportError):
         export(build_model("micro-nyud"), tmp_path)

@@ -12,14 +12,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 from accuracy import head_losses
-from hygiene import check
 
-from m3c import csim
-from m3c.compile import compile_model
+from m3c.check.hygiene import hygiene_findings
 from m3c.errors import CodegenError
+from m3c.project import csim
+from m3c.project.compile import compile_model
+from m3c.project.trace import trace_project
 from m3c.runtime.emulator import KernelEmulator
 from m3c.runtime.fixed import FixedType
-from m3c.trace import trace_project
 
 
 def _assert_bit_exact(project: Path, scales=(1.0, 4.0, 60.0)) -> None:
@@ -127,8 +127,8 @@ def test_generated_fixed_cpp_is_warning_free(compiled, tmp_path, precision):
 def test_fixed_vs_float_on_the_trained_model(tmp_path):
     """Fixed point costs < 1 % of segmentation pixels and < 2 % relative depth RMSE."""
     import m3c
-    from m3c.models.data import make_dataset
-    from m3c.models.train import load_or_train
+    from m3c.frontend.models.data import make_dataset
+    from m3c.frontend.models.train import load_or_train
 
     model = load_or_train("micro-nyud", gate="multi", quiet=True)
     path = m3c.export(model, tmp_path / "trained.onnx")
@@ -268,7 +268,7 @@ def test_grouped_scores_equal_the_emulation_and_the_estimate(export_model, tmp_p
     and cycle for cycle the estimate."""
     _, model = export_model("micro-nyud", "multi")
     project = compile_model(model, out=tmp_path / "build", precision=precision, tiles=tiles)
-    check(project)
+    assert hygiene_findings(project) == []
     ops = (project / "hls" / "src" / "m3c_ops.h").read_text()
     assert re.search(r"SCORE_GROUPS = (\d+);", ops).group(1) == str(tiles[0] // 16)
     _assert_bit_exact(project)

@@ -24,10 +24,10 @@ from moe_forms import (
 from torch import nn
 
 import m3c
-from m3c.compile import compile_model
 from m3c.errors import LoweringError
-from m3c.graph import ort_session
-from m3c.models import build_model
+from m3c.frontend.models import build_model
+from m3c.ir.sessions import ort_session
+from m3c.project.compile import compile_model
 
 
 def _feeds(path, seed=0):
@@ -106,7 +106,7 @@ def test_compile_refuses_a_kernel_plan_that_differs_from_every_stage(precision, 
     """Every graph stage is right, the kernel planned from it is not: the check reads the float
     run of the kernel (calibration's on the test images, or its own with --calib or in float),
     and names the plan."""
-    compile_module = importlib.import_module("m3c.compile")  # m3c.compile is also a function
+    compile_module = importlib.import_module("m3c.project.compile")
     original = compile_module.plan_kernel
 
     def one_bias_off(graph):
@@ -204,7 +204,7 @@ def test_moe_form_lowers_to_the_expert_major_graph(tmp_path, form, gate, exporte
     if gemm:  # the router's bias is kept, in the one row of the router table
         assert all(np.any(route.inputs[3].values) for route in routes)
     # In fixed point, the C-simulated kernel equals the bit-exact emulation on every task.
-    from m3c.verify import verify_project
+    from m3c.check.verify_project import verify_project
 
     rows = verify_project(compile_model(path, out=tmp_path / "fixed", precision="fixed"),
                           oracle="ort")
@@ -226,7 +226,7 @@ def test_contrib_moe_without_optional_inputs_or_value_info(tmp_path, tasks, drop
 
 
 class TorchMHA(nn.Module):
-    """`nn.MultiheadAttention` holding the weights of an m3c.models Attention."""
+    """`nn.MultiheadAttention` holding the weights of an m3c.frontend.models Attention."""
 
     def __init__(self, attention) -> None:
         super().__init__()
@@ -275,7 +275,8 @@ def test_standard_attention_layers_fuse_to_m3c_attention(tmp_path, layer, export
 
 
 def test_fixed_project_is_held_to_onnxruntime_too(tmp_path):
-    from m3c.verify import FIXED_ORT_STEPS, fixed_onnxruntime_tolerance, verify_project
+    from m3c.check.metrics import FIXED_ORT_STEPS, fixed_onnxruntime_tolerance
+    from m3c.check.verify_project import verify_project
 
     # the single shared router: its one-row router table on the C-simulated kernel too
     path = m3c.export(build_model("micro-nyud", gate="single", seed=1), tmp_path / "m.onnx")

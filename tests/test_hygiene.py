@@ -1,4 +1,4 @@
-"""HLS hygiene (tests/hygiene.py) on projects of each kind; the `compiled` fixture also
+"""HLS hygiene (m3c/check/hygiene.py) on projects of each kind; the `compiled` fixture also
 applies it to every project the suite compiles."""
 
 from __future__ import annotations
@@ -6,10 +6,15 @@ from __future__ import annotations
 import json
 
 import pytest
-from hygiene import check_ddr_and_arithmetic, check_storage, check_units
 
-from m3c.estimate import Design, Precision
-from m3c.target import load_target
+from m3c.check.hygiene import (
+    ddr_and_arithmetic_findings,
+    hygiene_findings,
+    storage_findings,
+    unit_findings,
+)
+from m3c.hw.estimate import Design, Precision
+from m3c.hw.target import load_target
 
 PROJECTS = [("micro-nyud", "multi", "fixed"), ("micro-pascal", "task", "fixed"),
             ("micro-nyud", "task", "float")]
@@ -17,22 +22,22 @@ PROJECTS = [("micro-nyud", "multi", "fixed"), ("micro-pascal", "task", "fixed"),
 
 @pytest.mark.parametrize("preset, gate, precision", PROJECTS)
 def test_every_unit_is_one_non_inlined_instance(compiled, preset, gate, precision):
-    check_units(compiled(preset, gate, precision)[1])
+    assert unit_findings(compiled(preset, gate, precision)[1]) == []
 
 
 @pytest.mark.parametrize("preset, gate, precision", PROJECTS)
 def test_every_large_array_has_the_storage_the_estimate_counts(compiled, preset, gate, precision):
-    check_storage(compiled(preset, gate, precision)[1])
+    assert storage_findings(compiled(preset, gate, precision)[1]) == []
 
 
 @pytest.mark.parametrize("preset, gate, precision", PROJECTS)
 def test_no_double_and_a_bundle_per_buffer(compiled, preset, gate, precision):
-    check_ddr_and_arithmetic(compiled(preset, gate, precision)[1])
+    assert ddr_and_arithmetic_findings(compiled(preset, gate, precision)[1]) == []
 
 
 def test_sums_wider_than_the_dsp_cascade_cost_fabric_adders():
-    from m3c.estimate import DSP_ACC_BITS, calls_for_config, unit_logic
-    from m3c.models.config import preset
+    from m3c.frontend.models.config import preset
+    from m3c.hw.estimate import DSP_ACC_BITS, calls_for_config, unit_logic
 
     _, capacities = calls_for_config(json.loads(preset("tiny-cityscapes").to_json()))
     target = load_target("zcu104")
@@ -42,3 +47,25 @@ def test_sums_wider_than_the_dsp_cascade_cost_fabric_adders():
     macs = narrow.geometry.macs
     extra = unit_logic(wide)["matmul"].lut - unit_logic(narrow)["matmul"].lut
     assert extra >= macs * wide.sizes["SUM_BITS"]
+
+
+@pytest.mark.parametrize("source, before, after, where", [
+    ("m3c_ops.h", "M3C_HLS(inline off)", "M3C_HLS(inline)", "matmul"),
+    ("kernel.cpp", "instances=m3c::matmul limit=1", "instances=m3c::matmul limit=2", "matmul"),
+    ("m3c_ops.h", "}  // namespace m3c", "inline double twice(double x) { return 2 * x; }\n}",
+     "m3c_ops.h"),
+    ("kernel.cpp", "bundle=gmem_in", "bundle=gmem_w", "kernel.cpp"),
+])
+def test_each_injected_defect_is_found(compiled, tmp_path, source, before, after, where):
+    """The analyses can fail: a copy of a clean project with one defect injected has a finding
+    at the place of the defect."""
+    import shutil
+
+    project = tmp_path / "project"
+    shutil.copytree(compiled("micro-nyud", "multi", "fixed")[1], project,
+                    ignore=shutil.ignore_patterns("intermediate", "weights"))
+    path = project / "hls/src" / source
+    text = path.read_text()
+    assert before in text
+    path.write_text(text.replace(before, after))
+    assert where in {finding.where for finding in hygiene_findings(project)}

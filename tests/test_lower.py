@@ -13,10 +13,11 @@ import pytest
 from moe_forms import export_form, rewrite_moe_layers
 
 import m3c
+from m3c.check.verify import verify
 from m3c.errors import GraphImportError, LoweringError
-from m3c.expert_major import analyse_schedule
-from m3c.graph import Graph, load_model, run_graph
-from m3c.verify import verify
+from m3c.frontend.load import load_model
+from m3c.ir.graph import Graph, run_graph
+from m3c.lowering.expert_major import analyse_schedule
 
 
 @pytest.mark.parametrize("preset", ["micro-nyud", "micro-pascal", "tiny-cityscapes"])
@@ -35,7 +36,7 @@ def test_every_stage_matches_onnxruntime(export_model, preset, gate):
 
 
 def m3c_moe_blocks(preset):
-    from m3c.models import preset as make_preset
+    from m3c.frontend.models import preset as make_preset
 
     return make_preset(preset).moe_blocks
 
@@ -53,7 +54,7 @@ def _expert_activations(graph: Graph) -> set[str]:
 
 @pytest.fixture(scope="module")
 def three_forms(tmp_path_factory):
-    from m3c.models import build_model
+    from m3c.frontend.models import build_model
 
     base = build_model("micro-nyud", gate="task", seed=5)
     folder = tmp_path_factory.mktemp("forms")

@@ -7,10 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from m3c.cli import main
-from m3c.compile import compile_model
-from m3c.estimate import Design, Precision, calls_for_config
-from m3c.memsim import (
+from m3c.check.memsim import (
     LayerRouting,
     capture_routing,
     expert_bytes,
@@ -20,8 +17,11 @@ from m3c.memsim import (
     simulate_expert_major,
     synthetic_images,
 )
-from m3c.models.config import preset
-from m3c.target import load_target
+from m3c.cli import main
+from m3c.frontend.models.config import preset
+from m3c.hw.estimate import Design, Precision, calls_for_config
+from m3c.hw.target import load_target
+from m3c.project.compile import compile_model
 
 ZCU104 = load_target("zcu104")
 

@@ -11,18 +11,18 @@ import numpy as np
 import pytest
 from accuracy import head_losses
 
-from m3c.compile import PRECISION_CONFIG, compile_model
 from m3c.errors import CodegenError
-from m3c.estimate import call_macs
-from m3c.mixed import choose_layers, parse_loss, task_loss
-from m3c.precision import MAC8_CAPABLE
+from m3c.hw.estimate import call_macs
+from m3c.hw.mixed import choose_layers, parse_loss, task_loss
+from m3c.hw.precision import MAC8_CAPABLE
+from m3c.project.compile import PRECISION_CONFIG, compile_model
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     import m3c
-    from m3c.models.data import make_dataset
-    from m3c.models.train import load_or_train
+    from m3c.frontend.models.data import make_dataset
+    from m3c.frontend.models.train import load_or_train
 
     model = load_or_train("micro-nyud", gate="multi", quiet=True)
     folder = tmp_path_factory.mktemp("trained")

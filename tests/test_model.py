@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from m3c.errors import ModelError
-from m3c.models import build_model, preset, preset_names
+from m3c.frontend.models import build_model, preset, preset_names
 
 
 def test_presets_follow_the_paper():

@@ -12,7 +12,7 @@ import jinja2
 import numpy as np
 import pytest
 
-from m3c import csim
+from m3c.project import csim
 from m3c.runtime.fixed import packed_products
 
 CORNERS = (-128, 127, 0, 1, -1)

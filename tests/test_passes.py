@@ -11,7 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from m3c.graph import load_model, ort_session
+from m3c.frontend.load import load_model
+from m3c.ir.passmanager import Pipeline
+from m3c.ir.sessions import ort_session
 from m3c.passes import (
     FoldConstants,
     FuseAttention,
@@ -21,7 +23,6 @@ from m3c.passes import (
     InferShapes,
     RecognizeMoE,
 )
-from m3c.passmanager import Pipeline
 
 
 class HandWrittenLayerNorm(nn.Module):
@@ -162,7 +163,7 @@ def test_duplicate_tensor_names_are_refused():
     import onnx_graphsurgeon as gs
 
     from m3c.errors import LoweringError
-    from m3c.graph import check_unique_names
+    from m3c.ir.graph import check_unique_names
 
     x = gs.Variable("x", np.float32, [2])
     nodes = [gs.Node("Add", inputs=[x, gs.Constant("c", np.ones(2, np.float32))],

@@ -22,10 +22,12 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from test_fuzz import run_cli
 
-from m3c.atomic import output_lock
+from m3c.check.metrics import max_error
+from m3c.check.verify import StageRow, worst_error
+from m3c.check.verify_project import ProjectRow, project_passed
 from m3c.cli import expected_error
 from m3c.errors import M3CError, OnnxRuntimeError
-from m3c.verify import ProjectRow, StageRow, max_error, project_passed, worst_error
+from m3c.project.atomic import output_lock
 
 
 @pytest.fixture(autouse=True)
@@ -100,7 +102,7 @@ def test_full_disk_while_lowering_is_a_short_error_and_leaves_nothing(micro, tmp
         Path(path).write_bytes(b"partial")
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
 
-    monkeypatch.setattr("m3c.graph.Graph.save", full)
+    monkeypatch.setattr("m3c.ir.graph.Graph.save", full)
     out = tmp_path / "out"
     out.mkdir()
     refused(["lower", str(micro), "-o", str(out / "l.onnx")], "no space left")
@@ -108,7 +110,7 @@ def test_full_disk_while_lowering_is_a_short_error_and_leaves_nothing(micro, tmp
 
 
 def test_onnxruntime_errors_are_expected_failures(micro):
-    from m3c.graph import ort_session
+    from m3c.ir.sessions import ort_session
 
     session = ort_session(onnx.load(str(micro)))
     with pytest.raises(Exception) as caught:  # noqa: B017 - onnxruntime's own classes
@@ -393,7 +395,7 @@ def test_non_finite_and_empty_comparisons_fail():
 
 
 def test_verify_fails_when_every_output_is_nan(micro, monkeypatch):
-    from m3c.graph import Graph
+    from m3c.ir.graph import Graph
 
     real = Graph.run_output
     monkeypatch.setattr(Graph, "run_output",
@@ -439,14 +441,14 @@ def test_full_disk_during_compile_leaves_no_project(micro, tmp_path, monkeypatch
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "weights.bin")
 
-    monkeypatch.setattr(importlib.import_module("m3c.compile"), "_write_weights", full)
+    monkeypatch.setattr(importlib.import_module("m3c.project.compile"), "_write_weights", full)
     refused(["compile", str(micro), "-o", str(tmp_path / "build")], "no space left")
     assert not (tmp_path / "build").exists() and _hidden(tmp_path) == []
 
 
 def test_empty_mount_point_as_output_is_refused(micro, tmp_path, monkeypatch):
     (tmp_path / "mnt").mkdir()
-    monkeypatch.setattr("m3c.atomic.os.path.ismount", lambda path: Path(path).name == "mnt")
+    monkeypatch.setattr("m3c.project.atomic.os.path.ismount", lambda path: Path(path).name == "mnt")
     refused(["compile", str(micro), "-o", str(tmp_path / "mnt")], "mount point")
 
 

@@ -8,7 +8,7 @@ import shutil
 import pytest
 
 from m3c.cli import main
-from m3c.compile import compile_model
+from m3c.project.compile import compile_model
 
 
 @pytest.fixture(scope="module")

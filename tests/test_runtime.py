@@ -16,7 +16,7 @@ import pytest
 
 from m3c import M3CError
 from m3c.cli import main as cli_main
-from m3c.graph import ort_session
+from m3c.ir.sessions import ort_session
 from m3c.runtime import Accelerator
 from m3c.runtime.drivers import AP_START, SimulatedDevice
 from m3c.runtime.png import read_png, write_png
@@ -299,7 +299,7 @@ def test_png_reader_undoes_every_filter_and_writer_round_trips(tmp_path):
 
 def test_preprocessing_matches_torch_resize_and_training_normalisation():
     torch = pytest.importorskip("torch")
-    from m3c.models import data
+    from m3c.frontend.models import data
     from m3c.runtime.preprocess import IMAGE_MEAN, IMAGE_STD, preprocess, resize_bilinear
 
     assert (IMAGE_MEAN, IMAGE_STD) == (data.IMAGE_MEAN, data.IMAGE_STD)

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-import m3c.models.train as train_module
-from m3c.models import preset
-from m3c.models.data import make_dataset
-from m3c.models.train import f1_score, load_or_train, mean_iou, train_synthetic
+import m3c.frontend.models.train as train_module
+from m3c.frontend.models import preset
+from m3c.frontend.models.data import make_dataset
+from m3c.frontend.models.train import f1_score, load_or_train, mean_iou, train_synthetic
 
 FIXTURE_STEPS = 1000  # a third of the default; at 600 depth is still mid-descent for some seeds
 

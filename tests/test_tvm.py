@@ -11,11 +11,12 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from m3c import tvm_oracle
+from m3c.check import tvm_oracle
+from m3c.check.tvm_oracle import TVMModel, TVMOracleError
+from m3c.check.verify import format_oracles, verify_model
+from m3c.check.verify_project import format_project_table, verify_project
 from m3c.cli import main
-from m3c.graph import ort_session
-from m3c.tvm_oracle import TVMModel, TVMOracleError
-from m3c.verify import format_oracles, format_project_table, verify_model, verify_project
+from m3c.ir.sessions import ort_session
 
 
 @pytest.fixture

@@ -12,10 +12,11 @@ import json
 import numpy as np
 import pytest
 
+from m3c.check.fresh import verify_fresh_images
+from m3c.check.metrics import ROUTING_FLIP_SHARE, encoder_error
 from m3c.cli import main
-from m3c.compile import compile_model
 from m3c.errors import CodegenError
-from m3c.verify import ROUTING_FLIP_SHARE, encoder_error, verify_fresh_images
+from m3c.project.compile import compile_model
 
 
 @pytest.fixture(scope="module")
@@ -93,8 +94,8 @@ def test_bad_headroom_is_refused(export_model, tmp_path, headroom):
 
 
 def test_eight_bit_layers_widen_the_limit_and_the_project_passes(compiled, capsys):
-    from m3c.validate import load_project
-    from m3c.verify import FIXED_ORT_STEPS, fixed_onnxruntime_tolerance
+    from m3c.check.metrics import FIXED_ORT_STEPS, fixed_onnxruntime_tolerance
+    from m3c.frontend.validate import load_project
 
     project = compiled("micro-nyud", "multi", "int8")[1]
     manifest, kernel = load_project(project)

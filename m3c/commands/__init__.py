@@ -1,4 +1,4 @@
-"""CLI sub-commands; each module registers its commands with `m3c.cli.command`."""
+"""CLI sub-commands, one module each; importing this package registers them all."""
 
 from m3c.commands import (  # noqa: F401
     compile_cmd,
@@ -8,3 +8,6 @@ from m3c.commands import (  # noqa: F401
     report_cmd,
     run_cmd,
 )
+from m3c.commands.registry import COMMANDS
+
+__all__ = ["COMMANDS"]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from m3c.cli import command
+from m3c.commands.registry import command
 from m3c.errors import CodegenError
 
 
@@ -37,7 +37,7 @@ def _configure(parser: argparse.ArgumentParser) -> None:
 
 @command("compile", "compile an ONNX model into an accelerator project", _configure)
 def run_compile(args: argparse.Namespace) -> int:
-    from m3c.compile import compile_model
+    from m3c.project.compile import compile_model
 
     calib = None if args.calib is None else calibration_images(Path(args.calib))
     if args.precision_config is not None:
@@ -76,9 +76,9 @@ def calibration_images(path: Path) -> np.ndarray:
 
 
 def check_precision_config(path: Path) -> None:
-    """The shapes m3c.precision reads: `types` a mapping of class -> type string, `layers`
+    """The shapes m3c.hw.precision reads: `types` a mapping of class -> type string, `layers`
     a mapping of pattern -> {weight/result: type string}."""
-    from m3c.precision import load_config
+    from m3c.hw.precision import load_config
 
     config = load_config(path)
     remedy = 'e.g. {"types": {"data": "ap_fixed<18,8>"}, "layers": {"*/blocks.3/*": ' \
@@ -105,7 +105,7 @@ def _no_arguments(parser: argparse.ArgumentParser) -> None:
 @command("targets", "list the boards m3c generates for", _no_arguments)
 def run_targets(args: argparse.Namespace) -> int:
     del args
-    from m3c.target import list_targets, load_target
+    from m3c.hw.target import list_targets, load_target
 
     for name in list_targets():
         board = load_target(name)

@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from m3c.cli import command
+from m3c.commands.registry import command
 
 
 def _configure(parser: argparse.ArgumentParser) -> None:
@@ -39,7 +39,7 @@ def _configure(parser: argparse.ArgumentParser) -> None:
 @command("evaluate", "evaluate compiled accelerators against float on a whole image set",
          _configure)
 def run_evaluate(args: argparse.Namespace) -> int:
-    from m3c.evaluate import EvaluationError, evaluate, load_images, write_evaluation
+    from m3c.check.evaluate import EvaluationError, evaluate, load_images, write_evaluation
 
     if args.workers is not None and args.ray:
         raise EvaluationError("--workers and --ray exclude each other",
@@ -63,7 +63,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 
 def _manifest(project: Path) -> dict:
-    from m3c.evaluate import EvaluationError
+    from m3c.check.evaluate import EvaluationError
 
     path = project / "project.json"
     try:

@@ -6,9 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from m3c.cli import command
+from m3c.commands.registry import command
 from m3c.errors import M3CError, ModelError
-from m3c.models.config import GATES
+from m3c.frontend.models.config import GATES
 
 
 def _configure(parser: argparse.ArgumentParser) -> None:
@@ -26,15 +26,15 @@ def _configure(parser: argparse.ArgumentParser) -> None:
 
 
 def _build(args: argparse.Namespace):
-    from m3c import models
+    from m3c.frontend import models
 
     if args.trained:
-        from m3c.models.train import load_or_train
+        from m3c.frontend.models.train import load_or_train
 
         return load_or_train(args.preset, gate=args.gate, quiet=args.quiet)
     config = models.preset(args.preset, gate=args.gate)
     if args.checkpoint:
-        from m3c.models.checkpoint import load_checkpoint
+        from m3c.frontend.models.checkpoint import load_checkpoint
 
         return load_checkpoint(config, args.checkpoint)
     if args.random:
@@ -50,7 +50,7 @@ def run_export(args: argparse.Namespace) -> int:
         import torch  # noqa: F401
     except ModuleNotFoundError as error:
         raise ModelError("export needs PyTorch", remedy="pip install 'm3c[torch]'") from error
-    from m3c.exporter import export
+    from m3c.frontend.exporter import export
 
     model = _build(args)
     path = export(model, Path(args.output))

@@ -6,11 +6,11 @@ import argparse
 import contextlib
 from pathlib import Path
 
-from m3c.atomic import staged_directory, staged_files
-from m3c.cli import command
+from m3c.commands.registry import command
 from m3c.errors import ArgumentError
-from m3c.stage_store import SHARED_FILE
-from m3c.validate import non_empty, non_negative_float, positive_int
+from m3c.frontend.validate import non_empty, non_negative_float, positive_int
+from m3c.ir.stage_store import SHARED_FILE
+from m3c.project.atomic import staged_directory, staged_files
 
 
 def _no_arguments(parser: argparse.ArgumentParser) -> None:
@@ -20,7 +20,7 @@ def _no_arguments(parser: argparse.ArgumentParser) -> None:
 @command("passes", "list the lowering pipeline", _no_arguments)
 def run_passes(args: argparse.Namespace) -> int:
     del args
-    from m3c.passmanager import default_pipeline
+    from m3c.passes import default_pipeline
 
     for index, step in enumerate(default_pipeline().passes, start=1):
         print(f"{index:2d}  {step.name:<20} {step.description}")
@@ -79,7 +79,7 @@ def _configure_verify(parser: argparse.ArgumentParser) -> None:
 @command("verify", "run every stage on the same inputs and compare with onnxruntime (and TVM)",
          _configure_verify)
 def run_verify(args: argparse.Namespace) -> int:
-    from m3c.verify import (
+    from m3c.check.verify import (
         format_oracles,
         format_table,
         verify_model,
@@ -113,13 +113,8 @@ def _count_or_path(text: str) -> int | str:
 
 
 def _verify_project(args: argparse.Namespace) -> int:
-    from m3c.verify import (
-        format_fresh_table,
-        format_project_table,
-        project_passed,
-        verify_fresh_images,
-        verify_project,
-    )
+    from m3c.check.fresh import format_fresh_table, verify_fresh_images
+    from m3c.check.verify_project import format_project_table, project_passed, verify_project
 
     checked: list[str] = []
     project_rows = verify_project(args.model, checked, oracle=args.oracle)

@@ -7,10 +7,10 @@ import argparse
 import os
 from pathlib import Path
 
-from m3c.cli import command
+from m3c.commands.registry import command
 from m3c.errors import OutputError
-from m3c.estimate import KINDS
-from m3c.validate import load_json, load_project, positive_float, positive_int
+from m3c.frontend.validate import load_json, load_project, positive_float, positive_int
+from m3c.hw.estimate import KINDS
 
 
 def _configure_report(parser: argparse.ArgumentParser) -> None:
@@ -30,7 +30,7 @@ def run_report(args: argparse.Namespace) -> int:
     report, written = write_report_atomic(args.project, power_w=args.power,
                                           plots=not args.no_plots)
     if args.trace:
-        from m3c.trace import trace_project, write_trace
+        from m3c.project.trace import trace_project, write_trace
 
         rows = trace_project(args.project)
         written.append(write_trace(args.project, rows))
@@ -60,11 +60,11 @@ def _check_writable(project: Path) -> None:
 
 def write_report_atomic(project: str | Path, power_w: float | None = None,
                         plots: bool = True) -> tuple[dict, list[Path]]:
-    """`m3c.report.report_project`, with the project's files validated first and report/
+    """`m3c.project.report.report_project`, with the project's files validated first and report/
     rebuilt beside the old one and renamed into place (a failure keeps the old report)."""
-    from m3c.atomic import staged_directory
-    from m3c.dse import DEFAULT_BUDGET
-    from m3c.report import (
+    from m3c.hw.dse import DEFAULT_BUDGET
+    from m3c.project.atomic import staged_directory
+    from m3c.project.report import (
         REPORT_DIR,
         SIMULATION_FILE,
         build_report,
@@ -118,7 +118,7 @@ def _configure_simulate(parser: argparse.ArgumentParser) -> None:
 @command("simulate", "replay real routing through naive, cache-based and expert-major MoE "
          "designs", _configure_simulate)
 def run_simulate(args: argparse.Namespace) -> int:
-    from m3c.memsim import simulate_project
+    from m3c.check.memsim import simulate_project
 
     load_project(args.project)
     _check_writable(Path(args.project))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from m3c.cli import command
+from m3c.commands.registry import command
 
 
 def _configure(parser: argparse.ArgumentParser) -> None:
@@ -16,8 +16,8 @@ def _configure(parser: argparse.ArgumentParser) -> None:
 
 @command("run", "run a compiled project on an image and write per-task maps", _configure)
 def run_project(args: argparse.Namespace) -> int:
+    from m3c.frontend.validate import load_project
     from m3c.runtime.app import execute
-    from m3c.validate import load_project
 
     load_project(args.project)  # the runtime trusts the project's JSON; check it here
 

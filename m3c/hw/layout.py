@@ -153,7 +153,7 @@ def render_calls(calls: list[dict], layout: DdrLayout, g: Geometry, sizes: dict,
 
 
 def _activation(call: dict) -> str:
-    from m3c.codegen import ACTIVATIONS
+    from m3c.hw.codegen import ACTIVATIONS
 
     return ACTIVATIONS[call.get("activation", "none")]
 

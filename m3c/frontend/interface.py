@@ -1,0 +1,42 @@
+"""The model interface m3c expects: its inputs (`image`, and `task` when there are several
+tasks), one output per task, and feeds that exercise it."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+
+from m3c.errors import GraphImportError
+
+
+def task_names(model: onnx.ModelProto) -> list[str]:
+    """Task names from the export metadata, or the output names when absent."""
+    meta = {prop.key: prop.value for prop in model.metadata_props}
+    if "m3c.tasks" in meta:
+        return list(json.loads(meta["m3c.tasks"]))
+    return [output.name for output in model.graph.output]
+
+
+def sample_feeds(model: onnx.ModelProto, count: int = 2, seed: int = 0) -> list[dict]:
+    """`count` images for every task id (one feed dict each), reproducible from `seed`."""
+    inputs = {value.name: value for value in model.graph.input}
+    if "image" not in inputs:
+        raise GraphImportError("the model has no 'image' input to feed test images to",
+                               remedy="name the image input 'image' ([1,3,H,W] float32)")
+    image_shape = [d.dim_value for d in inputs["image"].type.tensor_type.shape.dim]
+    rng = np.random.default_rng(seed)
+    images = [(rng.standard_normal(image_shape) * (1 + i)).astype(np.float32)
+              for i in range(count)]
+    if "task" not in inputs:
+        # Several outputs without a task input (one router shared by all tasks): the same
+        # images serve every task, in task order as below.
+        return [{"image": image} for _ in task_names(model) for image in images]
+    tasks = range(len(task_names(model)))
+    return [{"image": image, "task": np.array(t, dtype=np.int64)}
+            for t in tasks for image in images]
+
+
+def task_of(feeds: dict, tasks: list[str]) -> str:
+    return tasks[int(feeds["task"])] if "task" in feeds else tasks[0]

@@ -1,0 +1,129 @@
+"""Design-space exploration: the design point that minimises latency within a budget.
+
+The MAC array's TK (inputs per cycle: multiples of the memories' lanes) and TM (outputs per
+cycle: a multiple of the lanes, at least a DDR word's elements, at most TK) with the rows of a
+matmul tile (`ROW_TILES`) and attention's query tile (`QUERY_TILES`) are estimated with
+m3c.hw.estimate; designs whose resources exceed `budget` x the target's capacity are dropped; the
+fastest remaining design wins, ties going to the one with fewer DSPs, then fewer BRAM18.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from m3c.errors import CodegenError
+from m3c.hw.estimate import (
+    Design,
+    EstimateError,
+    Precision,
+    Resources,
+    check_fit,
+    overflow_table,
+    overflows,
+    total_cycles,
+    total_resources,
+    unit_resources,
+)
+from m3c.hw.geometry import BANK_BITS, lane_bits
+from m3c.hw.target import Target
+
+TK_CHOICES = (8, 16, 32, 48, 64, 96, 128)
+TM_CHOICES = (4, 8, 12, 16, 20, 24, 28, 32, 40, 48, 64)
+ROW_TILES = (32, 64, 128, 256, 384)
+QUERY_TILES = (32, 64, 96, 128)
+DEFAULT_BUDGET = 0.8
+
+
+@dataclass
+class Choice:
+    """The chosen design point and what it costs."""
+
+    design: Design
+    cycles: int
+    resources: Resources
+    budget: float
+    forced: bool
+    candidates: int
+
+
+def check_budget(budget: float) -> float:
+    if not 0 < budget <= 1:
+        raise EstimateError(f"budget {budget} is not in (0, 1]",
+                            remedy="pass a fraction of the target, e.g. --budget 0.8")
+    return float(budget)
+
+
+def parse_tiles(text: str | Sequence[int] | None) -> tuple[int, int] | None:
+    """'32x16' (or a pair) -> (32, 16); None stays None (let the exploration choose)."""
+    if text is None:
+        return None
+    if isinstance(text, str):
+        parts = text.lower().replace(",", "x").split("x")
+        try:
+            tiles = tuple(int(part) for part in parts)
+        except ValueError:
+            tiles = ()
+    else:
+        tiles = tuple(int(t) for t in text)
+    if len(tiles) != 2 or min(tiles) < 1:
+        raise EstimateError(f"tiles {text!r} are not two positive integers",
+                            remedy="write them as TKxTM, e.g. --tiles 48x32")
+    return tiles
+
+
+def _candidates(capacities: dict, precision: Precision, port_bits: int,
+                tiles: tuple[int, int] | None, row_tile: int | None,
+                query_tile: int | None) -> list[tuple[tuple[int, int], int, int]]:
+    """(tiles, row tile, query tile) to try; a forced value is the only choice of its axis."""
+    lanes = BANK_BITS // lane_bits(precision)
+    port_lanes = port_bits // lane_bits(precision)
+    widest = max(capacities["max_in"], capacities["max_dim"])
+    ins = [t for t in TK_CHOICES if t % lanes == 0 and t < 2 * widest] or [lanes]
+    pairs = [tiles] if tiles is not None else [
+        (tk, tm) for tk in ins for tm in TM_CHOICES
+        if tm % lanes == 0 and port_lanes <= tm <= tk]
+    tokens = capacities["max_tokens"]
+    rows = [row_tile] if row_tile else [r for r in ROW_TILES if r < 2 * tokens] or [ROW_TILES[0]]
+    queries = [query_tile] if query_tile else [q for q in QUERY_TILES if q < 2 * tokens] or [
+        QUERY_TILES[0]]
+    return [(pair, r, q) for pair in pairs for r in rows for q in queries]
+
+
+def choose_design(calls: Sequence[dict], capacities: dict, target: Target,
+                  precision: Precision, budget: float = DEFAULT_BUDGET,
+                  tiles: tuple[int, int] | None = None, routing: dict | None = None,
+                  row_tile: int | None = None, query_tile: int | None = None) -> Choice:
+    """The fastest design within `budget`. Forced `tiles` are checked against the whole target
+    (the row and query tiles are still explored unless forced too)."""
+    budget = check_budget(budget)
+    limit = 1.0 if tiles is not None else budget
+    try:
+        candidates = _candidates(capacities, precision, target.hp_port_bits, tiles, row_tile,
+                                 query_tile)
+        best: tuple | None = None
+        memo: dict = {}
+        for pair, rows, queries in candidates:
+            design = Design(target, capacities, pair, precision, rows, queries)
+            used = total_resources(unit_resources(design, limit))
+            if overflows(used, target, limit):
+                continue
+            cycles = total_cycles(calls, design, routing, memo)
+            key = (cycles, used.dsp, used.bram18, pair, rows, queries)
+            if best is None or key < best[0]:
+                best = (key, design, used)
+        if best is None and tiles is not None:
+            check_fit(Design(target, capacities, tiles, precision, row_tile or ROW_TILES[0],
+                             query_tile or QUERY_TILES[0]), 1.0)
+    except CodegenError as error:
+        raise EstimateError(error.message, remedy=error.remedy) from None
+    if best is None:
+        lanes = BANK_BITS // lane_bits(precision)
+        smallest = Design(target, capacities, (lanes, lanes), precision, ROW_TILES[0],
+                          QUERY_TILES[0])
+        raise EstimateError(
+            f"no array size fits {target.name} within {budget:.0%} of its resources; even "
+            f"{lanes}x{lanes} overflows:\n{overflow_table(smallest, budget)}",
+            remedy="use a narrower --precision, a larger target, or a higher --budget")
+    (cycles, *_), design, used = best
+    return Choice(design, cycles, used, budget, tiles is not None, len(candidates))
