@@ -28,17 +28,11 @@ from pathlib import Path
 from common import emit, exported
 
 from m3c.check.memsim import capture_routing, onchip_bytes, simulate, synthetic_images
+from m3c.hw.configs import as_int8, calls_for_config
+from m3c.hw.design import Design, Precision
 from m3c.hw.dse import choose_design
-from m3c.hw.estimate import (
-    Design,
-    Precision,
-    as_int8,
-    calls_for_config,
-    capacity,
-    estimate_calls,
-    mac_efficiency,
-    summarize,
-)
+from m3c.hw.estimate import estimate_calls, mac_efficiency, summarize
+from m3c.hw.resources import capacity
 from m3c.hw.target import load_target
 
 FIXED16 = Precision(data=16, weight=16, acc=48, prob=18, floating=False)
@@ -91,7 +85,7 @@ def paper_breakdown(budget: float, int8: bool = False) -> dict:
 
 
 def _fits(config: dict, budget: float, precision: Precision) -> bool | str:
-    from m3c.hw.estimate import EstimateError
+    from m3c.hw.design import EstimateError
 
     try:
         _choose(config, budget, precision)

@@ -9,30 +9,23 @@ import pytest
 
 from m3c.cli import main
 from m3c.frontend.models.config import preset
+from m3c.hw.configs import calls_for_config
+from m3c.hw.design import Design, EstimateError, Precision
 from m3c.hw.dse import check_budget, choose_design, parse_tiles
-from m3c.hw.estimate import (
+from m3c.hw.estimate import call_macs, estimate_calls, total_cycles
+from m3c.hw.fit import check_fit, unit_resources
+from m3c.hw.resources import (
     BRAM18_SHAPES,
     URAM_DEPTH,
     URAM_WIDTH,
-    Design,
-    EstimateError,
-    Precision,
     bram18_blocks,
-    call_macs,
-    calls_for_config,
-    check_fit,
-    estimate_calls,
-    expert_compute_cycles,
-    expert_load_cycles,
-    expert_schedule,
     overflows,
-    total_cycles,
     total_resources,
-    unit_resources,
     uram_blocks,
 )
+from m3c.hw.schedule import expert_compute_cycles, expert_load_cycles, expert_schedule
 from m3c.hw.target import load_target
-from m3c.hw.units import tile_cost
+from m3c.hw.units.base import tile_cost
 from m3c.project.compile import compile_model
 
 FIXED16 = Precision(data=16, weight=16, acc=32, prob=16, floating=False)
@@ -223,7 +216,7 @@ def test_unknown_type_is_refused():
 def test_packed_array_halves_dsps_and_8bit_panels_halve_ddr():
     """Two 8-bit products per DSP48E2: the same TK x TM array on half the DSPs; an 8-bit
     product streams half the panel words and takes one pass, a 16-bit one two."""
-    from m3c.hw.estimate import as_int8
+    from m3c.hw.configs import as_int8
 
     calls, capacities = calls_for_config(_config("small-nyud"))
     marked, packed = as_int8(calls, capacities)
@@ -242,7 +235,7 @@ def test_packed_array_halves_dsps_and_8bit_panels_halve_ddr():
 
 def test_int8_beats_fixed_on_small_nyud():
     """The DSE with two MACs per DSP: a faster design within the same budget, fitting."""
-    from m3c.hw.estimate import as_int8
+    from m3c.hw.configs import as_int8
 
     calls, capacities = calls_for_config(_config("small-nyud"))
     fixed = choose_design(calls, capacities, ZCU104, FIXED16, 0.9)

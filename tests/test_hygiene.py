@@ -13,7 +13,7 @@ from m3c.check.hygiene import (
     storage_findings,
     unit_findings,
 )
-from m3c.hw.estimate import Design, Precision
+from m3c.hw.design import Design, Precision
 from m3c.hw.target import load_target
 
 PROJECTS = [("micro-nyud", "multi", "fixed"), ("micro-pascal", "task", "fixed"),
@@ -37,7 +37,9 @@ def test_no_double_and_a_bundle_per_buffer(compiled, preset, gate, precision):
 
 def test_sums_wider_than_the_dsp_cascade_cost_fabric_adders():
     from m3c.frontend.models.config import preset
-    from m3c.hw.estimate import DSP_ACC_BITS, calls_for_config, unit_logic
+    from m3c.hw.configs import calls_for_config
+    from m3c.hw.fit import unit_logic
+    from m3c.hw.resources import DSP_ACC_BITS
 
     _, capacities = calls_for_config(json.loads(preset("tiny-cityscapes").to_json()))
     target = load_target("zcu104")

@@ -19,7 +19,8 @@ from m3c.check.memsim import (
 )
 from m3c.cli import main
 from m3c.frontend.models.config import preset
-from m3c.hw.estimate import Design, Precision, calls_for_config
+from m3c.hw.configs import calls_for_config
+from m3c.hw.design import Design, Precision
 from m3c.hw.target import load_target
 from m3c.project.compile import compile_model
 

@@ -13,10 +13,12 @@ import json
 import re
 from pathlib import Path
 
-from m3c.hw.estimate import Design, Precision, bind_memories, unit_arrays
+from m3c.hw.design import Design, Precision
+from m3c.hw.fit import unit_arrays
+from m3c.hw.resources import bind_memories
 from m3c.hw.target import load_target
+from m3c.hw.units import FUNCTIONS as UNITS
 from m3c.ir.analysis import Finding
-from m3c.project.compile import UNITS
 
 SYNTHESIS_SOURCES = ("kernel.cpp", "m3c_ops.h", "m3c_types.h", "m3c_tables.h")
 PARTITIONED = r"array_partition variable={} type=complete dim=0"

@@ -30,15 +30,10 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from m3c.hw.estimate import (
-    Design,
-    EstimateError,
-    estimate_calls,
-    expert_compute_cycles,
-    expert_load_cycles,
-    expert_schedule,
-    unit_arrays,
-)
+from m3c.hw.design import Design, EstimateError
+from m3c.hw.estimate import estimate_calls
+from m3c.hw.fit import unit_arrays
+from m3c.hw.schedule import expert_compute_cycles, expert_load_cycles, expert_schedule
 
 DESIGNS = ("naive", "cache", "expert_major")
 

@@ -120,7 +120,7 @@ def ddr_weights(project: Path, manifest: dict, checked: list[str]) -> np.ndarray
     changes, only this function follows it.
     """
     from m3c.frontend.validate import load_json
-    from m3c.hw.estimate import Precision
+    from m3c.hw.design import Precision
     from m3c.hw.geometry import Geometry, lane_bits
     from m3c.hw.layout import layout_weights
     from m3c.hw.target import load_target

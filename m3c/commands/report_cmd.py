@@ -10,7 +10,7 @@ from pathlib import Path
 from m3c.commands.registry import command
 from m3c.errors import OutputError
 from m3c.frontend.validate import load_json, load_project, positive_float, positive_int
-from m3c.hw.estimate import KINDS
+from m3c.hw.resources import KINDS
 
 
 def _configure_report(parser: argparse.ArgumentParser) -> None:

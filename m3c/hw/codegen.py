@@ -13,8 +13,8 @@ graph is read as transformer blocks, not node by node:
 
 A graph that strays from this shape is refused with the node that does. Every constant goes
 into one packed float blob in first-use order (what the numpy emulator reads); the DDR layout
-of the same weights, in the order the MAC array consumes them, is m3c.hw.ddr's job once the
-array's size is chosen.
+of the same weights, in the order the MAC array consumes them, is m3c.hw.layout's job once
+the array's size is chosen.
 """
 
 from __future__ import annotations
@@ -32,14 +32,6 @@ EXPERT_OPS = {"LoadExpert", "ExpertGather", "ExpertMLP", "ScatterAdd"}
 ACTIVATIONS = {"none": "ACT_NONE", "gelu": "ACT_GELU", "gelu_tanh": "ACT_GELU_TANH",
                "relu": "ACT_RELU"}
 ALIGN = 16  # elements: every constant starts on a 64-byte boundary of the float blob
-
-# The constants each call reads (keys holding float-blob offsets), for per-layer weight types.
-WEIGHT_ARGS = {"embed": ("w", "b", "cls", "pos"), "layernorm": ("gamma", "beta"),
-               "qkv": ("w", "b"), "linear": ("w", "b"), "route": ("router_w", "router_b"),
-               "experts": ("w1", "b1", "w2", "b2"), "attention": (), "features": ()}
-# Calls whose results a per-layer `result` type can narrow (the array's epilogue rounds them).
-NARROWABLE = frozenset({"qkv", "attention", "linear", "experts"})
-
 
 def _aligned(size: int) -> int:
     return -(-size // ALIGN) * ALIGN

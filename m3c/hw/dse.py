@@ -13,19 +13,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from m3c.errors import CodegenError
-from m3c.hw.estimate import (
-    Design,
-    EstimateError,
-    Precision,
-    Resources,
-    check_fit,
-    overflow_table,
-    overflows,
-    total_cycles,
-    total_resources,
-    unit_resources,
-)
+from m3c.hw.design import Design, EstimateError, Precision
+from m3c.hw.estimate import total_cycles
+from m3c.hw.fit import check_fit, overflow_table, unit_resources
 from m3c.hw.geometry import BANK_BITS, lane_bits
+from m3c.hw.resources import Resources, overflows, total_resources
 from m3c.hw.target import Target
 
 TK_CHOICES = (8, 16, 32, 48, 64, 96, 128)

@@ -50,6 +50,7 @@ import numpy as np
 import yaml
 
 from m3c.errors import CodegenError
+from m3c.hw.units import NARROWABLE, WEIGHT_ARGS
 from m3c.runtime.emulator import KernelEmulator, Observer
 from m3c.runtime.fixed import EXP_TABLE_BITS, FixedType
 
@@ -207,8 +208,6 @@ def layer_weight_types(plan: dict, config: dict) -> dict[int, FixedType]:
 def layer_result_types(plan: dict, config: dict) -> dict[str, FixedType]:
     """Layer name -> the narrower type a per-layer override rounds its results to. Layers
     that leave no activations (a router) are passed over."""
-    from m3c.hw.codegen import NARROWABLE
-
     ops = {call["layer"]: call["op"] for call in plan["calls"]}
     results = {}
     for kind, calls in _layer_overrides(plan, config, "result"):
@@ -263,8 +262,6 @@ def config_mac8_layers(plan: dict, config: dict) -> list[str]:
 
 
 def _weight_arguments(op: str) -> tuple[str, ...]:
-    from m3c.hw.codegen import WEIGHT_ARGS
-
     return WEIGHT_ARGS[op]
 
 

@@ -23,8 +23,10 @@ from m3c.errors import CodegenError
 from m3c.frontend.interface import sample_feeds, task_names
 from m3c.frontend.load import load_model
 from m3c.hw.codegen import KernelPlan, apply_mac8, plan_kernel
+from m3c.hw.design import Precision
 from m3c.hw.dse import DEFAULT_BUDGET, Choice, check_budget, choose_design, parse_tiles
-from m3c.hw.estimate import Precision, band_rows, storage_bindings
+from m3c.hw.estimate import band_rows
+from m3c.hw.fit import storage_bindings
 from m3c.hw.layout import DdrLayout, layout_weights, narrow_kinds, render_calls
 from m3c.hw.mixed import (
     MixedChoice,
@@ -49,7 +51,8 @@ from m3c.hw.precision import (
     quantize_blob,
 )
 from m3c.hw.target import Target, load_target
-from m3c.hw.units import MIN_SPAN
+from m3c.hw.units import FUNCTIONS
+from m3c.hw.units.base import MIN_SPAN
 from m3c.ir.graph import Graph
 from m3c.ir.sessions import ort_session
 from m3c.project.atomic import check_destination, staged_directory
@@ -64,11 +67,6 @@ PRECISION_CONFIG = "precision_config.json"  # the layers' bits as chosen (--prec
 CALIBRATION_SCENES = 1  # per compile without --calib, every task run on each
 FLOAT_TOLERANCE = 1e-4  # float C-simulation vs onnxruntime; fixed must equal the emulation
 HP_BUNDLES = ["gmem_w", "gmem_in", "gmem_out"]
-UNITS = ("embed_layer", "load_band", "add_positions", "layernorm_stats", "load_vector",
-         "attention_layer", "projection_layer", "mlp_layer", "mlp_tile", "moe_layer",
-         "normalise_rows", "route_tokens", "matmul", "stream_panels", "mac_array",
-         "store_features")
-
 
 def compile_model(model, target: str = "zcu104", out: str | os.PathLike = "build",
                   precision: str = "fixed", force: bool = False,
@@ -438,7 +436,7 @@ def _context(graph: Graph, plan: KernelPlan, kernel: dict, board: Target, typing
         "sizes": sorted((name, value) for name, value in sizes.items() if name != "BAND_ROWS"),
         "panel_fifo": design.panel_fifo, "min_span": MIN_SPAN,
         "storage": storage_bindings(design, choice.budget), "narrow_types": kinds,
-        "calls": render_calls(kernel["calls"], layout, g, sizes, kinds), "units": UNITS,
+        "calls": render_calls(kernel["calls"], layout, g, sizes, kinds), "units": FUNCTIONS,
         "num_calls": len(kernel["calls"]),
         "ddr": {"weights": layout.words, "image": g.words(int(np.prod(plan.image_shape))),
                 "features": tokens * g.words(dim)},

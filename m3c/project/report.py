@@ -10,22 +10,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from m3c.hw.design import Design, EstimateError, Precision
 from m3c.hw.dse import DEFAULT_BUDGET, choose_design, parse_tiles
-from m3c.hw.estimate import (
-    Design,
-    EstimateError,
-    Precision,
-    bind_memories,
-    capacity,
-    estimate_calls,
-    expert_schedule,
-    mac_efficiency,
-    summarize,
-    total_resources,
-    uniform_queues,
-    unit_arrays,
-    unit_resources,
-)
+from m3c.hw.estimate import estimate_calls, mac_efficiency, summarize, uniform_queues
+from m3c.hw.fit import unit_arrays, unit_resources
+from m3c.hw.resources import bind_memories, capacity, total_resources
+from m3c.hw.schedule import expert_schedule
 from m3c.hw.target import Target, load_target
 
 REPORT_DIR = "report"

@@ -1,0 +1,65 @@
+"""The design's resources, unit by unit (each unit's logic and arrays, m3c.hw.units), and
+whether they fit the target within a budget."""
+
+from __future__ import annotations
+
+from m3c.hw import units
+from m3c.hw.design import Design, EstimateError
+from m3c.hw.resources import (
+    Array,
+    Resources,
+    bind_memories,
+    overflows,
+    total_resources,
+)
+
+
+def unit_arrays(design: Design) -> list[Array]:
+    """The kernel's arrays, named as its variables, sized by the capacities and the geometry."""
+    return [array for unit in units.UNITS for array in unit.arrays(design)]
+
+
+def storage_bindings(design: Design, budget: float = 1.0) -> dict[str, str]:
+    """"unit.variable" -> the bind_storage impl the kernel declares for each array."""
+    return {f"{b.array.unit}.{b.array.name}": b.impl
+            for b in bind_memories(unit_arrays(design), design.target, budget)}
+
+
+def unit_logic(design: Design) -> dict[str, Resources]:
+    """Each unit's arithmetic and control (DSP, LUT, FF, ROM copies), without its arrays."""
+    logic = {unit.name: unit.logic(design) for unit in units.UNITS}
+    return {name: resources for name, resources in logic.items() if resources is not None}
+
+
+def unit_resources(design: Design, budget: float = 1.0) -> dict[str, Resources]:
+    """Each unit's logic plus its arrays as bound by `bind_memories`."""
+    units = unit_logic(design)
+    for binding in bind_memories(unit_arrays(design), design.target, budget):
+        field_name = {"registers": "ff", "lutram": "lut"}.get(binding.storage, binding.storage)
+        unit = binding.array.unit
+        units[unit] = units.get(unit, Resources()) + Resources(**{field_name: binding.blocks})
+    return units
+
+
+def overflow_table(design: Design, budget: float) -> str:
+    """What overflows, one line per resource, with the units that use most of it."""
+    units = unit_resources(design, budget)
+    lines = []
+    for row in overflows(total_resources(units), design.target, budget):
+        kind = row["resource"]
+        users = sorted(units, key=lambda unit: -getattr(units[unit], kind))[:2]
+        top = ", ".join(f"{unit} {getattr(units[unit], kind)}" for unit in users)
+        lines.append(f"{kind:<7} {row['used']:>8} used > {row['available']:>8} available "
+                     f"(most: {top})")
+    return "\n".join(lines)
+
+
+def check_fit(design: Design, budget: float = 1.0) -> Resources:
+    """Total resources of `design`; raises EstimateError with a table if it does not fit."""
+    used = total_resources(unit_resources(design, budget))
+    if overflows(used, design.target, budget):
+        raise EstimateError(
+            f"array {design.tiles[0]}x{design.tiles[1]} does not fit {design.target.name} "
+            f"({budget:.0%} of its resources):\n{overflow_table(design, budget)}",
+            remedy="choose smaller --tiles, or let m3c pick them (omit --tiles)")
+    return used

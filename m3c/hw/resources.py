@@ -1,0 +1,173 @@
+"""FPGA resources and how arrays are bound to storage.
+
+Resources (UltraScale+):
+- the array: TK x TM MACs, one DSP48E2 each for operands up to 27 x 18 bits (`MAC_DSP_FLOAT` =
+  5 in fp32); sums wider than the DSP's 48-bit accumulator add a fabric adder per MAC; the two
+  panel register sets (shadow and current) are flip-flops. A packed array (capacities
+  "packed": some layers are 8-bit) has TK x TM / 2 DSPs, each two 8-bit products per cycle
+  (WP486) or one 16-bit product: 8-bit layers run one pass per panel with half the panel's
+  DDR words, 16-bit layers two passes (m3c/hw/units.py);
+- multipliers the kernel binds to fabric (`bind_op impl=fabric`: the layer norm applied as rows
+  are read, the epilogue's scale, softmax normalisation, gate and GELU) cost LUTs, about
+  `FABRIC_LUT_PER_BIT2` per product bit pair;
+- every array is bound (bind_storage) to registers (a word per bank), LUTRAM (banks up to
+  `REGISTER_MAX_BITS`), URAM (the largest banks from `URAM_MIN_BITS` while `budget` of the
+  target's URAMs last) or BRAM18 in their cheapest aspect ratio; lookup tables the array reads
+  several times per cycle are counted once per two readers (dual-ported ROM copies).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+from m3c.hw.target import Target
+
+BRAM18_SHAPES = [(16384, 1), (8192, 2), (4096, 4), (2048, 9), (1024, 18), (512, 36)]
+
+
+URAM_DEPTH = 4096
+
+
+URAM_WIDTH = 72
+
+
+URAM_MIN_BITS = 128 * 1024  # large banks go to URAM (bind_storage impl=uram)
+
+
+REGISTER_MAX_BITS = 1024  # smaller banks go to LUTRAM
+
+
+LUTRAM_BITS_PER_LUT = 32  # a dual-ported LUTRAM holds 32 bits per LUT6 (RAM32X1D-like)
+
+
+DSP_ACC_BITS = 48  # the DSP48E2 post-adder / accumulator width
+
+
+FABRIC_LUT_PER_BIT2 = 0.55  # LUTs of a fabric multiplier per product of operand widths
+
+
+UNIT_CONTROL = (600, 800)
+
+
+MAXI_BUNDLE = (1600, 2600)
+
+
+BUNDLES = 3  # weights, image, features (kernel.cpp.j2)
+
+
+EXP_TABLE_BRAM18 = 1  # 1024 x 18 bits
+
+
+GELU_TABLE_BRAM18 = 4  # 4096 x 18 bits
+
+
+@dataclass
+class Resources:
+    dsp: int = 0
+    lut: int = 0
+    ff: int = 0
+    bram18: int = 0
+    uram: int = 0
+
+    def __add__(self, other: Resources) -> Resources:
+        return Resources(**{k: getattr(self, k) + getattr(other, k) for k in KINDS})
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+KINDS = ("dsp", "lut", "ff", "bram18", "uram")
+
+
+def capacity(target: Target) -> Resources:
+    return Resources(dsp=target.dsp, lut=target.lut, ff=target.ff, bram18=2 * target.bram36,
+                     uram=target.uram)
+
+
+@dataclass(frozen=True)
+class Array:
+    """An on-chip array of a unit: `banks` partitions of `depth` x `width` bits each."""
+
+    unit: str
+    name: str
+    depth: int
+    width: int
+    banks: int = 1
+
+    @property
+    def bank_bits(self) -> int:
+        return self.depth * self.width
+
+
+@dataclass(frozen=True)
+class Binding:
+    array: Array
+    storage: str  # "registers", "lutram", "bram18" or "uram"
+    blocks: int  # flip-flops, LUTs, BRAM18s or URAMs, all banks together
+
+    @property
+    def impl(self) -> str:
+        """The bind_storage `impl` the kernel declares for the array ("registers": none, the
+        array is partitioned into scalars)."""
+        return {"bram18": "bram"}.get(self.storage, self.storage)
+
+
+def bram18_blocks(depth: int, width: int) -> int:
+    """BRAM18s for one bank in its cheapest aspect ratio (16K x 1 ... 512 x 36)."""
+    return min(math.ceil(width / w) * math.ceil(depth / d) for d, w in BRAM18_SHAPES)
+
+
+def uram_blocks(depth: int, width: int) -> int:
+    return math.ceil(width / URAM_WIDTH) * math.ceil(depth / URAM_DEPTH)
+
+
+def bind_memories(arrays: Sequence[Array], target: Target, budget: float = 1.0) -> list[Binding]:
+    """Storage of every array. Banks of one word are registers; banks up to REGISTER_MAX_BITS
+    are LUTRAM; from URAM_MIN_BITS up, the largest banks take URAM while `budget` x the
+    target's URAMs last; the rest BRAM18."""
+    uram_left = math.floor(target.uram * budget)
+    bindings = []
+    for array in sorted(arrays, key=lambda a: (-a.bank_bits, a.unit, a.name)):
+        if array.depth == 1:
+            bindings.append(Binding(array, "registers", array.banks * array.bank_bits))
+            continue
+        if array.bank_bits <= REGISTER_MAX_BITS:
+            luts = math.ceil(array.bank_bits / LUTRAM_BITS_PER_LUT)
+            bindings.append(Binding(array, "lutram", array.banks * luts))
+            continue
+        urams = array.banks * uram_blocks(array.depth, array.width)
+        if array.bank_bits >= URAM_MIN_BITS and urams <= uram_left:
+            uram_left -= urams
+            bindings.append(Binding(array, "uram", urams))
+        else:
+            bindings.append(Binding(array, "bram18",
+                                    array.banks * bram18_blocks(array.depth, array.width)))
+    return bindings
+
+
+def fabric(count: int, a: int, b: int) -> Resources:
+    return Resources(lut=math.ceil(count * a * b * FABRIC_LUT_PER_BIT2), ff=count * (a + b))
+
+
+def control(units: int = 1) -> Resources:
+    return Resources(lut=units * UNIT_CONTROL[0], ff=units * UNIT_CONTROL[1])
+
+
+def total_resources(units: dict[str, Resources]) -> Resources:
+    total = Resources()
+    for resources in units.values():
+        total = total + resources
+    return total
+
+
+def overflows(used: Resources, target: Target, budget: float = 1.0) -> list[dict]:
+    """Rows (resource, used, available) for every resource above budget x capacity."""
+    available = capacity(target)
+    rows = []
+    for kind in KINDS:
+        limit = math.floor(getattr(available, kind) * budget)
+        if getattr(used, kind) > limit:
+            rows.append({"resource": kind, "used": getattr(used, kind), "available": limit})
+    return rows

@@ -1,0 +1,272 @@
+"""What every hardware unit shares: the `Unit` interface, the MAC array's cost of a product
+(`tile_cost`), a loop's cost, and the DDR packing of products and vectors.
+
+Costs mirror the loops of the templates trip for trip: a product of a tile of rows is the
+first panel's fill, then per (output, input) panel step max(rows, the next panel's fill,
+MIN_SPAN) array cycles, all steps in one pipeline that pays the array's depth once. The C-simulation
+trace (m3c_trace.h) counts the same array cycles and DDR beats, and tests hold the two equal.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import numpy as np
+
+from m3c.errors import CodegenError
+from m3c.hw.codegen import ACTIVATIONS
+from m3c.hw.geometry import Geometry
+from m3c.hw.memories import MEMORY_ARGS
+from m3c.hw.resources import Array, Resources
+
+MAC_DEPTH = 12  # cycles from a row's operands to its epilogue's write (assumed; Vitis tells)
+MIN_SPAN = MAC_DEPTH  # a step's row loop runs at least this long (the sums' write-back)
+LOOP_DEPTH = 8  # pipeline depth of the other loops
+STATS_DEPTH = 48  # a layer norm row's divider and reciprocal square root
+ROUTE_DEPTH = 48  # a token's softmax, reciprocal and top-k
+BUNDLES = ("gmem_w", "gmem_in", "gmem_out")
+
+
+@dataclass
+class Cost:
+    """Cycles of a call, the MAC array's issued cycles among them, and DDR beats per bundle."""
+
+    cycles: int = 0
+    array_cycles: int = 0
+    beats: dict[str, int] = field(default_factory=lambda: dict.fromkeys(BUNDLES, 0))
+
+    def __iadd__(self, other: Cost) -> Cost:
+        self.cycles += other.cycles
+        self.array_cycles += other.array_cycles
+        for bundle, beats in other.beats.items():
+            self.beats[bundle] += beats
+        return self
+
+    def scaled(self, count: int) -> Cost:
+        """The cost of `count` runs of this one (identical heads or tiles)."""
+        return Cost(self.cycles * count, self.array_cycles * count,
+                    {bundle: beats * count for bundle, beats in self.beats.items()})
+
+
+def _fill(g: Geometry, panels: str, narrow: bool, groups: int) -> tuple[int, int]:
+    """(items to fill a first-input-panel step, items for the other steps)."""
+    if panels == "keys":
+        return groups * g.tm, groups * g.tm
+    if panels == "values":
+        return g.tk, g.tk
+    return g.bias_words + g.panel_words_of(narrow), g.panel_words_of(narrow)
+
+
+def mac8(call: dict) -> bool:
+    """Whether the call's products have 8-bit operands (two per DSP on a packed array)."""
+    return "mac8" in call
+
+
+def tile_cost(g: Geometry, rows: int, in_dim: int, out_cols: int, panels: str = "ddr",
+              narrow: bool = False, groups: int = 1) -> Cost:
+    """One product of `rows` (<= ROW_TILE) rows: matmul in matmul.h.j2 (a fresh copy of the
+    memoised figure: callers add to it). `narrow`: 8-bit operands and panels; `groups`: key
+    groups a scores step computes (score_groups)."""
+    cost = _tile_cost(g, rows, in_dim, out_cols, panels, narrow, groups)
+    return Cost(cost.cycles, cost.array_cycles, dict(cost.beats))
+
+
+def sweep(g: Geometry, rows: int, narrow: bool) -> int:
+    """Array cycles a step spends on its rows: a second pass starts once the first pass's
+    sums are written back (at least MIN_SPAN cycles after)."""
+    passes = g.passes(narrow)
+    return rows if passes == 1 else passes * max(rows, MIN_SPAN)
+
+
+@lru_cache(maxsize=65536)
+def _tile_cost(g: Geometry, rows: int, in_dim: int, out_cols: int, panels: str,
+               narrow: bool, groups: int) -> Cost:
+    k_panels, m_panels = g.panels(in_dim, math.ceil(out_cols / groups))
+    steps = k_panels * m_panels
+    first, other = _fill(g, panels, narrow, groups)
+    rows = sweep(g, rows, narrow)
+    # Steps before an output panel's first input panel fill `first` items, the others `other`.
+    to_first = m_panels - 1
+    spans = (to_first * max(rows, first, MIN_SPAN)
+             + (steps - 1 - to_first) * max(rows, other, MIN_SPAN) + max(rows, MIN_SPAN))
+    array = first + spans
+    cost = Cost(first + LOOP_DEPTH + spans + MAC_DEPTH, array)
+    if panels == "ddr":
+        cost.beats["gmem_w"] = g.matmul_words(in_dim, out_cols, narrow)
+    return cost
+
+
+def loop_cost(trip: int, bundle: str | None = None) -> Cost:
+    cost = Cost(trip + LOOP_DEPTH if trip else 0)
+    if bundle:
+        cost.beats[bundle] = trip
+    return cost
+
+
+# ------------------------------------------------------------------------- DDR segments
+
+def pack_matmul(g: Geometry, weights: np.ndarray, bias: np.ndarray, out_cols: int,
+                w_shift: int | None = None) -> np.ndarray:
+    """A product's blob in consumption order: per output panel its TM biases (at the end of
+    BIAS_WORDS words: the shadow registers keep the last lanes shifted in), then its input
+    panels, each TK x TM row-major. With `w_shift` (an 8-bit layer) the panels' weight_t codes
+    become 8-bit codes (shifted right: their low bits are zero), two to a lane."""
+    in_dim, out_dim = weights.shape
+    k_panels, m_panels = g.panels(in_dim, out_cols)
+    padded = np.zeros((k_panels * g.tk, m_panels * g.tm), weights.dtype)
+    padded[:in_dim, :out_dim] = weights
+    panels = padded.reshape(k_panels, g.tk, m_panels, g.tm).transpose(2, 0, 1, 3)
+    biases = np.zeros((m_panels, g.bias_words * g.port_lanes), weights.dtype)
+    full = np.zeros(m_panels * g.tm, weights.dtype)
+    full[:out_dim] = bias
+    biases[:, -g.tm:] = full.reshape(m_panels, g.tm)
+    panels = panels.reshape(m_panels, -1)
+    if w_shift is not None:
+        panels = pair_codes(panels >> w_shift)
+    return np.concatenate([biases, panels], axis=1).reshape(-1)
+
+
+def pair_codes(codes: np.ndarray) -> np.ndarray:
+    """8-bit codes, consecutive pairs (even, odd) as one 16-bit lane: odd << 8 | even (the
+    pair the array's fill unpacks into one DSP's two weights)."""
+    pairs = codes.reshape(*codes.shape[:-1], -1, 2)
+    return (pairs[..., 1] << 8) | (pairs[..., 0] & 0xFF)
+
+
+def pack_vector(g: Geometry, values: np.ndarray, length: int | None = None) -> np.ndarray:
+    """A vector padded with zeros to `length` (default its own) and then to whole words."""
+    length = values.size if length is None else length
+    out = np.zeros(g.words(length) * g.port_lanes, values.dtype)
+    out[:values.size] = values.reshape(-1)
+    return out
+
+
+def pack_rows(g: Geometry, rows: np.ndarray) -> np.ndarray:
+    """A matrix with each row padded to whole words."""
+    count, width = rows.shape
+    out = np.zeros((count, g.words(width) * g.port_lanes), rows.dtype)
+    out[:, :width] = rows
+    return out.reshape(-1)
+
+
+class Weights:
+    """The kernel's constants by kernel.json offset (float values or raw weight_t codes)."""
+
+    def __init__(self, blob: np.ndarray) -> None:
+        self.blob = blob
+
+    def __call__(self, offset: int, shape: Sequence[int]) -> np.ndarray:
+        return self.blob[offset:offset + int(np.prod(shape))].reshape(shape)
+
+
+def w_shift(call: dict) -> int | None:
+    """An 8-bit layer's weight shift (weight_t code -> its 8-bit code), else None."""
+    return call["mac8"]["w_shift"] if mac8(call) else None
+
+
+@dataclass
+class Rendering:
+    """What a unit needs to write its top-function call: the DDR layout's segments per call,
+    the array, the kernel's sizes and the narrowing kinds (m3c.hw.layout)."""
+
+    calls: list[dict]
+    segments: list[dict[str, list[int]]]
+    geometry: Geometry
+    sizes: dict
+    kinds: list[str]
+
+    def following(self, index: int) -> dict:
+        return self.calls[index + 1] if index + 1 < len(self.calls) else {}
+
+    def narrow(self, call: dict) -> int:
+        """The call's result type as m3c::narrowed's case (0: not narrowed)."""
+        return self.kinds.index(call["narrow"]["cpp"]) + 1 if "narrow" in call else 0
+
+    def mac(self, call: dict, second: bool = False) -> int:
+        return mac_code(call, self.kinds, second)
+
+    @staticmethod
+    def activation(call: dict) -> str:
+        return ACTIVATIONS[call.get("activation", "none")]
+
+
+MAC_CODE_BITS = 4  # an operand shift (0 ... 8) in the unit calls' packed mac argument
+
+
+def mac_code(call: dict, kinds: list[str], second: bool = False) -> int:
+    """One matmul's 8-bit operands as the int its unit call passes (m3c::set_mac decodes):
+    bit 0 set for 8 bits, then the operand and weight shifts, then the operand's narrowing
+    kind; 0 for a 16-bit product. `second`: an expert layer's fc2."""
+    if "mac8" not in call:
+        return 0
+    spec = call["mac8"]
+    x, w = ("x2", "w2") if second else ("x", "w")
+    kind = kinds.index(spec[x]["cpp"]) + 1
+    if max(spec[f"{x}_shift"], spec[f"{w}_shift"]) >= 1 << MAC_CODE_BITS:
+        raise CodegenError(f"layer {call['layer']!r}: an 8-bit operand {spec[f'{x}_shift']} / "
+                           f"{spec[f'{w}_shift']} bits below its 16-bit type's binary point",
+                           remedy="keep data and weight types at most 16 bits wide with "
+                                  "--precision int8 or mixed")
+    return (1 | spec[f"{x}_shift"] << 1 | spec[f"{w}_shift"] << (1 + MAC_CODE_BITS)
+            | kind << (1 + 2 * MAC_CODE_BITS))
+
+
+class Unit:
+    """A hardware unit: its template, the HLS functions it defines (one instance each), the
+    kernel.json ops it runs and, per op, the constants it reads, its DDR segments, its cycles
+    and MACs, its top-function call, its on-chip arrays and its logic. The numpy emulation of
+    an op is runtime/emulator.py's function of the same name (`emulated_ops`)."""
+
+    name = "unit"
+    template = ""  # under templates/
+    functions: tuple[str, ...] = ()
+    ops: tuple[str, ...] = ()
+    weight_args: dict[str, tuple[str, ...]] = {}  # per op: the keys holding blob offsets
+    narrowable: frozenset[str] = frozenset()  # ops whose results a `result` type narrows
+
+    def segments(self, call: dict, g: Geometry, read: Weights) -> dict[str, np.ndarray]:
+        """The DDR lanes of each of `call`'s segments, in the order they are laid out."""
+        del call, g, read
+        return {}
+
+    def cost(self, call: dict, g: Geometry, sizes: dict,
+             queues: Sequence[int] | None = None) -> Cost:
+        """Cycles, array cycles and DDR beats of one call, mirroring the template's loops."""
+        raise NotImplementedError(f"unit {self.name} runs no op {call['op']!r}")
+
+    def macs(self, call: dict, top_k: int = 1) -> int:
+        """Multiply-accumulates of one call."""
+        del call, top_k
+        return 0
+
+    def render(self, r: Rendering, index: int) -> tuple[str, int]:
+        """The top function's call for `r.calls[index]` and how many calls it covers."""
+        raise NotImplementedError(f"unit {self.name} has no call of its own")
+
+    def arrays(self, design) -> list[Array]:
+        """Its on-chip arrays, named as their kernel variables, sized for `design`."""
+        del design
+        return []
+
+    def logic(self, design) -> Resources | None:
+        """Its arithmetic and control (DSP, LUT, FF, ROM copies), without its arrays; None
+        for a unit with no resource row of its own."""
+        del design
+        return None
+
+
+def unit_call(function: str, buffers: str, args: list) -> str:
+    """A line of the top function: the unit's function on the DDR buffers, its arguments and
+    every on-chip memory (m3c.hw.memories)."""
+    rendered = ", ".join(str(arg) for arg in args)
+    return f"m3c::{function}({buffers}, {rendered}, {MEMORY_ARGS});"
+
+
+def expect_next(call: dict, following: dict, op: str) -> None:
+    """A unit whose call covers two kernel.json calls checks the second is there."""
+    if following.get("op") != op:
+        raise CodegenError(f"call {call['layer']!r} ({call['op']}) must be followed by {op}",
+                           remedy="report this as an m3c issue")
