@@ -1,6 +1,6 @@
 """The kernel's DDR weight blob and its top function's calls, for a chosen MAC array.
 
-Every call's segments (m3c/hw/units.py) are laid out one after the other in call order, each
+Every call's segments (m3c/hw/units/) are laid out one after the other in call order, each
 starting on a DDR word, in the order the units read them; each call then becomes one line of
 the top function (a query/key/value projection with its attention, an MLP's two layers and a
 router with its experts are one unit call each).

@@ -1,7 +1,7 @@
 """The kernel's on-chip memories, in the order every unit takes them: the top function
 declares them (templates/hls/kernel/kernel.cpp.j2), each unit function receives them all
 (M3C_MEMORY_PARAMS in templates/hls/units/matmul.h.j2), and the units that own them size and
-bind them (their `arrays`). tests/hw/test_units.py holds the templates to this list."""
+bind them (their `arrays`). tests/test_layout.py holds the templates to this list."""
 
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ Resources (UltraScale+):
   panel register sets (shadow and current) are flip-flops. A packed array (capacities
   "packed": some layers are 8-bit) has TK x TM / 2 DSPs, each two 8-bit products per cycle
   (WP486) or one 16-bit product: 8-bit layers run one pass per panel with half the panel's
-  DDR words, 16-bit layers two passes (m3c/hw/units.py);
+  DDR words, 16-bit layers two passes (m3c/hw/units/base.py);
 - multipliers the kernel binds to fabric (`bind_op impl=fabric`: the layer norm applied as rows
   are read, the epilogue's scale, softmax normalisation, gate and GELU) cost LUTs, about
   `FABRIC_LUT_PER_BIT2` per product bit pair;

@@ -45,7 +45,7 @@ def expert_compute_cycles(call: dict, d: Design, count: int) -> int:
 
 def expert_schedule(call: dict, d: Design, queue_lengths: Sequence[int]) -> list[ExpertStep]:
     """Timeline of the experts call: experts with queued tokens in index order, each step the
-    expert's tiles (panel loads overlapping the array's rows, m3c/hw/units.py)."""
+    expert's tiles (panel loads overlapping the array's rows, m3c/hw/units/moe.py)."""
     g = d.geometry
     load = expert_load_cycles(call, d)
     clock = 0

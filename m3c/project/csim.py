@@ -38,7 +38,7 @@ def ap_types_dir() -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise CodegenError("the Xilinx ap_types headers are missing",
                            remedy="pip install hls4ml (they ship inside its wheel)")
-    path = Path(next(iter(spec.submodule_search_locations))) / "templates/vivado/ap_types"
+    path = Path(next(iter(spec.submodule_search_locations))) / "templates" / "vivado" / "ap_types"
     if not (path / "ap_fixed.h").is_file():
         raise CodegenError(f"no ap_fixed.h under {path}", remedy="reinstall hls4ml")
     return path

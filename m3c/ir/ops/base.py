@@ -14,4 +14,4 @@ class M3COp(OpRun):
 
     op_domain = "m3c"
     op_schema = None
-    template = ""  # the HLS template implementing the op, under m3c/templates/
+    template = ""  # the HLS template implementing the op, under templates/
