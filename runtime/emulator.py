@@ -461,7 +461,7 @@ class KernelEmulator:
         """Features (float32, flat) for one image and task; `observer` sees every result."""
         state = _State(self, self.ops.data_in(np.asarray(image).reshape(-1)), task, observer)
         for call in self.plan["calls"]:
-            _OPS[call["op"]](state, call)
+            OPS[call["op"]](state, call)
         return self.ops.data_out(state.features).astype(np.float32).reshape(-1)
 
     def run_many(self, samples: list[tuple[np.ndarray, int]],
@@ -608,5 +608,5 @@ def _features(state: _State, c: dict) -> None:
     state.features = state.residual if c["source"] == "residual" else state.normalised
 
 
-_OPS = {"embed": _embed, "layernorm": _layernorm, "qkv": _qkv, "attention": _attention,
+OPS = {"embed": _embed, "layernorm": _layernorm, "qkv": _qkv, "attention": _attention,
         "linear": _linear, "route": _route, "experts": _experts, "features": _features}

@@ -70,9 +70,10 @@ def verify_project(project: str | Path, checked: list[str] | None = None,
     weights/weights_f32.bin laid out for its MAC array. The files read are appended to
     `checked`.
     """
+    from m3c.check import tvm_oracle
     from m3c.frontend.validate import load_project
     from m3c.ir.sessions import ort_session
-    from m3c.project import csim, tvm_oracle
+    from m3c.project import csim
 
     project = Path(project)
     if not (project / "project.json").is_file():

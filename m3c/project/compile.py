@@ -53,6 +53,7 @@ from m3c.hw.precision import (
 from m3c.hw.target import Target, load_target
 from m3c.hw.units import FUNCTIONS
 from m3c.hw.units.base import MIN_SPAN
+from m3c.hw.units.embed import pixels_by_lane
 from m3c.ir.graph import Graph
 from m3c.ir.sessions import ort_session
 from m3c.project.atomic import check_destination, staged_directory
@@ -435,6 +436,7 @@ def _context(graph: Graph, plan: KernelPlan, kernel: dict, board: Target, typing
         "port_bits": board.hp_port_bits, "g": g,
         "sizes": sorted((name, value) for name, value in sizes.items() if name != "BAND_ROWS"),
         "panel_fifo": design.panel_fifo, "min_span": MIN_SPAN,
+        "pixels_by_lane": bool(embed) and pixels_by_lane(embed, g),
         "storage": storage_bindings(design, choice.budget), "narrow_types": kinds,
         "calls": render_calls(kernel["calls"], layout, g, sizes, kinds), "units": FUNCTIONS,
         "num_calls": len(kernel["calls"]),
