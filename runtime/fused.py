@@ -1,8 +1,8 @@
 """The fixed-point emulator's hottest element-wise passes as single loops, compiled by numba.
 
 Each kernel equals the numpy passes it replaces in FixedArithmetic bit for bit: the same IEEE
-operations on the same float64 values, in the same order (tests/test_emulator.py compares them
-in every rounding and overflow mode). The emulator imports this module only where numba is
+operations on the same float64 values, in the same order (tests/runtime/test_emulator.py compares
+them in every rounding and overflow mode). The emulator imports this module only where numba is
 installed (a board's host may have numpy alone) and runs its numpy passes elsewhere. Compiled on
 first use and cached on disk beside this file (numba's cache), so a machine pays numba's compile
 time once.

@@ -27,7 +27,7 @@ LAYERS = ["m3c.errors", "m3c.runtime", "m3c.ir", "m3c.frontend", "m3c.lowering",
           "m3c.hw", "m3c.templates", "m3c.project", "m3c.check", "m3c.api", "m3c.commands",
           "m3c.cli"]
 # The runtime's csim backend builds the kernel with m3c's g++ driver; the board copy of the
-# runtime never takes that path (tests/test_runtime.py runs it without m3c).
+# runtime never takes that path (tests/runtime/test_runtime.py runs it without m3c).
 UPWARD = {("m3c.runtime.accelerator", "m3c.project.csim")}
 
 

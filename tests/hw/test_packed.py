@@ -48,7 +48,7 @@ def _operands() -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def header(tmp_path_factory) -> Path:
-    root = Path(__file__).resolve().parents[1] / "templates"
+    root = Path(__file__).resolve().parents[2] / "templates"
     text = jinja2.Environment(loader=jinja2.FileSystemLoader(root)).get_template(
         "hls/units/packed_mac.h.j2").render()
     folder = tmp_path_factory.mktemp("packed")

@@ -1,6 +1,6 @@
 """The emulator's float64 fast paths against its cast-for-cast int64 paths.
 
-The int64 paths mirror the C++ kernel cast for cast (tests/test_fixed.py holds them to the
+The int64 paths mirror the C++ kernel cast for cast (tests/project/test_fixed.py holds them to the
 C-simulation); the fast paths hold raw integers in float64 and skip casts that the operands'
 magnitudes prove to be no-ops. Here both run on the same operands, for type sets where the fast
 path applies and ones where a bound forces it back, with operands at the types' extremes.
