@@ -441,7 +441,7 @@ def test_full_disk_during_compile_leaves_no_project(micro, tmp_path, monkeypatch
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "weights.bin")
 
-    monkeypatch.setattr(importlib.import_module("m3c.project.compile"), "_write_weights", full)
+    monkeypatch.setattr(importlib.import_module("m3c.project.compile"), "write_weights", full)
     refused(["compile", str(micro), "-o", str(tmp_path / "build")], "no space left")
     assert not (tmp_path / "build").exists() and _hidden(tmp_path) == []
 
