@@ -63,6 +63,10 @@ class OutputError(M3CError):
     """An output cannot be written (disk full, read-only, locked by another m3c run)."""
 
 
+class EvaluationError(M3CError):
+    """Images, labels, projects or workers an evaluation cannot use."""
+
+
 class OnnxRuntimeError(M3CError):
     """onnxruntime refused to load or run a model m3c handed it."""
 

@@ -50,7 +50,7 @@ def verify_fresh_images(project: str | Path, images: int | str, seed: int = 0
 
 
 def _fresh_images(images: int | str, manifest: dict, seed: int):
-    from m3c.check.evaluate import ImageSet, load_images
+    from m3c.check.images import ImageSet, load_images
 
     if isinstance(images, str):
         return load_images(images, manifest)

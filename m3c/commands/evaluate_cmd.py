@@ -39,7 +39,10 @@ def _configure(parser: argparse.ArgumentParser) -> None:
 @command("evaluate", "evaluate compiled accelerators against float on a whole image set",
          _configure)
 def run_evaluate(args: argparse.Namespace) -> int:
-    from m3c.check.evaluate import EvaluationError, evaluate, load_images, write_evaluation
+    from m3c.check.evaluate import evaluate
+    from m3c.check.evaluation_report import write_evaluation
+    from m3c.check.images import load_images
+    from m3c.errors import EvaluationError
 
     if args.workers is not None and args.ray:
         raise EvaluationError("--workers and --ray exclude each other",
@@ -63,7 +66,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 
 def _manifest(project: Path) -> dict:
-    from m3c.check.evaluate import EvaluationError
+    from m3c.errors import EvaluationError
 
     path = project / "project.json"
     try:

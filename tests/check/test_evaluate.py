@@ -11,16 +11,12 @@ import sys
 import numpy as np
 import pytest
 
-from m3c.check.evaluate import (
-    EvaluationError,
-    _confusion,
-    _miou,
-    evaluate,
-    load_images,
-    pack_project,
-    unpack_project,
-    write_evaluation,
-)
+from m3c.check.batches import _confusion
+from m3c.check.evaluate import _miou, evaluate
+from m3c.check.evaluation_report import write_evaluation
+from m3c.check.images import load_images
+from m3c.check.pools import pack_project, unpack_project
+from m3c.errors import EvaluationError
 
 
 def _manifest(project):

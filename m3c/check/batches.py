@@ -1,0 +1,175 @@
+"""One batch of an evaluation: a compiled project (emulated, C-simulated or its float
+reference) and onnxruntime on the same images, with per-image records."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from m3c.check.metrics import encoder_error
+
+DENSE_MULTICHANNEL = frozenset({"normals"})  # regressions with several channels
+
+
+class ProjectRunner:
+    """One project's compiled model and float reference, loaded once per worker."""
+
+    def __init__(self, project: Path, backend: str) -> None:
+        import onnx
+
+        from m3c.runtime.fixed import FixedType
+
+        self.manifest = json.loads((project / "project.json").read_text())
+        self.tasks = self.manifest["tasks"]
+        self.backend = backend
+        self.heads = {task: _session(onnx.load(str(project / "host/heads" / f"{task}.onnx")))
+                      for task in self.tasks}
+        self.features = self.manifest["features_tensor"]
+        self.reference = _session(_with_output(
+            onnx.load(str(project / "intermediate/00_import.onnx")), self.features))
+        types = self.manifest.get("types") or {}
+        self.data_type = (FixedType.from_json(types["data"])
+                          if self.manifest.get("precision") == "fixed" else None)
+        self.kernel = None
+        if backend == "emulate":
+            from m3c.runtime.emulator import KernelEmulator
+
+            self.kernel = KernelEmulator.from_project(project)
+        elif backend == "csim":
+            from m3c.project import csim
+
+            self.kernel = csim.load(project)
+
+    def evaluate(self, index: int, image: np.ndarray, labels: dict[str, np.ndarray]) -> dict:
+        """Per task: this image's agreement with float, errors against labels, saturation,
+        and the largest difference of the kernel's features from float's."""
+        record = {"index": index, "tasks": {}, "saturation": {}}
+        for task_id, task in enumerate(self.tasks):
+            feeds = {"image": image[None]}
+            if len(self.tasks) > 1:
+                feeds["task"] = np.array(task_id, dtype=np.int64)
+            # Only this task's head: the others would be computed and thrown away.
+            features, reference = self.reference.run([self.features, task], feeds)
+            if self.backend == "reference":
+                compiled, features_error = reference, (0.0, 0.0)
+            else:
+                ours = self._features(image, task_id, record["saturation"])
+                compiled = self._head(task, ours)
+                features_error = encoder_error(ours, features, self.manifest["features_shape"],
+                                               f"{task} features")
+            record["tasks"][task] = {**_task_record(task, compiled, reference, labels.get(task)),
+                                     "features_error": features_error[0],
+                                     "features_worst": features_error[1]}
+        return record
+
+    def _features(self, image: np.ndarray, task_id: int, saturation: dict) -> np.ndarray:
+        if self.backend == "emulate":
+            observer = _saturation_counter(self.data_type, saturation)
+            return self.kernel.run(image, task_id, observer)
+        return self.kernel.run(image, task_id)
+
+    def _head(self, task: str, features: np.ndarray) -> np.ndarray:
+        head, shape = self.heads[task], self.manifest["features_shape"]
+        return head.run(None, {head.get_inputs()[0].name: features.reshape(shape)})[0]
+
+
+def _with_output(model, name: str):
+    """`model` with tensor `name` as an extra output (the encoder's features)."""
+    import onnx
+
+    model.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT,
+                                                                 None))
+    return model
+
+
+def _session(model):
+    """onnxruntime on one thread: a worker is one core, and sums keep one order."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.intra_op_num_threads = options.inter_op_num_threads = 1
+    return ort.InferenceSession(model.SerializeToString(), options,
+                                providers=["CPUExecutionProvider"])
+
+
+def _saturation_counter(data_type, counts: dict):
+    """An emulator observer counting results pinned at the data type's limits, per layer."""
+    if data_type is None:
+        return None
+
+    def observe(call: dict, what: str, values: np.ndarray) -> None:
+        if what in ("output", "hidden", "expert_output"):
+            pinned = int(np.count_nonzero((values == data_type.raw_max)
+                                          | (values == data_type.raw_min)))
+            if pinned:
+                counts[call["layer"]] = counts.get(call["layer"], 0) + pinned
+    return observe
+
+
+def _task_record(task: str, compiled: np.ndarray, reference: np.ndarray,
+                 label: np.ndarray | None) -> dict:
+    """What one image contributes to a task's figures (sums, so batches add exactly)."""
+    if _is_classes(task, reference):
+        ours, theirs = compiled[0].argmax(0), reference[0].argmax(0)
+        record = {"kind": "classes", "agreement": float(np.mean(ours == theirs))}
+        if label is not None:
+            classes = reference.shape[1]
+            record["confusion"] = _confusion(ours, label, classes).tolist()
+            record["confusion_float"] = _confusion(theirs, label, classes).tolist()
+        return record
+    difference = float(np.sum((compiled.astype(np.float64) - reference) ** 2))
+    energy = float(np.sum(reference.astype(np.float64) ** 2))
+    record = {"kind": "dense", "squared_difference": difference, "squared_reference": energy,
+              "relative_rmse": math.sqrt(difference / energy) if energy else 0.0,
+              "elements": int(reference.size)}
+    if label is not None:
+        target = np.asarray(label, np.float64).reshape(reference.shape)
+        record["squared_error"] = float(np.sum((compiled - target) ** 2))
+        record["squared_error_float"] = float(np.sum((reference - target) ** 2))
+    return record
+
+
+def _is_classes(task: str, output: np.ndarray) -> bool:
+    return output.shape[1] > 1 and task not in DENSE_MULTICHANNEL
+
+
+def _confusion(prediction: np.ndarray, label: np.ndarray, classes: int) -> np.ndarray:
+    label = np.asarray(label).reshape(prediction.shape)
+    valid = (label >= 0) & (label < classes)
+    pairs = label[valid].astype(np.int64) * classes + prediction[valid]
+    return np.bincount(pairs, minlength=classes * classes).reshape(classes, classes)
+
+
+@dataclass(frozen=True)
+class Batch:
+    project: int  # index into the evaluated projects
+    indices: tuple[int, ...]
+
+
+def _runner(project: Path, backend: str) -> ProjectRunner:
+    key = (str(project), backend)
+    if key not in _RUNNERS:
+        _RUNNERS[key] = ProjectRunner(project, backend)
+    return _RUNNERS[key]
+
+
+def evaluate_batch(project: Path, backend: str, indices: Sequence[int], images: np.ndarray,
+                   labels: dict[str, np.ndarray]) -> dict:
+    """One batch in this process: its records, and which process ran it."""
+    from threadpoolctl import threadpool_limits
+
+    runner = _runner(project, backend)
+    with threadpool_limits(limits=1):  # one core per worker; sums in one order
+        records = [runner.evaluate(i, image, {t: v[n] for t, v in labels.items()})
+                   for n, (i, image) in enumerate(zip(indices, images, strict=True))]
+    return {"records": records, "pid": os.getpid()}
+
+
+_RUNNERS: dict[tuple[str, str], ProjectRunner] = {}
