@@ -137,17 +137,21 @@ def test_each_unit_has_its_template_and_functions(unit):
         assert f'{{% include "{unit.template}" %}}' in ops_header
 
 
-def test_the_memories_list_is_what_the_templates_declare_and_pass():
-    kernel = (REPO / "templates/hls/kernel/kernel.cpp.j2").read_text()
+def test_the_memories_are_declared_passed_and_bound_from_the_one_list(compiled):
+    """A compiled project's top function declares exactly the listed memories, every unit
+    function takes them, and every memory a unit sizes has a binding."""
+    project = compiled("micro-nyud", "multi", "fixed")[1]
+    kernel = (project / "hls/src/kernel.cpp").read_text()
     declared = re.findall(r"^\s*static [\w:]+ (\w+)\[", kernel, re.M)
-    assert declared == [name for name, _ in MEMORIES]
-    matmul = (REPO / "templates/hls/units/matmul.h.j2").read_text()
-    args = re.search(r"#define M3C_MEMORY_ARGS\s*\\\n(.*?)\n\n", matmul, re.S).group(1)
+    assert declared == [memory.name for memory in MEMORIES]
+    ops = (project / "hls/src/m3c_ops.h").read_text()
+    args = re.search(r"#define M3C_MEMORY_ARGS \\\n(.*?)\n\n", ops, re.S).group(1)
     assert re.sub(r"[\s\\]+", " ", args).strip() == MEMORY_ARGS
+    params = re.search(r"#define M3C_MEMORY_PARAMS \\\n(.*?)\n#define", ops, re.S).group(1)
+    assert re.sub(r"[\s\\]+", " ", params).strip() == ", ".join(m.parameter() for m in MEMORIES)
     _, capacities = calls_for_config(json.loads(preset("micro-nyud").to_json()))
     design = Design(load_target("zcu104"), capacities)
     sized = {array.name: array.unit for unit in units.UNITS for array in unit.arrays(design)}
-    for name, owner in MEMORIES:  # every memory a unit sizes is bound where it is declared
-        if name in sized:
-            assert sized[name] == owner
-            assert re.search(rf'bind\("{owner}", "{name}"', kernel), name
+    for memory in MEMORIES:  # (m3c.check.hygiene holds each binding to the estimate's)
+        if memory.name in sized:
+            assert sized[memory.name] == memory.unit and memory.bind, memory.name

@@ -25,6 +25,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from m3c.errors import CodegenError
+from m3c.hw.calls import RECORDS
 from m3c.runtime.fixed import FixedType
 
 VIEW_OPS = {"Reshape", "Squeeze", "Unsqueeze", "Identity", "Flatten"}
@@ -163,7 +164,9 @@ class _Planner:
         return self.weights.add(tensor)
 
     def call(self, op: str, layer: str, **fields) -> dict:
-        call = {"op": op, "layer": layer, **fields}
+        """A kernel call, made as its typed record (m3c.hw.calls: a field too many or missing
+        fails here) and kept as its kernel.json entry."""
+        call = RECORDS[op](layer=layer, **fields).to_json()
         self.calls.append(call)
         return call
 

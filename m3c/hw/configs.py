@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from m3c.hw.calls import Call
+
 
 def calls_for_config(config: dict) -> tuple[list[dict], dict]:
     """The kernel's call list and capacities for a model config (project.json["config"]), in
@@ -45,6 +47,7 @@ def calls_for_config(config: dict) -> tuple[list[dict], dict]:
                       _linear_call(f"{name}/mlp/fc2", n, mlp, d, "hidden", "residual")]
     calls.append({"op": "features", "layer": "features", "tokens": n, "dim": d,
                   "source": "residual"})
+    calls = [Call.of(call).to_json() for call in calls]  # typed: every field present
     moe = bool(config["moe_blocks"])
     capacities = {"max_tokens": n, "max_dim": d, "max_in": max(patch_len, d, mlp),
                   "max_out": max(3 * d, mlp, d), "max_head_dim": d // heads,

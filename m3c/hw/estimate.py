@@ -13,6 +13,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from m3c.hw import units as hw
+from m3c.hw.calls import Call
 from m3c.hw.design import Design, EstimateError
 from m3c.hw.units.base import Cost
 from m3c.hw.units.embed import band_rows as embed_band_rows
@@ -35,7 +36,7 @@ def call_cost(call: dict, d: Design, queue_lengths: Sequence[int] | None = None)
 def band_rows(call: dict, d: Design) -> int:
     if call["op"] != "embed":
         return 1
-    return embed_band_rows(call, d.geometry, d.sizes["ACT_DEPTH"])
+    return embed_band_rows(Call.of(call), d.geometry, d.sizes["ACT_DEPTH"])
 
 
 def call_cycles(call: dict, d: Design, queue_lengths: Sequence[int] | None = None) -> int:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from m3c.hw.calls import Call, ExpertsCall
 from m3c.hw.design import Design
 from m3c.hw.units.base import LOOP_DEPTH, MAC_DEPTH, MIN_SPAN, mac8, sweep, tile_cost
 from m3c.hw.units.moe import expert_words
@@ -23,19 +24,19 @@ class ExpertStep:
     compute_end: int
 
 
-def expert_load_cycles(call: dict, d: Design) -> int:
+def expert_load_cycles(call: dict | ExpertsCall, d: Design) -> int:
     """One expert's weights from DDR, a word per cycle (fc1 and fc2 blobs)."""
-    return sum(expert_words(d.geometry, call))
+    return sum(expert_words(d.geometry, Call.of(call)))
 
 
-def expert_compute_cycles(call: dict, d: Design, count: int) -> int:
+def expert_compute_cycles(call: dict | ExpertsCall, d: Design, count: int) -> int:
     """An expert on `count` tokens with its weights at hand: the array's steps without
     waiting for panels (what a design holding every expert on chip would take)."""
-    g = d.geometry
+    call, g = Call.of(call), d.geometry
     total = 0
     for rows in g.row_tiles(count):
-        for in_dim, cols in ((call["dim"], g.padded(call["hidden"])),
-                             (call["hidden"], call["dim"])):
+        for in_dim, cols in ((call.dim, g.padded(call.hidden)),
+                             (call.hidden, call.dim)):
             k_panels, m_panels = g.panels(in_dim, cols)
             steps = k_panels * m_panels
             span = sweep(g, rows, mac8(call))
@@ -43,10 +44,11 @@ def expert_compute_cycles(call: dict, d: Design, count: int) -> int:
     return total
 
 
-def expert_schedule(call: dict, d: Design, queue_lengths: Sequence[int]) -> list[ExpertStep]:
+def expert_schedule(call: dict | ExpertsCall, d: Design,
+                    queue_lengths: Sequence[int]) -> list[ExpertStep]:
     """Timeline of the experts call: experts with queued tokens in index order, each step the
     expert's tiles (panel loads overlapping the array's rows, m3c/hw/units/moe.py)."""
-    g = d.geometry
+    call, g = Call.of(call), d.geometry
     load = expert_load_cycles(call, d)
     clock = 0
     steps: list[ExpertStep] = []
@@ -56,9 +58,9 @@ def expert_schedule(call: dict, d: Design, queue_lengths: Sequence[int]) -> list
         compute = 0
         for rows in g.row_tiles(int(count)):
             narrow = mac8(call)
-            compute += tile_cost(g, rows, call["dim"], g.padded(call["hidden"]),
+            compute += tile_cost(g, rows, call.dim, g.padded(call.hidden),
                                     narrow=narrow).cycles
-            compute += tile_cost(g, rows, call["hidden"], call["dim"], narrow=narrow).cycles
+            compute += tile_cost(g, rows, call.hidden, call.dim, narrow=narrow).cycles
         steps.append(ExpertStep(expert, int(count), clock, clock + load, clock,
                                 clock + compute))
         clock += compute

@@ -10,11 +10,13 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from m3c.hw.calls import Call
 from m3c.hw.codegen import KernelPlan
 from m3c.hw.dse import Choice
 from m3c.hw.estimate import band_rows
 from m3c.hw.fit import storage_bindings
 from m3c.hw.layout import DdrLayout, narrow_kinds, render_calls
+from m3c.hw.memories import template_memories
 from m3c.hw.target import Target
 from m3c.hw.units import FUNCTIONS
 from m3c.hw.units.base import MIN_SPAN
@@ -110,14 +112,14 @@ def template_context(graph: Graph, plan: KernelPlan, kernel: dict, board: Target
         "port_bits": board.hp_port_bits, "g": g,
         "sizes": sorted((name, value) for name, value in sizes.items() if name != "BAND_ROWS"),
         "panel_fifo": design.panel_fifo, "min_span": MIN_SPAN,
-        "pixels_by_lane": bool(embed) and pixels_by_lane(embed, g),
+        "pixels_by_lane": bool(embed) and pixels_by_lane(Call.of(embed), g),
         "storage": storage_bindings(design, choice.budget), "narrow_types": kinds,
         "calls": render_calls(kernel["calls"], layout, g, sizes, kinds), "units": FUNCTIONS,
         "num_calls": len(kernel["calls"]),
         "ddr": {"weights": layout.words, "image": g.words(int(np.prod(plan.image_shape))),
                 "features": tokens * g.words(dim)},
         "features_tokens": tokens, "features_dim": dim,
-        "data_files": data_files, "hp_ports": hp_ports,
+        "data_files": data_files, "hp_ports": hp_ports, **template_memories(g),
     }
 
 

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from m3c.errors import CodegenError
+from m3c.hw.calls import Call
 from m3c.hw.geometry import Geometry
 from m3c.hw.units.attention import Attention
 from m3c.hw.units.base import Cost, Unit, Weights
@@ -36,14 +37,17 @@ def unit_of(op: str) -> Unit:
     return _BY_OP[op]
 
 
-def segments(call: dict, g: Geometry, read: Weights) -> dict[str, np.ndarray]:
-    return unit_of(call["op"]).segments(call, g, read)
+def segments(call: dict | Call, g: Geometry, read: Weights) -> dict[str, np.ndarray]:
+    record = Call.of(call)
+    return unit_of(record.OP).segments(record, g, read)
 
 
-def cost(call: dict, g: Geometry, sizes: dict, queues: Sequence[int] | None = None) -> Cost:
-    return unit_of(call["op"]).cost(call, g, sizes, queues)
+def cost(call: dict | Call, g: Geometry, sizes: dict, queues: Sequence[int] | None = None) -> Cost:
+    record = Call.of(call)
+    return unit_of(record.OP).cost(record, g, sizes, queues)
 
 
-def macs(call: dict, top_k: int = 1) -> int:
+def macs(call: dict | Call, top_k: int = 1) -> int:
     """Multiply-accumulates of one call (the expert layer counts top_k experts per token)."""
-    return unit_of(call["op"]).macs(call, top_k)
+    record = Call.of(call)
+    return unit_of(record.OP).macs(record, top_k)

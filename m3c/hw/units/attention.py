@@ -8,6 +8,7 @@ import math
 
 import numpy as np
 
+from m3c.hw.calls import Call
 from m3c.hw.resources import EXP_TABLE_BRAM18, Array, Resources, control
 from m3c.hw.units.base import (
     Cost,
@@ -26,7 +27,7 @@ def score_groups_of(call: dict, g, sizes: dict) -> int:
     """The key groups of the call's scores (attention.h.j2 score_groups): the kernel's
     SCORE_GROUPS, unless its product takes two passes (16-bit on a packed array) or its heads
     are wider than a group."""
-    if (g.packed and not mac8(call)) or call["head_dim"] > sizes["GROUP_K"]:
+    if (g.packed and not mac8(call)) or call.head_dim > sizes["GROUP_K"]:
         return 1
     return sizes["SCORE_GROUPS"]
 
@@ -40,25 +41,27 @@ class Attention(Unit):
     narrowable = frozenset({"qkv", "attention"})
 
     def segments(self, call, g, read):
-        if call["op"] != "qkv":
+        call = Call.of(call)
+        if call.OP != "qkv":
             return {}
         # Per head: its [queries | keys | values] columns.
-        dim, heads, hd = call["dim"], call["heads"], call["head_dim"]
-        weights, bias = read(call["w"], (dim, 3 * dim)), read(call["b"], (3 * dim,))
+        dim, heads, hd = call.dim, call.heads, call.head_dim
+        weights, bias = read(call.w, (dim, 3 * dim)), read(call.b, (3 * dim,))
         columns = [np.concatenate([np.arange(part * dim + h * hd, part * dim + (h + 1) * hd)
                                    for part in range(3)]) for h in range(heads)]
         return {"blob": np.concatenate([pack_matmul(g, weights[:, c], bias[c], 3 * hd,
                                                     w_shift(call)) for c in columns])}
 
     def cost(self, call, g, sizes, queues=None) -> Cost:
+        call = Call.of(call)
         del queues
-        if call["op"] == "qkv":
+        if call.OP == "qkv":
             head = Cost()
-            for rows in g.row_tiles(call["tokens"]):
-                head += tile_cost(g, rows, call["dim"], 3 * call["head_dim"],
+            for rows in g.row_tiles(call.tokens):
+                head += tile_cost(g, rows, call.dim, 3 * call.head_dim,
                                   narrow=mac8(call))
-            return head.scaled(call["heads"])
-        tokens, hd = call["tokens"], call["head_dim"]
+            return head.scaled(call.heads)
+        tokens, hd = call.tokens, call.head_dim
         groups = score_groups_of(call, g, sizes)
 
         def block(rows: int) -> Cost:  # a block of queries: their scores, then their mix
@@ -70,20 +73,22 @@ class Attention(Unit):
         head = block(g.query_tile).scaled(full)
         if rest:
             head += block(rest)
-        return head.scaled(call["heads"])
+        return head.scaled(call.heads)
 
     def macs(self, call, top_k=1) -> int:
-        if call["op"] == "qkv":
-            return call["tokens"] * call["dim"] * 3 * call["dim"]
-        return 2 * call["tokens"] ** 2 * call["dim"]
+        call = Call.of(call)
+        if call.OP == "qkv":
+            return call.tokens * call.dim * 3 * call.dim
+        return 2 * call.tokens ** 2 * call.dim
 
     def render(self, r: Rendering, index: int) -> tuple[str, int]:
-        call, seg = r.calls[index], r.segments[index]
+        call = r.call(index)
+        seg = r.segments[index]
         following = r.following(index)
         expect_next(call, following, "attention")
         blob = seg["blob"]
-        args = [blob[0], blob[1] // call["heads"], call["tokens"], call["dim"],
-                call["heads"], call["head_dim"], f"norm_t({following['scale']!r}f)",
+        args = [blob[0], blob[1] // call.heads, call.tokens, call.dim,
+                call.heads, call.head_dim, f"norm_t({following.scale!r}f)",
                 r.narrow(call), r.narrow(following), r.mac(call), r.mac(following),
                 r.mac(following, second=True), index, index + 1]
         return unit_call("attention_layer", "weights", args), 2

@@ -17,6 +17,7 @@ from functools import lru_cache
 import numpy as np
 
 from m3c.errors import CodegenError
+from m3c.hw.calls import Call
 from m3c.hw.codegen import ACTIVATIONS
 from m3c.hw.geometry import Geometry
 from m3c.hw.memories import MEMORY_ARGS
@@ -60,9 +61,9 @@ def _fill(g: Geometry, panels: str, narrow: bool, groups: int) -> tuple[int, int
     return g.bias_words + g.panel_words_of(narrow), g.panel_words_of(narrow)
 
 
-def mac8(call: dict) -> bool:
+def mac8(call: Call) -> bool:
     """Whether the call's products have 8-bit operands (two per DSP on a packed array)."""
-    return "mac8" in call
+    return call.mac8 is not None
 
 
 def tile_cost(g: Geometry, rows: int, in_dim: int, out_cols: int, panels: str = "ddr",
@@ -164,7 +165,7 @@ class Weights:
 
 def w_shift(call: dict) -> int | None:
     """An 8-bit layer's weight shift (weight_t code -> its 8-bit code), else None."""
-    return call["mac8"]["w_shift"] if mac8(call) else None
+    return call.mac8["w_shift"] if mac8(call) else None
 
 
 @dataclass
@@ -178,19 +179,22 @@ class Rendering:
     sizes: dict
     kinds: list[str]
 
-    def following(self, index: int) -> dict:
-        return self.calls[index + 1] if index + 1 < len(self.calls) else {}
+    def call(self, index: int) -> Call:
+        return Call.of(self.calls[index])
+
+    def following(self, index: int) -> Call | None:
+        return self.call(index + 1) if index + 1 < len(self.calls) else None
 
     def narrow(self, call: dict) -> int:
         """The call's result type as m3c::narrowed's case (0: not narrowed)."""
-        return self.kinds.index(call["narrow"]["cpp"]) + 1 if "narrow" in call else 0
+        return self.kinds.index(call.narrow["cpp"]) + 1 if call.narrow is not None else 0
 
     def mac(self, call: dict, second: bool = False) -> int:
         return mac_code(call, self.kinds, second)
 
     @staticmethod
     def activation(call: dict) -> str:
-        return ACTIVATIONS[call.get("activation", "none")]
+        return ACTIVATIONS[call.activation]
 
 
 MAC_CODE_BITS = 4  # an operand shift (0 ... 8) in the unit calls' packed mac argument
@@ -200,13 +204,13 @@ def mac_code(call: dict, kinds: list[str], second: bool = False) -> int:
     """One matmul's 8-bit operands as the int its unit call passes (m3c::set_mac decodes):
     bit 0 set for 8 bits, then the operand and weight shifts, then the operand's narrowing
     kind; 0 for a 16-bit product. `second`: an expert layer's fc2."""
-    if "mac8" not in call:
+    if call.mac8 is None:
         return 0
-    spec = call["mac8"]
+    spec = call.mac8
     x, w = ("x2", "w2") if second else ("x", "w")
     kind = kinds.index(spec[x]["cpp"]) + 1
     if max(spec[f"{x}_shift"], spec[f"{w}_shift"]) >= 1 << MAC_CODE_BITS:
-        raise CodegenError(f"layer {call['layer']!r}: an 8-bit operand {spec[f'{x}_shift']} / "
+        raise CodegenError(f"layer {call.layer!r}: an 8-bit operand {spec[f'{x}_shift']} / "
                            f"{spec[f'{w}_shift']} bits below its 16-bit type's binary point",
                            remedy="keep data and weight types at most 16 bits wide with "
                                   "--precision int8 or mixed")
@@ -235,7 +239,7 @@ class Unit:
     def cost(self, call: dict, g: Geometry, sizes: dict,
              queues: Sequence[int] | None = None) -> Cost:
         """Cycles, array cycles and DDR beats of one call, mirroring the template's loops."""
-        raise NotImplementedError(f"unit {self.name} runs no op {call['op']!r}")
+        raise NotImplementedError(f"unit {self.name} runs no op {call.OP!r}")
 
     def macs(self, call: dict, top_k: int = 1) -> int:
         """Multiply-accumulates of one call."""
@@ -265,8 +269,8 @@ def unit_call(function: str, buffers: str, args: list) -> str:
     return f"m3c::{function}({buffers}, {rendered}, {MEMORY_ARGS});"
 
 
-def expect_next(call: dict, following: dict, op: str) -> None:
+def expect_next(call: Call, following: Call | None, op: str) -> None:
     """A unit whose call covers two kernel.json calls checks the second is there."""
-    if following.get("op") != op:
-        raise CodegenError(f"call {call['layer']!r} ({call['op']}) must be followed by {op}",
+    if following is None or following.OP != op:
+        raise CodegenError(f"call {call.layer!r} ({call.OP}) must be followed by {op}",
                            remedy="report this as an m3c issue")

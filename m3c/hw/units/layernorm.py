@@ -3,6 +3,7 @@ and beta onto the chip, each row's mean and 1/std; consumers normalise as they r
 
 from __future__ import annotations
 
+from m3c.hw.calls import Call
 from m3c.hw.resources import Array, control, fabric
 from m3c.hw.units.base import (
     LOOP_DEPTH,
@@ -24,23 +25,26 @@ class LayerNorm(Unit):
     weight_args = {"layernorm": ("gamma", "beta")}
 
     def segments(self, call, g, read):
-        padded = g.padded(call["dim"])
-        return {"gamma": pack_vector(g, read(call["gamma"], (call["dim"],)), padded),
-                "beta": pack_vector(g, read(call["beta"], (call["dim"],)), padded)}
+        call = Call.of(call)
+        padded = g.padded(call.dim)
+        return {"gamma": pack_vector(g, read(call.gamma, (call.dim,)), padded),
+                "beta": pack_vector(g, read(call.beta, (call.dim,)), padded)}
 
     def cost(self, call, g, sizes, queues=None) -> Cost:
+        call = Call.of(call)
         del sizes, queues
         total = Cost()
         for _ in range(2):  # gamma, beta
-            total += loop_cost(g.words(g.padded(call["dim"])), "gmem_w")
+            total += loop_cost(g.words(g.padded(call.dim)), "gmem_w")
         for _ in range(2):  # means, deviations
-            total += Cost(call["tokens"] * g.chunks(call["dim"]) + LOOP_DEPTH + STATS_DEPTH)
+            total += Cost(call.tokens * g.chunks(call.dim) + LOOP_DEPTH + STATS_DEPTH)
         return total
 
     def render(self, r: Rendering, index: int) -> tuple[str, int]:
-        call, seg = r.calls[index], r.segments[index]
-        args = [seg["gamma"][0], seg["beta"][0], call["tokens"], call["dim"],
-                f"var_t({call['epsilon']!r}f)", index]
+        call = r.call(index)
+        seg = r.segments[index]
+        args = [seg["gamma"][0], seg["beta"][0], call.tokens, call.dim,
+                f"var_t({call.epsilon!r}f)", index]
         return unit_call("layernorm_stats", "weights", args), 1
 
     def arrays(self, design) -> list[Array]:

@@ -9,6 +9,7 @@ import math
 
 import numpy as np
 
+from m3c.hw.calls import Call
 from m3c.hw.resources import EXP_TABLE_BRAM18, Array, Resources, control, fabric
 from m3c.hw.units.base import (
     LOOP_DEPTH,
@@ -27,14 +28,14 @@ from m3c.hw.units.base import (
 
 def router_tasks(call: dict) -> int:
     """Router blobs in DDR: one per task (multi-gate weights or task-conditioned biases)."""
-    return max(call["weight_rows"], call["bias_rows"])
+    return max(call.weight_rows, call.bias_rows)
 
 
 def expert_words(g, call: dict) -> tuple[int, int]:
     """DDR words of one expert's fc1 and fc2 blobs."""
     narrow = mac8(call)
-    return (g.matmul_words(call["dim"], g.padded(call["hidden"]), narrow),
-            g.matmul_words(call["hidden"], call["dim"], narrow))
+    return (g.matmul_words(call.dim, g.padded(call.hidden), narrow),
+            g.matmul_words(call.hidden, call.dim, narrow))
 
 
 class MoE(Unit):
@@ -46,25 +47,26 @@ class MoE(Unit):
     narrowable = frozenset({"experts"})
 
     def segments(self, call, g, read):
-        if call["op"] == "route":
+        call = Call.of(call)
+        if call.OP == "route":
             return {"blob": np.concatenate(self._routers(call, g, read))}
         return {"blob": np.concatenate(self._experts(call, g, read))}
 
     @staticmethod
     def _routers(call, g, read) -> list[np.ndarray]:
         """One router blob per task: its weight row and bias row (shared rows repeat)."""
-        dim, experts = call["dim"], call["experts"]
-        weights = read(call["router_w"], (call["weight_rows"], dim, experts))
-        biases = read(call["router_b"], (call["bias_rows"], experts))
-        return [pack_matmul(g, weights[min(t, call["weight_rows"] - 1)],
-                            biases[min(t, call["bias_rows"] - 1)], experts)
+        dim, experts = call.dim, call.experts
+        weights = read(call.router_w, (call.weight_rows, dim, experts))
+        biases = read(call.router_b, (call.bias_rows, experts))
+        return [pack_matmul(g, weights[min(t, call.weight_rows - 1)],
+                            biases[min(t, call.bias_rows - 1)], experts)
                 for t in range(router_tasks(call))]
 
     @staticmethod
     def _experts(call, g, read) -> list[np.ndarray]:
-        experts, dim, hidden = call["experts"], call["dim"], call["hidden"]
-        w1, b1 = read(call["w1"], (experts, dim, hidden)), read(call["b1"], (experts, hidden))
-        w2, b2 = read(call["w2"], (experts, hidden, dim)), read(call["b2"], (experts, dim))
+        experts, dim, hidden = call.experts, call.dim, call.hidden
+        w1, b1 = read(call.w1, (experts, dim, hidden)), read(call.b1, (experts, hidden))
+        w2, b2 = read(call.w2, (experts, hidden, dim)), read(call.b2, (experts, dim))
         blobs = []
         for e in range(experts):
             blobs += [pack_matmul(g, w1[e], b1[e], g.padded(hidden), w_shift(call)),
@@ -72,15 +74,16 @@ class MoE(Unit):
         return blobs
 
     def cost(self, call, g, sizes, queues=None) -> Cost:
-        if call["op"] == "route":  # the normalised rows kept for the experts, logits, routing
-            total = Cost(call["tokens"] * g.chunks(call["dim"]) + LOOP_DEPTH)
-            for rows in g.row_tiles(call["tokens"]):
-                total += tile_cost(g, rows, call["dim"], call["experts"])
-            total += Cost(call["tokens"] + ROUTE_DEPTH + 2 * call["experts"])
+        call = Call.of(call)
+        if call.OP == "route":  # the normalised rows kept for the experts, logits, routing
+            total = Cost(call.tokens * g.chunks(call.dim) + LOOP_DEPTH)
+            for rows in g.row_tiles(call.tokens):
+                total += tile_cost(g, rows, call.dim, call.experts)
+            total += Cost(call.tokens + ROUTE_DEPTH + 2 * call.experts)
             return total
         if queues is None:
-            raise ValueError(f"experts {call['layer']!r} need their queue lengths")
-        dim, hidden = call["dim"], call["hidden"]
+            raise ValueError(f"experts {call.layer!r} need their queue lengths")
+        dim, hidden = call.dim, call.hidden
         total = Cost()
         for count in queues:
             for rows in g.row_tiles(int(count)):
@@ -89,19 +92,21 @@ class MoE(Unit):
         return total
 
     def macs(self, call, top_k=1) -> int:
-        if call["op"] == "route":
-            return call["tokens"] * call["dim"] * call["experts"]
-        return 2 * call["tokens"] * top_k * call["dim"] * call["hidden"]
+        call = Call.of(call)
+        if call.OP == "route":
+            return call.tokens * call.dim * call.experts
+        return 2 * call.tokens * top_k * call.dim * call.hidden
 
     def render(self, r: Rendering, index: int) -> tuple[str, int]:
-        call, seg = r.calls[index], r.segments[index]
+        call = r.call(index)
+        seg = r.segments[index]
         following = r.following(index)
         expect_next(call, following, "experts")
         tasks = router_tasks(call)
         fc1, fc2 = expert_words(r.geometry, following)
         args = [seg["blob"][0], seg["blob"][1] // tasks, tasks, "task",
-                r.segments[index + 1]["blob"][0], fc1 + fc2, fc1, fc2, call["tokens"],
-                call["dim"], following["hidden"], call["experts"], call["top_k"],
+                r.segments[index + 1]["blob"][0], fc1 + fc2, fc1, fc2, call.tokens,
+                call.dim, following.hidden, call.experts, call.top_k,
                 f"m3c::{r.activation(following)}", r.narrow(following), r.mac(following),
                 r.mac(following, second=True), index, index + 1]
         return unit_call("moe_layer", "weights", args), 2

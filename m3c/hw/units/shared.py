@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 
+from m3c.hw.calls import Call
 from m3c.hw.resources import (
     BUNDLES,
     DSP_ACC_BITS,
@@ -84,11 +85,12 @@ class Features(Unit):
     weight_args = {"features": ()}
 
     def cost(self, call, g, sizes, queues=None) -> Cost:
+        call = Call.of(call)
         del sizes, queues
-        return loop_cost(call["tokens"] * g.words(call["dim"]), "gmem_out")
+        return loop_cost(call.tokens * g.words(call.dim), "gmem_out")
 
     def render(self, r: Rendering, index: int) -> tuple[str, int]:
-        call = r.calls[index]
-        args = [call["tokens"], call["dim"],
-                "true" if call["source"] == "normalised" else "false", index]
+        call = r.call(index)
+        args = [call.tokens, call.dim,
+                "true" if call.source == "normalised" else "false", index]
         return unit_call("store_features", "features", args), 1
