@@ -27,7 +27,8 @@ from pathlib import Path
 
 from common import emit, exported
 
-from m3c.check.memsim import capture_routing, onchip_bytes, simulate, synthetic_images
+from m3c.check.images import synthetic_images
+from m3c.check.memsim import capture_routing, onchip_bytes, simulate
 from m3c.hw.configs import as_int8, calls_for_config
 from m3c.hw.design import Design, Precision
 from m3c.hw.dse import choose_design
@@ -111,7 +112,10 @@ def onchip_table(budget: float) -> dict:
 
 def _ratios(stage: Path, config: dict, images: int, budget: float) -> dict:
     calls, choice = _choose(config, budget)
-    pixels = list(synthetic_images(config, images, seed=11))
+    height, width = config["image_size"]
+    shape = [1, config["in_chans"], height, width]
+    manifest = {"config": config, "tasks": config["tasks"], "image_shape": shape}
+    pixels = list(synthetic_images(manifest, images, seed=11).images)
     runs = capture_routing(stage, pixels, range(len(config["tasks"])))
     results = simulate(calls, choice.design, runs)
     moe = {kind: sum(layer["cycles"] for layer in r["layers"].values())

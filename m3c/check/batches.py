@@ -33,6 +33,9 @@ class ProjectRunner:
         self.features = self.manifest["features_tensor"]
         self.reference = _session(_with_output(
             onnx.load(str(project / "intermediate/00_import.onnx")), self.features))
+        # A model with one router shared by its tasks has no task input (m3c's interface:
+        # README, "Bring your own model"): every task's output comes from the same run.
+        self.task_input = "task" in {value.name for value in self.reference.get_inputs()}
         types = self.manifest.get("types") or {}
         self.data_type = (FixedType.from_json(types["data"])
                           if self.manifest.get("precision") == "fixed" else None)
@@ -52,7 +55,7 @@ class ProjectRunner:
         record = {"index": index, "tasks": {}, "saturation": {}}
         for task_id, task in enumerate(self.tasks):
             feeds = {"image": image[None]}
-            if len(self.tasks) > 1:
+            if self.task_input:
                 feeds["task"] = np.array(task_id, dtype=np.int64)
             # Only this task's head: the others would be computed and thrown away.
             features, reference = self.reference.run([self.features, task], feeds)

@@ -5,8 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from m3c.check.metrics import TOKEN_NOTE, fixed_onnxruntime_tolerance
 
 
@@ -50,16 +48,11 @@ def verify_fresh_images(project: str | Path, images: int | str, seed: int = 0
 
 
 def _fresh_images(images: int | str, manifest: dict, seed: int):
-    from m3c.check.images import ImageSet, load_images
+    from m3c.check.images import load_images, synthetic_images
 
     if isinstance(images, str):
         return load_images(images, manifest)
-    if manifest.get("config"):
-        return load_images(None, manifest, synthetic=images, seed=seed)
-    shape = (images, *manifest["image_shape"][1:])
-    batch = np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
-    return ImageSet(batch, [f"random{i:05d}" for i in range(images)], {},
-                    f"standard-normal images (seed {seed})")
+    return synthetic_images(manifest, images, seed)
 
 
 def _agreement(figures: dict) -> str:

@@ -12,6 +12,8 @@ import numpy as np
 from m3c.check.batches import Batch
 from m3c.errors import EvaluationError
 
+PICTURES = (".png", ".jpg", ".jpeg")
+
 
 @dataclass
 class ImageSet:
@@ -30,18 +32,21 @@ def load_images(spec: str | Path | None, manifest: dict, labels: str | Path | No
     package)."""
     shape = tuple(manifest["image_shape"])
     if synthetic is not None:
-        return _synthetic(manifest, synthetic, seed)
+        return synthetic_images(manifest, synthetic, seed)
     if spec is None:
         raise EvaluationError("no images given", remedy="pass --images DIR_OR_NPY or "
                                                         "--synthetic N")
     path = Path(spec)
     if path.is_dir():
-        images, names = _pictures(path, shape, manifest["config"])
+        images, names = _pictures(sorted(path.iterdir()), shape, manifest["config"])
+    elif path.suffix.lower() in PICTURES and path.is_file():
+        images, names = _pictures([path], shape, manifest["config"])
     elif path.suffix.lower() == ".npy" and path.is_file():
         images, names = _npy_batch(path, shape, manifest["config"])
     else:
-        raise EvaluationError(f"{path}: neither a folder of pictures nor an .npy file",
-                              remedy="pass a folder of .png/.jpg files or an [N,3,H,W] .npy")
+        raise EvaluationError(f"{path}: neither a picture, a folder of pictures nor an .npy "
+                              "file", remedy="pass .png/.jpg files, a folder of them, or an "
+                                             "[N,3,H,W] .npy")
     if not len(images):
         raise EvaluationError(f"{path} holds no images", remedy="an evaluation needs at least "
                                                                 "one image")
@@ -49,24 +54,35 @@ def load_images(spec: str | Path | None, manifest: dict, labels: str | Path | No
     return ImageSet(images, names, found, str(path))
 
 
-def _synthetic(manifest: dict, count: int, seed: int) -> ImageSet:
+def synthetic_images(manifest: dict, count: int, seed: int) -> ImageSet:
+    """`count` generated images at the project's input shape: m3c's procedural scenes, with
+    their labels, for a model m3c exported (its config is in project.json); standard-normal
+    images, without labels, for a model brought from elsewhere (no generator knows its data)."""
     if count < 1:
-        raise EvaluationError(f"--synthetic {count}: at least one scene is needed")
-    from m3c.frontend.models.config import ModelConfig
-    from m3c.frontend.models.data import make_dataset
-
-    config = ModelConfig.from_json(json.dumps(manifest["config"]))
-    data = make_dataset(config, count, seed)
+        raise EvaluationError(f"{count} synthetic images: at least one is needed")
+    config = manifest.get("config") or {}
+    if "image_size" not in config:
+        shape = (count, *manifest["image_shape"][1:])
+        batch = np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+        return ImageSet(batch, [f"random{i:05d}" for i in range(count)], {},
+                        f"standard-normal images (seed {seed}; the model was not exported by "
+                        "m3c, so there is no scene generator for it)")
+    try:
+        from m3c.frontend.models.config import ModelConfig
+        from m3c.frontend.models.data import make_dataset
+    except ModuleNotFoundError as error:
+        raise EvaluationError("synthetic scenes need PyTorch (the models package imports it)",
+                              remedy="pip install 'm3c[torch]', or pass images") from error
+    data = make_dataset(ModelConfig.from_json(json.dumps(config)), count, seed)
     labels = {task: data[task] for task in manifest["tasks"] if task in data}
     return ImageSet(data["image"].astype(np.float32), [f"scene{i:05d}" for i in range(count)],
                     labels, f"synthetic scenes (seed {seed})")
 
 
-def _pictures(folder: Path, shape: tuple[int, ...], config: dict):
+def _pictures(paths: list[Path], shape: tuple[int, ...], config: dict):
     from m3c.runtime.preprocess import preprocess
 
-    files = sorted(p for p in folder.iterdir()
-                   if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+    files = [p for p in paths if p.suffix.lower() in PICTURES]
     images = [preprocess(_read_picture(p), shape, config)[0] for p in files]
     return np.stack(images) if images else np.zeros((0, *shape[1:]), np.float32), \
         [p.stem for p in files]
@@ -96,6 +112,8 @@ def _npy_batch(path: Path, shape: tuple[int, ...], config: dict):
         from m3c.runtime.preprocess import preprocess
 
         batch = np.stack([preprocess(picture, shape, config)[0] for picture in batch])
+    if batch.ndim == 3 and tuple(batch.shape) == tuple(shape[1:]):  # one image [3,H,W]
+        batch = batch[None]
     if batch.ndim != 4 or tuple(batch.shape[1:]) != tuple(shape[1:]):
         raise EvaluationError(f"{path}: images of shape {list(batch.shape)}, the model takes "
                               f"[N, {', '.join(map(str, shape[1:]))}]",

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from m3c.check.images import load_images, synthetic_images
 from m3c.hw.design import Design, EstimateError
 from m3c.hw.estimate import estimate_calls
 from m3c.hw.fit import unit_arrays
@@ -237,32 +238,6 @@ def routing_json(runs: list[list[LayerRouting]]) -> list[dict]:
     return [{r.layer: r.queue_lengths for r in run} for run in runs]
 
 
-def synthetic_images(config: dict, count: int, seed: int) -> np.ndarray:
-    """Procedural scenes (m3c.frontend.models.data) at the project's resolution."""
-    try:
-        from m3c.frontend.models.config import ModelConfig
-        from m3c.frontend.models.data import make_dataset
-    except ModuleNotFoundError as error:
-        raise EstimateError("synthetic scenes need PyTorch (the models package imports it)",
-                            remedy="pip install 'm3c[torch]', or pass .npy images") from error
-    return make_dataset(ModelConfig.from_json(json.dumps(config)), count, seed)["image"]
-
-
-def load_images(paths: Sequence[str | Path], shape: Sequence[int]) -> list[np.ndarray]:
-    """.npy files of one image each ([3,H,W] or [1,3,H,W]) at the project's image shape."""
-    images = []
-    for path in map(Path, paths):
-        if not path.is_file():
-            raise EstimateError(f"{path}: no such image file")
-        image = np.load(path)
-        if int(np.prod(image.shape)) != int(np.prod(shape)):
-            raise EstimateError(f"{path}: shape {list(image.shape)} is not the project's "
-                                f"image shape {list(shape)}")
-        images.append(image.reshape(shape).astype(np.float32))
-    return images
-
-
-
 def simulate_project(project: str | Path, images: int | Sequence[str | Path] = 4,
                      seed: int = 0, slots: int = 2) -> dict:
     """`m3c simulate`: capture the routing of `images` (a count of synthetic scenes or .npy
@@ -275,9 +250,9 @@ def simulate_project(project: str | Path, images: int | Sequence[str | Path] = 4
     if isinstance(images, int):
         if images < 1:
             raise EstimateError(f"--images {images}: simulate at least one image")
-        pixels = list(synthetic_images(manifest["config"], images, seed))
-    else:
-        pixels = load_images(images, manifest["image_shape"][-3:])
+        pixels = list(synthetic_images(manifest, images, seed).images)
+    else:  # pictures, folders of them and .npy batches, as `m3c evaluate` reads them
+        pixels = [image for spec in images for image in load_images(spec, manifest).images]
     runs = capture_routing(project, pixels, range(max(1, len(manifest["tasks"]))))
     design = project_design(manifest, kernel).design
     simulation = {"inputs": len(runs), "images": len(pixels), "slots": slots,

@@ -71,6 +71,19 @@ def set_threads(threads: int) -> None:
     config(1, threads)  # mode 1: big cores first, which on a homogeneous CPU means any
 
 
+def second_oracle(model: onnx.ModelProto, label: str, required: bool
+                  ) -> tuple[TVMModel | None, str | None]:
+    """TVM's compiled `model`, or (None, why in one line) when TVM cannot read or build it:
+    a second oracle that cannot read a model is no disagreement, so onnxruntime's verdict
+    stands, unless the user asked for TVM alone (`required`: the error is raised)."""
+    try:
+        return TVMModel(model, label=label), None
+    except TVMOracleError as error:
+        if required:
+            raise
+        return None, f"TVM was not used for {label}: {error.message.splitlines()[0]}"
+
+
 class TVMModel:
     """A standard-domain ONNX model compiled by TVM's default Relax pipeline for the CPU."""
 

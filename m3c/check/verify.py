@@ -17,7 +17,7 @@ import numpy as np
 
 from m3c.check.metrics import ORACLE_TOLERANCE, max_error
 from m3c.errors import GraphImportError
-from m3c.frontend.interface import sample_feeds, task_names, task_of
+from m3c.frontend.interface import sample_feeds, task_names, task_of, tasks_of
 
 
 @dataclass
@@ -106,7 +106,9 @@ def verify_model(model_path: str | Path, count: int = 2, seed: int = 0,
     tvm_expected, oracle_rows = None, []
     if use_tvm:
         label = str(model_path) if isinstance(model_path, (str, Path)) else "the model"
-        tvm_model = tvm_oracle.TVMModel(proto, label=label)
+        tvm_model, note = tvm_oracle.second_oracle(proto, label, required=oracle == "tvm")
+        use_tvm = tvm_model is not None
+    if use_tvm:
         tvm_expected = [tvm_model.run(feeds) for feeds in feeds_list]
         del tvm_model  # its compiled weights are not needed while the stages run
         if oracle == "both":
@@ -115,19 +117,22 @@ def verify_model(model_path: str | Path, count: int = 2, seed: int = 0,
     for index, name, graph in default_pipeline().stages(original, until=until):
         row = StageRow(index, name, dict(sorted(Counter(graph.op_types()).items())))
         for position, feeds in enumerate(feeds_list):
-            # A task's output is what the model computes for that task; others are ignored.
-            task = task_of(feeds, tasks)
-            got = graph.run_output(feeds, task)
-            if oracle != "tvm":
-                _record(row.errors, task, got, expected[position][task],
-                        f"stage {name}, task {task}")
-            if tvm_expected is not None:
-                _record(row.tvm_errors, task, got, tvm_expected[position][task],
-                        f"stage {name}, task {task} (TVM)")
+            # With a task input, a task's output is what the model computes for that task
+            # (the others are ignored); without one, every output is every task's.
+            for task in tasks_of(feeds, tasks):
+                got = graph.run_output(feeds, task)
+                if oracle != "tvm":
+                    _record(row.errors, task, got, expected[position][task],
+                            f"stage {name}, task {task}")
+                if tvm_expected is not None:
+                    _record(row.tvm_errors, task, got, tvm_expected[position][task],
+                            f"stage {name}, task {task} (TVM)")
         rows.append(row)
         final = graph
     if oracle == "both" and use_tvm and final is not None and final.heads:
-        oracle_rows += _head_oracle_rows(final, feeds_list, tasks)
+        head_rows, unread = _head_oracle_rows(final, feeds_list, tasks)
+        oracle_rows += head_rows
+        note = "; ".join(unread) or None
     return Verification(rows, oracle_rows, note)
 
 
@@ -145,17 +150,22 @@ def _oracle_rows(graph: str, ort_outputs: list[dict], tvm_outputs: list[dict]) -
     return [OracleRow(graph, task, error) for task, error in errors.items()]
 
 
-def _head_oracle_rows(graph, feeds_list: list[dict], tasks: list[str]) -> list[OracleRow]:
+def _head_oracle_rows(graph, feeds_list: list[dict], tasks: list[str]
+                      ) -> tuple[list[OracleRow], list[str]]:
     """Each host head through both oracles on the final stage's features for its task's
-    feeds (the heads run on the host, so their oracle is the only check they get)."""
+    feeds (the heads run on the host, so their oracle is the only check they get); and a
+    line for each head TVM cannot read."""
     from m3c.check import tvm_oracle
     from m3c.ir.sessions import ort_session
 
-    rows = []
+    rows, unread = [], []
     for task, head in graph.heads.items():
         proto = graph.to_onnx(head)
         session = ort_session(proto)
-        head_model = tvm_oracle.TVMModel(proto, label=f"the host head of {task}")
+        head_model, why = tvm_oracle.second_oracle(proto, f"the host head of {task}", False)
+        if head_model is None:
+            unread.append(why)
+            continue
         input_name = head.inputs[0].name
         ort_outputs, tvm_outputs = [], []
         for feeds in feeds_list:
@@ -165,7 +175,7 @@ def _head_oracle_rows(graph, feeds_list: list[dict], tasks: list[str]) -> list[O
             ort_outputs.append({task: session.run([task], head_feeds)[0]})
             tvm_outputs.append({task: head_model.run(head_feeds)[task]})
         rows += _oracle_rows("head", ort_outputs, tvm_outputs)
-    return rows
+    return rows, unread
 
 
 def worst_error(rows: list[StageRow]) -> float:

@@ -108,7 +108,8 @@ def _images(text: str) -> int | list[str]:
 def _configure_simulate(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("project", help="project directory made by `m3c compile`")
     parser.add_argument("--images", type=_images, default=4,
-                        help="a number of synthetic scenes, or comma-separated .npy images")
+                        help="a number of generated images, or comma-separated pictures, "
+                             "folders of them or .npy batches (as m3c evaluate reads them)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic scenes")
     parser.add_argument("--slots", type=positive_int, default=2,
                         help="experts the token-major cache holds (default: the two "

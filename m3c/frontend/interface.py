@@ -29,14 +29,25 @@ def sample_feeds(model: onnx.ModelProto, count: int = 2, seed: int = 0) -> list[
     rng = np.random.default_rng(seed)
     images = [(rng.standard_normal(image_shape) * (1 + i)).astype(np.float32)
               for i in range(count)]
-    if "task" not in inputs:
-        # Several outputs without a task input (one router shared by all tasks): the same
-        # images serve every task, in task order as below.
-        return [{"image": image} for _ in task_names(model) for image in images]
+    if "task" not in inputs:  # one router shared by all tasks: one run computes every output
+        return [{"image": image} for image in images]
     tasks = range(len(task_names(model)))
     return [{"image": image, "task": np.array(t, dtype=np.int64)}
             for t in tasks for image in images]
 
 
+def task_feeds(model: onnx.ModelProto, seed: int = 0) -> list[dict]:
+    """One feed per task, in task order (a project's test vector per task): with a task input
+    each names its task; without one (a shared router) the tasks share one image."""
+    feeds = sample_feeds(model, count=1, seed=seed)
+    return feeds if len(feeds) > 1 else feeds * len(task_names(model))
+
+
 def task_of(feeds: dict, tasks: list[str]) -> str:
     return tasks[int(feeds["task"])] if "task" in feeds else tasks[0]
+
+
+def tasks_of(feeds: dict, tasks: list[str]) -> list[str]:
+    """The tasks whose outputs a run on `feeds` computes: the one its task input names, or
+    every task when the model has no task input."""
+    return [task_of(feeds, tasks)] if "task" in feeds else list(tasks)

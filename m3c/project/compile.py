@@ -18,7 +18,7 @@ import onnx
 from threadpoolctl import threadpool_limits
 
 from m3c.errors import CodegenError
-from m3c.frontend.interface import sample_feeds, task_names
+from m3c.frontend.interface import task_feeds, task_names
 from m3c.frontend.load import load_model
 from m3c.hw.codegen import KernelPlan, plan_kernel
 from m3c.hw.design import Precision
@@ -128,7 +128,7 @@ def _build(original: Graph, board: Target, settings: dict, project: Path, tiles,
         scenes = background.submit(calibration_scenes, original.metadata, settings)
         graph = default_pipeline().run(original.copy(), save_dir=project / "intermediate")
         probe = original.to_onnx()
-        tasks, feeds = task_names(probe), sample_feeds(probe, count=1, seed=2024)
+        tasks, feeds = task_names(probe), task_feeds(probe, seed=2024)
         images = [feed["image"].astype(np.float32) for feed in feeds]
         # onnxruntime's outputs on the test images come in beside the emulations, which need
         # only the images.

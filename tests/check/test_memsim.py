@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 
+from m3c.check.images import synthetic_images
 from m3c.check.memsim import (
     LayerRouting,
     capture_routing,
@@ -15,7 +16,6 @@ from m3c.check.memsim import (
     simulate,
     simulate_cache,
     simulate_expert_major,
-    synthetic_images,
 )
 from m3c.cli import main
 from m3c.frontend.models.config import preset
@@ -36,7 +36,7 @@ def project(export_model, tmp_path_factory):
 @pytest.fixture(scope="module")
 def runs(project):
     manifest = json.loads((project / "project.json").read_text())
-    images = synthetic_images(manifest["config"], 3, seed=5)
+    images = synthetic_images(manifest, 3, seed=5).images
     return capture_routing(project, list(images), range(len(manifest["tasks"])))
 
 

@@ -134,3 +134,22 @@ def test_without_tvm_verify_says_so_in_one_line(export_model, monkeypatch):
     assert "\n" not in line and line.startswith("TVM was not used") and "m3c[tvm]" in line
     with pytest.raises(TVMOracleError, match="TVM is not installed"):
         verify_model(path, count=1, oracle="tvm")
+
+
+def test_a_model_tvm_cannot_read_keeps_onnxruntimes_verdict(needs_tvm, tmp_path):
+    """A second oracle that cannot read a model (here a com.microsoft::MoE) is no
+    disagreement: one line says so and onnxruntime's verdict stands, unless TVM alone was
+    asked for (issue 26, item 3)."""
+    from moe_forms import export_form, rewrite_moe_layers
+
+    from m3c.check.verify import worst_error
+    from m3c.frontend.models import build_model
+
+    model = rewrite_moe_layers(build_model("micro-nyud", seed=5), "contrib")
+    path = export_form(model, tmp_path / "contrib.onnx")
+    result = verify_model(path, count=1, oracle="both")
+    assert result.oracles == [] and "not a standard ONNX op" in result.note
+    assert worst_error(result.stages) < 1e-4
+    assert "TVM was not used" in format_oracles(result)
+    with pytest.raises(TVMOracleError, match="not a standard ONNX op"):
+        verify_model(path, count=1, oracle="tvm")
