@@ -13,7 +13,9 @@ from m3c.frontend.models.config import GATES
 
 def _configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", nargs="?", help="M3ViT .pth file or directory of rank files")
-    parser.add_argument("--preset", default="micro-nyud", help="model preset, e.g. small-nyud")
+    parser.add_argument("--preset", default=None,
+                        help="model preset, e.g. small-nyud (required with a checkpoint; "
+                             "micro-nyud for --random and --trained)")
     parser.add_argument("--gate", choices=GATES, default="multi",
                         help="multi-gate (a router per task), task-conditioned routing, or one "
                              "router shared by all tasks (M3ViT-Single)")
@@ -28,11 +30,16 @@ def _configure(parser: argparse.ArgumentParser) -> None:
 def _build(args: argparse.Namespace):
     from m3c.frontend import models
 
+    if args.checkpoint and args.preset is None:
+        raise ModelError(f"{args.checkpoint}: which model does it hold?",
+                         remedy="name its preset, e.g. --preset small-nyud (presets: "
+                                + ", ".join(models.preset_names()) + ")")
+    preset = args.preset or "micro-nyud"
     if args.trained:
         from m3c.frontend.models.train import load_or_train
 
-        return load_or_train(args.preset, gate=args.gate, quiet=args.quiet)
-    config = models.preset(args.preset, gate=args.gate)
+        return load_or_train(preset, gate=args.gate, quiet=args.quiet)
+    config = models.preset(preset, gate=args.gate)
     if args.checkpoint:
         from m3c.frontend.models.checkpoint import load_checkpoint
 

@@ -36,6 +36,10 @@ def load_model(source) -> Graph:
 def _read(path: Path) -> onnx.ModelProto:
     if not path.is_file():
         raise GraphImportError(f"{path}: no such file", remedy="check the path")
+    if _is_torch_checkpoint(path):
+        raise GraphImportError(f"{path}: a PyTorch checkpoint, not an ONNX model",
+                               remedy=f"export it first: m3c export {path} --preset NAME "
+                                      "-o model.onnx")
     try:
         model = onnx.load(str(path))
     except (DecodeError, ValueError, OSError, onnx.onnx_cpp2py_export.checker.ValidationError) \
@@ -46,6 +50,14 @@ def _read(path: Path) -> onnx.ModelProto:
         raise GraphImportError(f"{path}: the ONNX graph is empty or truncated",
                                remedy="re-export the model")
     return model
+
+
+def _is_torch_checkpoint(path: Path) -> bool:
+    """torch.save writes a zip archive (or, before torch 1.6, a pickle); an ONNX file is a
+    protobuf, which starts with neither."""
+    with path.open("rb") as file:
+        head = file.read(4)
+    return head == b"PK\x03\x04" or head[:1] == b"\x80"
 
 
 def _check_static_inputs(model: onnx.ModelProto) -> None:

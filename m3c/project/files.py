@@ -105,7 +105,8 @@ def template_context(graph: Graph, plan: KernelPlan, kernel: dict, board: Target
     tokens, dim = plan.features_shape[-2], plan.features_shape[-1]
     return {
         "model_name": config.get("name", graph.graph.name or "model"),
-        "gate": config.get("gate", "multi"), "tasks": tasks, "num_tasks": len(tasks),
+        "routing": _routing(kernel["calls"]),
+        "tasks": tasks, "num_tasks": len(tasks),
         "precision": typing.precision, "types": typing.types_json(),
         "type_classes": sorted(typing.types_json().items()), **_tables(typing),
         "target": board, "clock_mhz": board.clock_mhz, "tolerance": typing.tolerance,
@@ -121,6 +122,19 @@ def template_context(graph: Graph, plan: KernelPlan, kernel: dict, board: Target
         "features_tokens": tokens, "features_dim": dim,
         "data_files": data_files, "hp_ports": hp_ports, **template_memories(g),
     }
+
+
+def _routing(calls: list[dict]) -> str:
+    """How the kernel routes, read off its router table (whatever the model's metadata says):
+    a router per task, one with a bias row per task (task-conditioned), or one shared."""
+    route = next((call for call in calls if call["op"] == "route"), None)
+    if route is None:
+        return "no MoE layer"
+    if route["weight_rows"] > 1:
+        return "a router per task (multi-gate)"
+    if route["bias_rows"] > 1:
+        return "task-conditioned routing"
+    return "one router shared by all tasks"
 
 
 def _tables(typing: Typing) -> dict:

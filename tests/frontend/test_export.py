@@ -118,6 +118,7 @@ def test_cli_exports_the_single_shared_router(tmp_path):
         (["--preset", "huge-nyud", "--random"], "unknown preset"),
         (["/no/such/ckpt.pth", "--preset", "micro-nyud"], "ckpt.pth"),
         (["--preset", "micro-nyud", "--random", "-o", "/no/such/dir/x.onnx"], "not writable"),
+        (["/no/such/ckpt.pth"], "--preset"),  # a checkpoint does not say which model it holds
     ],
 )
 def test_cli_bad_input_is_one_clear_error(tmp_path, args, message):
@@ -141,3 +142,13 @@ def test_export_refuses_a_directory_target(tmp_path):
 
     with pytest.raises(ExportError):
         export(build_model("micro-nyud"), tmp_path)
+
+
+def test_compiling_a_checkpoint_says_to_export_it_first(tmp_path):
+    import torch
+
+    checkpoint = tmp_path / "ckpt.pth"
+    torch.save({"model": {}}, checkpoint)
+    result = _cli("compile", str(checkpoint), "-o", str(tmp_path / "build"))
+    assert result.returncode == 2
+    assert "a PyTorch checkpoint" in result.stderr and "m3c export" in result.stderr
