@@ -20,6 +20,7 @@ from m3c.errors import M3CError, OnnxRuntimeError, OutputError, from_os_error, w
 # A message longer than this, or of more than one line, is cut to its first line and written
 # whole to a file the message names.
 MAX_MESSAGE = 300
+MAX_TABLE_LINES = 8  # ... except a headline with a few table rows, printed whole
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -130,7 +131,10 @@ def report_error(command_name: str, error: BaseException, debug: bool = False) -
 def short_message(command_name: str, error: M3CError) -> str:
     """The gist of `error` (its remedy on a second line); long text goes to a named file."""
     message = error.message
-    if len(message) > MAX_MESSAGE or "\n" in message.strip() or error.detail:
+    if _short_table(message) and not error.detail:  # a few lines of figures: print them
+        headline, *rows = message.strip().splitlines()
+        message = "\n".join([headline, *(f"  {row}" for row in rows)])
+    elif len(message) > MAX_MESSAGE or "\n" in message.strip() or error.detail:
         full = message + (f"\n\n{error.detail}" if error.detail else "")
         saved = write_log(f"m3c-{command_name}-error", full + "\n")
         gist = _clip(_first_line(message), MAX_MESSAGE - 60)
@@ -138,6 +142,13 @@ def short_message(command_name: str, error: M3CError) -> str:
     if error.remedy:
         message += f"\n  remedy: {_clip(_first_line(error.remedy), MAX_MESSAGE)}"
     return message
+
+
+def _short_table(text: str) -> bool:
+    """A message of a headline and a few table rows (a resource overflow), short enough to
+    print whole."""
+    lines = text.strip().splitlines()
+    return 1 < len(lines) <= MAX_TABLE_LINES and all(len(line) <= 100 for line in lines)
 
 
 def _first_line(text: str) -> str:

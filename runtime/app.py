@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import secrets
@@ -97,7 +98,8 @@ def execute(project: str | Path, args: argparse.Namespace, quiet: bool = False) 
             accelerator.project.task_index(task)
         image = kernel_input(accelerator, args.image)
         out = output_folder(args.output)
-        print(f"{'task':<12} {'kernel ms':>10} {'head ms':>9}  output")
+        clock = KERNEL_CLOCKS[args.backend]
+        print(f"{'task':<12} {clock:>16} {'head ms':>9}  output")
         for task in tasks:
             accelerator.switch_task(task)
             values = output_map(accelerator.run(image))
@@ -106,11 +108,28 @@ def execute(project: str | Path, args: argparse.Namespace, quiet: bool = False) 
             save_atomic(out / f"{task}.png",
                         lambda path, v=values: write_png(path, map_to_pixels(v)))
             timing = accelerator.timing
-            print(f"{task:<12} {timing['kernel_s'] * 1e3:>10.2f} {timing['head_s'] * 1e3:>9.2f}"
+            print(f"{task:<12} {timing['kernel_s'] * 1e3:>16.2f} {timing['head_s'] * 1e3:>9.2f}"
                   f"  {out / (task + '.png')}")
     if not quiet:
         print(f"backend {args.backend}; maps in {out}/ (class maps as colours, values as grey)")
+        if args.backend != "pynq":
+            print(f"'{clock}' is this host's time for the {args.backend} backend, not the "
+                  f"accelerator's; {estimated_latency(Path(project))}")
     return 0
+
+
+# What the kernel column measures, per backend.
+KERNEL_CLOCKS = {"pynq": "board kernel ms", "csim": "csim host ms", "reference": "reference ms"}
+
+
+def estimated_latency(project: Path) -> str:
+    """The compiler's estimate of the kernel's latency on the board (report/report.json)."""
+    try:
+        report = json.loads((project / "report" / "report.json").read_text())
+        return (f"the estimated kernel latency on {report['target']} is "
+                f"{report['latency']['ms']:.3g} ms (report/report.md)")
+    except (OSError, ValueError, KeyError, TypeError):
+        return "the estimate is in report/report.md (m3c report rewrites it)"
 
 
 def _save_npy(path: Path, values: np.ndarray) -> None:

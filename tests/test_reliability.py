@@ -96,6 +96,21 @@ def test_long_messages_are_cut_to_their_gist_and_written_to_a_file(micro, tmp_pa
     assert "unit199" in saved.read_text()
 
 
+def test_a_short_overflow_table_is_printed_whole(micro, tmp_path, monkeypatch):
+    """A headline and a few rows (a --tiles overflow) are printed, not cut to a file."""
+    table = "\n".join(f"{kind:<7} {9999:>8} used > {1000:>8} available" for kind in
+                      ("dsp", "lut", "bram18", "uram"))
+
+    def overflowing(*args, **kwargs):
+        raise M3CError(f"array 64x64 does not fit zcu104:\n{table}", remedy="smaller --tiles")
+
+    monkeypatch.setattr("m3c.api.lower", overflowing)
+    stderr = refused(["lower", str(micro), "-o", str(tmp_path / "l.onnx")], "does not fit",
+                     "smaller --tiles")
+    assert "uram" in stderr and stderr.count("9999 used") == 4
+    assert "full text in" not in stderr
+
+
 def test_full_disk_while_lowering_is_a_short_error_and_leaves_nothing(micro, tmp_path,
                                                                       monkeypatch):
     def full(self, path, *args, **kwargs):

@@ -35,6 +35,8 @@ def _configure_lower(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--save-stages", metavar="DIR", type=non_empty,
                         help="save every stage's model here (a new directory, or one holding "
                              "only saved stages, which is replaced)")
+    parser.add_argument("--force", action="store_true",
+                        help="replace a --save-stages directory that holds other files")
 
 
 def only_stages(folder: Path) -> bool:
@@ -51,7 +53,7 @@ def run_lower(args: argparse.Namespace) -> int:
     with contextlib.ExitStack() as stack:
         stages = None
         if args.save_stages:
-            stages = stack.enter_context(staged_directory(args.save_stages,
+            stages = stack.enter_context(staged_directory(args.save_stages, args.force,
                                                           replaceable=only_stages))
         scratch = stack.enter_context(staged_files(output))
         graph = lower(args.model, until=args.until, save_dir=stages)
