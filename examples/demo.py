@@ -110,7 +110,7 @@ def _quality_row(task, channels, ours, theirs, target, mean_iou, depth_metrics) 
 def _write_scene(model, path: Path) -> Path:
     """A held-out scene as an 8-bit PNG (undoing the training normalisation), for `m3c run`."""
     from m3c.frontend.models.data import IMAGE_MEAN, IMAGE_STD, make_dataset
-    from m3c.runtime.png import write_png
+    from m3c.runtime.pictures import write_png
 
     image = make_dataset(model.config, 1, seed=424242)["image"][0]
     pixels = (image * IMAGE_STD + IMAGE_MEAN).clip(0, 1).transpose(1, 2, 0) * 255

@@ -16,13 +16,14 @@ import numpy as np
 from .accelerator import BACKENDS, Accelerator
 from .errors import AcceleratorError
 from .heads import map_to_pixels, output_map
-from .png import write_png
+from .pictures import write_png
 from .preprocess import load_picture
 
 
 def add_arguments(parser: argparse.ArgumentParser, backend: str, self_test: bool = False) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--image", help="a .png picture, a .npy array, or a raw float32 .bin")
+    source.add_argument("--image", help="a picture (PNG, JPEG, ...), a .npy array, or a raw "
+                                        "float32 .bin")
     if self_test:
         source.add_argument("--self-test", action="store_true",
                             help="run data/input_task<i>.bin, compare with data/expected_*.npy")
@@ -82,7 +83,7 @@ def kernel_input(accelerator: Accelerator, path: str | Path) -> np.ndarray:
         if image is None or image.size != np.prod(accelerator.project.image_shape):
             raise AcceleratorError(f"{path} is not a float32 tensor of shape "
                                    f"{list(accelerator.project.image_shape)}",
-                                   remedy="pass a .png picture instead")
+                                   remedy="pass a picture (PNG, JPEG) instead")
         return image.reshape(accelerator.project.image_shape)
     picture = load_picture(path)
     if picture.dtype == np.float32 and picture.ndim == 4:

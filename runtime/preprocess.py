@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import AcceleratorError
+from .pictures import SUFFIXES, read_picture
 
 IMAGE_MEAN, IMAGE_STD = 0.5, 0.25
 
@@ -59,7 +60,8 @@ def preprocess(picture: np.ndarray, image_shape: tuple[int, ...], config: dict) 
 
 
 def load_picture(path: str | Path) -> np.ndarray:
-    """A .png file's pixels, or a .npy array (pixels, or an already preprocessed tensor)."""
+    """A picture's pixels (PNG, JPEG, ...), or a .npy array (pixels, or an already
+    preprocessed tensor)."""
     path = Path(path)
     if not path.is_file():
         raise AcceleratorError(f"image {path} does not exist", remedy="check the --image path")
@@ -74,12 +76,10 @@ def load_picture(path: str | Path) -> np.ndarray:
             raise AcceleratorError(f"{path} holds no numeric image",
                                    remedy="save uint8 [H,W,3] pixels or a float32 tensor")
         return array
-    if path.suffix.lower() == ".png":
-        from .png import read_png
-
-        return read_png(path)
-    raise AcceleratorError(f"cannot read {path}: only .png and .npy images are supported",
-                           remedy="convert the image to PNG")
+    if path.suffix.lower() in SUFFIXES:
+        return read_picture(path)
+    raise AcceleratorError(f"cannot read {path}: pictures ({', '.join(SUFFIXES)}) and .npy "
+                           "arrays are read", remedy="convert the image to PNG or JPEG")
 
 
 def check_image(image: np.ndarray, image_shape: tuple[int, ...], where: str) -> np.ndarray:

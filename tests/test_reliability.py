@@ -261,10 +261,12 @@ def _copy(project: Path, tmp_path: Path) -> Path:
 
 
 def test_run_refuses_bad_images(project, tmp_path):
-    index_5 = _png(tmp_path / "palette.png", 2, 1, 3, b"\x00\x05\x01", b"\x00" * 6)
-    refused(["run", str(project), "--image", str(index_5)], "palette")
+    picture = _png(tmp_path / "picture.png", 2, 1, 3, b"\x00\x00\x01", b"\x00" * 6)
+    truncated = tmp_path / "truncated.png"
+    truncated.write_bytes(picture.read_bytes()[:30])
+    refused(["run", str(project), "--image", str(truncated)], "truncated.png", "cannot read")
     empty = _png(tmp_path / "empty.png", 0, 0, 2, b"")
-    refused(["run", str(project), "--image", str(empty)], "0x0")
+    refused(["run", str(project), "--image", str(empty)], "empty.png", "cannot read")
     np.save(tmp_path / "object.npy", np.array([{"a": 1}], dtype=object))
     refused(["run", str(project), "--image", str(tmp_path / "object.npy")], "object")
     (tmp_path / "broken.npy").write_bytes(b"\x93NUMPY\x01\x00garbage")

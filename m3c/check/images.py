@@ -11,8 +11,7 @@ import numpy as np
 
 from m3c.check.batches import Batch
 from m3c.errors import EvaluationError
-
-PICTURES = (".png", ".jpg", ".jpeg")
+from m3c.runtime.pictures import SUFFIXES, read_picture
 
 
 @dataclass
@@ -39,7 +38,7 @@ def load_images(spec: str | Path | None, manifest: dict, labels: str | Path | No
     path = Path(spec)
     if path.is_dir():
         images, names = _pictures(sorted(path.iterdir()), shape, manifest["config"])
-    elif path.suffix.lower() in PICTURES and path.is_file():
+    elif path.suffix.lower() in SUFFIXES and path.is_file():
         images, names = _pictures([path], shape, manifest["config"])
     elif path.suffix.lower() == ".npy" and path.is_file():
         images, names = _npy_batch(path, shape, manifest["config"])
@@ -82,24 +81,10 @@ def synthetic_images(manifest: dict, count: int, seed: int) -> ImageSet:
 def _pictures(paths: list[Path], shape: tuple[int, ...], config: dict):
     from m3c.runtime.preprocess import preprocess
 
-    files = [p for p in paths if p.suffix.lower() in PICTURES]
-    images = [preprocess(_read_picture(p), shape, config)[0] for p in files]
+    files = [p for p in paths if p.suffix.lower() in SUFFIXES]
+    images = [preprocess(read_picture(p), shape, config)[0] for p in files]
     return np.stack(images) if images else np.zeros((0, *shape[1:]), np.float32), \
         [p.stem for p in files]
-
-
-def _read_picture(path: Path) -> np.ndarray:
-    if path.suffix.lower() == ".png":
-        from m3c.runtime.png import read_png
-
-        return read_png(path)
-    from PIL import Image  # JPEG; Pillow comes with matplotlib
-
-    try:
-        with Image.open(path) as picture:
-            return np.asarray(picture.convert("RGB"))
-    except OSError as error:
-        raise EvaluationError(f"cannot read {path}: {error}") from None
 
 
 def _npy_batch(path: Path, shape: tuple[int, ...], config: dict):

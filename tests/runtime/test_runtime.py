@@ -19,7 +19,7 @@ from m3c.cli import main as cli_main
 from m3c.ir.sessions import ort_session
 from m3c.runtime import Accelerator
 from m3c.runtime.drivers import AP_START, SimulatedDevice
-from m3c.runtime.png import read_png, write_png
+from m3c.runtime.pictures import read_picture, write_png
 
 FLOAT_TOLERANCE = 1e-4
 FIXED_RELATIVE_RMSE = 0.02  # the code-generation issue's fixed-vs-float bound
@@ -286,15 +286,15 @@ def _png_with_filters(pixels: np.ndarray) -> bytes:
             + chunk(b"IDAT", body[10:]) + chunk(b"IEND", b""))
 
 
-def test_png_reader_undoes_every_filter_and_writer_round_trips(tmp_path):
+def test_pictures_read_every_png_filter_and_round_trip(tmp_path):
     pixels = np.random.default_rng(0).integers(0, 256, (11, 7, 3), dtype=np.uint8)
     (tmp_path / "filters.png").write_bytes(_png_with_filters(pixels))
-    np.testing.assert_array_equal(read_png(tmp_path / "filters.png"), pixels)
+    np.testing.assert_array_equal(read_picture(tmp_path / "filters.png"), pixels)
     write_png(tmp_path / "grey.png", pixels[:, :, 0])
-    np.testing.assert_array_equal(read_png(tmp_path / "grey.png")[:, :, 0], pixels[:, :, 0])
+    np.testing.assert_array_equal(read_picture(tmp_path / "grey.png")[:, :, 0], pixels[:, :, 0])
     (tmp_path / "bad.png").write_bytes(b"GIF89a")
-    with pytest.raises(M3CError, match="not a PNG"):
-        read_png(tmp_path / "bad.png")
+    with pytest.raises(M3CError, match="cannot read"):
+        read_picture(tmp_path / "bad.png")
 
 
 def test_preprocessing_matches_torch_resize_and_training_normalisation():
@@ -331,10 +331,10 @@ def test_cli_run_all_tasks_writes_maps(compiled, tmp_path, capsys):
         got = np.load(out / f"{task}.npy")
         if task == "semseg":
             np.testing.assert_array_equal(got, want.argmax(0))
-            assert read_png(out / f"{task}.png").shape == (*got.shape, 3)
+            assert read_picture(out / f"{task}.png").shape == (*got.shape, 3)
         else:
             assert np.abs(got - want[0]).max() <= FLOAT_TOLERANCE
-            assert read_png(out / f"{task}.png").shape == (*got.shape, 1)
+            assert read_picture(out / f"{task}.png").shape == (*got.shape, 1)
 
 
 @pytest.mark.parametrize("arguments, message", [
@@ -390,3 +390,16 @@ def test_on_the_board(compiled):
         for index, task in enumerate(accelerator.tasks):
             image = _image(project, index)
             assert np.abs(accelerator.run(image, task) - oracle(image, index)[1]).max() < 1e-2
+
+
+def test_pictures_of_other_formats_and_depths_read_as_8_bit(tmp_path):
+    """JPEG and 16-bit PNG, as cameras and image tools write them (issue 26)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    deep = rng.integers(0, 65536, (5, 6), dtype=np.uint16)
+    Image.fromarray(deep).save(tmp_path / "deep.png")
+    np.testing.assert_array_equal(read_picture(tmp_path / "deep.png")[..., 0], deep >> 8)
+    flat = np.full((8, 8, 3), 200, np.uint8)
+    Image.fromarray(flat).save(tmp_path / "flat.jpg", quality=95)
+    assert np.abs(read_picture(tmp_path / "flat.jpg").astype(int) - 200).max() <= 2
