@@ -33,6 +33,20 @@ def _configure(parser: argparse.ArgumentParser) -> None:
                         "(default: the fastest that fits --budget)")
     parser.add_argument("--budget", type=float, default=0.8,
                         help="fraction of the target's resources the design may use (0, 1]")
+    parser.add_argument("--mean", type=_statistic, metavar="M[,M,M]",
+                        help="pictures' per-channel mean after scaling to [0,1], as in "
+                             "training (default: the model's m3c.preprocess metadata, else "
+                             "0.5), e.g. 0.485,0.456,0.406")
+    parser.add_argument("--std", type=_statistic, metavar="S[,S,S]",
+                        help="pictures' per-channel std (default: the metadata's, else 0.25), "
+                             "e.g. 0.229,0.224,0.225")
+
+
+def _statistic(text: str) -> list[float]:
+    try:
+        return [float(value) for value in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not comma-separated numbers") from None
 
 
 @command("compile", "compile an ONNX model into an accelerator project", _configure)
@@ -45,7 +59,8 @@ def run_compile(args: argparse.Namespace) -> int:
     project = compile_model(args.model, target=args.target, out=args.output,
                             precision=args.precision, force=args.force, calib=calib,
                             precision_config=args.precision_config, tiles=args.tiles,
-                            budget=args.budget, max_agreement_loss=args.max_agreement_loss)
+                            budget=args.budget, max_agreement_loss=args.max_agreement_loss,
+                            mean=args.mean, std=args.std)
     if not args.quiet:
         from m3c.commands.report_cmd import summary_line
 

@@ -51,3 +51,41 @@ def tasks_of(feeds: dict, tasks: list[str]) -> list[str]:
     """The tasks whose outputs a run on `feeds` computes: the one its task input names, or
     every task when the model has no task input."""
     return [task_of(feeds, tasks)] if "task" in feeds else list(tasks)
+
+
+PREPROCESS_KEY = "m3c.preprocess"  # metadata an exporter may write: {"mean": [...], "std": [...]}
+
+
+def preprocessing(metadata: dict[str, str], mean: list[float] | None = None,
+                  std: list[float] | None = None) -> dict[str, list[float]]:
+    """The image normalisation a project applies to pictures ((x/255 - mean) / std per
+    channel), as project.json's config keys: `mean`/`std` when given (--mean/--std), else the
+    model's own `m3c.preprocess` metadata, else nothing (the config's own statistics, or m3c's
+    training default)."""
+    stored = {}
+    if PREPROCESS_KEY in metadata:
+        try:
+            stored = json.loads(metadata[PREPROCESS_KEY])
+        except ValueError:
+            stored = None
+        if not isinstance(stored, dict):
+            raise GraphImportError(f"metadata {PREPROCESS_KEY!r} is not a JSON object",
+                                   remedy='write {"mean": [...], "std": [...]} or drop it')
+    chosen = {"image_mean": mean if mean is not None else stored.get("mean"),
+              "image_std": std if std is not None else stored.get("std")}
+    for key, values in chosen.items():
+        if values is not None:
+            _check_statistic(key, values)
+    return {key: [float(v) for v in values] for key, values in chosen.items()
+            if values is not None}
+
+
+def _check_statistic(key: str, values) -> None:
+    name = key.removeprefix("image_")
+    numbers = np.asarray(values, dtype=np.float64) if isinstance(values, list) else None
+    if (numbers is None or numbers.ndim != 1 or len(numbers) not in (1, 3)
+            or not np.isfinite(numbers).all() or (name == "std" and (numbers <= 0).any())):
+        raise GraphImportError(f"image {name} {values!r}: expected 1 or 3 finite numbers"
+                               + (", all positive" if name == "std" else ""),
+                               remedy=f"e.g. --{name} 0.485,0.456,0.406" if name == "mean"
+                               else f"e.g. --{name} 0.229,0.224,0.225")

@@ -18,7 +18,7 @@ import onnx
 from threadpoolctl import threadpool_limits
 
 from m3c.errors import CodegenError
-from m3c.frontend.interface import task_feeds, task_names
+from m3c.frontend.interface import preprocessing, task_feeds, task_names
 from m3c.frontend.load import load_model
 from m3c.hw.codegen import KernelPlan, plan_kernel
 from m3c.hw.design import Precision
@@ -64,7 +64,8 @@ def compile_model(model, target: str = "zcu104", out: str | os.PathLike = "build
                   precision: str = "fixed", force: bool = False,
                   calib: str | os.PathLike | np.ndarray | None = None,
                   precision_config: str | os.PathLike | None = None, tiles=None,
-                  budget: float = DEFAULT_BUDGET, max_agreement_loss: str | float = "1%") -> Path:
+                  budget: float = DEFAULT_BUDGET, max_agreement_loss: str | float = "1%",
+                  mean: list[float] | None = None, std: list[float] | None = None) -> Path:
     """Compile an ONNX model (path, ModelProto, gs.Graph or Graph) into a project at `out`.
 
     Fixed precision calibrates on `calib` (images [N,3,H,W] or a .npy of them; by default the
@@ -74,7 +75,8 @@ def compile_model(model, target: str = "zcu104", out: str | os.PathLike = "build
     least estimated latency within `max_agreement_loss` (m3c.hw.mixed), and the project keeps the
     choice as a precision config (precision_config.json) that `precision_config` reuses.
     `tiles` (TK, TM) force the MAC array's size; by default m3c.hw.dse picks the
-    fastest that fits `budget` x the target's resources.
+    fastest that fits `budget` x the target's resources. `mean` and `std` (1 or 3 values)
+    normalise pictures as the model was trained (m3c.frontend.interface.preprocessing).
     """
     tiles = parse_tiles(tiles)
     check_budget(budget)
@@ -87,7 +89,8 @@ def compile_model(model, target: str = "zcu104", out: str | os.PathLike = "build
     original = load_model(model)
     settings = {"precision": precision, "calib": calibration_images(calib),
                 "config": load_config(precision_config), "board": board, "budget": budget,
-                "tiles": tiles, "max_loss": parse_loss(max_agreement_loss)}
+                "tiles": tiles, "max_loss": parse_loss(max_agreement_loss),
+                "preprocess": preprocessing(original.metadata, mean, std)}
     with staged_directory(out, force, error=CodegenError) as staging:
         _build(original, board, settings, staging, tiles, budget)
         copy_ap_types(staging)
@@ -173,10 +176,10 @@ def _build(original: Graph, board: Target, settings: dict, project: Path, tiles,
                                                 + "\n")
     write_heads(project / "host" / "heads", graph)
     context = template_context(graph, plan, kernel, board, typing, tasks, data_files, choice,
-                               layout)
+                               layout, settings["preprocess"])
     render_all(project, context)
     manifest = write_manifest(project, graph, plan, kernel, board, typing, tasks, choice,
-                               layout)
+                               layout, settings["preprocess"])
     write_report(project, build_report(manifest, kernel, choice))
     write_host(project, manifest)
 

@@ -91,11 +91,15 @@ def write_heads(folder: Path, graph: Graph) -> None:
 
 
 def template_context(graph: Graph, plan: KernelPlan, kernel: dict, board: Target, typing: Typing,
-             tasks: list[str], data_files: list[str], choice: Choice,
-             layout: DdrLayout) -> dict:
+                     tasks: list[str], data_files: list[str], choice: Choice,
+                     layout: DdrLayout, preprocess: dict[str, list[float]]) -> dict:
+    """What every template renders from."""
+    from m3c.runtime.preprocess import normalisation
+
     design = choice.design
     g = design.geometry
     config = json.loads(graph.metadata.get("m3c.config", "{}"))
+    mean, std = normalisation({**config, **preprocess})
     hp_ports = [{"bundle": bundle, "gp": 2 + i % 4, "slave": f"S_AXI_HP{i % 4}_FPD",
                  "width": board.hp_port_bits} for i, bundle in enumerate(HP_BUNDLES)]
     sizes = dict(design.sizes)
@@ -106,6 +110,7 @@ def template_context(graph: Graph, plan: KernelPlan, kernel: dict, board: Target
     return {
         "model_name": config.get("name", graph.graph.name or "model"),
         "routing": _routing(kernel["calls"]),
+        "image_mean": mean.ravel().tolist(), "image_std": std.ravel().tolist(),
         "tasks": tasks, "num_tasks": len(tasks),
         "precision": typing.precision, "types": typing.types_json(),
         "type_classes": sorted(typing.types_json().items()), **_tables(typing),
@@ -184,7 +189,10 @@ def render_all(project: Path, context: dict) -> None:
 
 
 def write_manifest(project: Path, graph: Graph, plan: KernelPlan, kernel: dict, board: Target,
-                    typing: Typing, tasks: list[str], choice: Choice, layout: DdrLayout) -> dict:
+                   typing: Typing, tasks: list[str], choice: Choice, layout: DdrLayout,
+                   preprocess: dict[str, list[float]]) -> dict:
+    """project.json (with the pictures' normalisation in its config, which every runtime
+    reads) and kernel.json."""
     features = graph.graph.outputs[0]
     g = choice.design.geometry
     manifest = {
@@ -193,7 +201,7 @@ def write_manifest(project: Path, graph: Graph, plan: KernelPlan, kernel: dict, 
         **({"mixed": typing.mixed.to_json()} if typing.mixed else {}),
         "types": typing.types_json(), "tolerance": typing.tolerance,
         "calibration_max_abs": typing.activation_max, "calibration_headroom": typing.headroom,
-        "config": json.loads(graph.metadata.get("m3c.config", "{}")),
+        "config": {**json.loads(graph.metadata.get("m3c.config", "{}")), **preprocess},
         "image_shape": plan.image_shape, "features_shape": list(features.shape),
         "features_tensor": graph.metadata["m3c.features_tensor"],
         "weight_elements": plan.weights.size, "moe_layers": plan.layers,
