@@ -87,7 +87,8 @@ QUOTED_PATH = re.compile(r"(?<![\w/.~-])((?:m3c|passes|runtime|templates|tests|b
                          r"[\w./-]*\w)")
 QUOTED_MODULE = re.compile(r"(?<![\w/.])m3c(?:\.[a-z_]\w*)+")
 # m3c.<name> that are not modules: the API, the export's metadata keys, the overlay's files.
-NOT_MODULES = {*m3c.__all__, "tasks", "config", "features_tensor", "producer", "bit", "hwh", "bd"}
+NOT_MODULES = {*m3c.__all__, "tasks", "config", "preprocess", "features_tensor", "producer", "bit",
+               "hwh", "bd"}
 
 
 def _quoted_texts():
