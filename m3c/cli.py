@@ -14,6 +14,7 @@ import sys
 import traceback
 from collections.abc import Sequence
 
+from m3c import progress
 from m3c.commands import COMMANDS
 from m3c.errors import M3CError, OnnxRuntimeError, OutputError, from_os_error, write_log
 
@@ -44,6 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as usage:  # argparse has printed usage and the error (or --help)
         return usage.code if isinstance(usage.code, int) else 2
+    progress.configure(not args.quiet)
     previous = signal.signal(signal.SIGTERM, _terminated)
     keep_freed_memory()
     try:
@@ -57,6 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return report_error(args.command, error, debug=args.debug)
     finally:
         signal.signal(signal.SIGTERM, previous)
+        progress.configure(False)  # the Python API stays silent after a command
     return int(status or 0)
 
 

@@ -23,9 +23,9 @@ from m3c.hw.target import load_target
 from m3c.runtime import emulator
 
 # Stage packages from the bottom up: a module may import its own package and those below it.
-LAYERS = ["m3c.errors", "m3c.runtime", "m3c.ir", "m3c.frontend", "m3c.lowering", "m3c.passes",
-          "m3c.hw", "m3c.templates", "m3c.project", "m3c.check", "m3c.api", "m3c.commands",
-          "m3c.cli"]
+LAYERS = ["m3c.errors", "m3c.progress", "m3c.runtime", "m3c.ir", "m3c.frontend", "m3c.lowering",
+          "m3c.passes", "m3c.hw", "m3c.templates", "m3c.project", "m3c.check", "m3c.api",
+          "m3c.commands", "m3c.cli"]
 # The runtime's csim backend builds the kernel with m3c's g++ driver; the board copy of the
 # runtime never takes that path (tests/runtime/test_runtime.py runs it without m3c).
 UPWARD = {("m3c.runtime.accelerator", "m3c.project.csim")}

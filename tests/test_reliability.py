@@ -7,6 +7,7 @@ import errno
 import importlib
 import json
 import os
+import re
 import shutil
 import signal
 import struct
@@ -94,6 +95,16 @@ def test_long_messages_are_cut_to_their_gist_and_written_to_a_file(micro, tmp_pa
     assert len(stderr) < 600
     saved = Path(stderr.split("full text in ")[1].split(")")[0])
     assert "unit199" in saved.read_text()
+
+
+def test_long_steps_report_progress_in_plain_lines_unless_quiet(micro, tmp_path):
+    """Piped (as here), progress is plain lines, a tenth of the work at a time; --quiet
+    silences it (issue 26, item 9)."""
+    code, _, stderr = run_cli(["lower", str(micro), "-o", str(tmp_path / "a.onnx")])
+    assert code == 0 and re.search(r"^lowering: (\d+)/\1$", stderr, re.M), stderr
+    assert "\r" not in stderr and len(stderr.splitlines()) <= 12
+    code, _, stderr = run_cli(["--quiet", "lower", str(micro), "-o", str(tmp_path / "b.onnx")])
+    assert code == 0 and stderr == ""
 
 
 def test_a_short_overflow_table_is_printed_whole(micro, tmp_path, monkeypatch):

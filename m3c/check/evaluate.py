@@ -29,6 +29,7 @@ from m3c.check.batches import Batch
 from m3c.check.images import ImageSet
 from m3c.check.pools import BATCH_IMAGES, LocalPool, Progress, RayPool
 from m3c.errors import EvaluationError
+from m3c.progress import Counter
 
 BACKENDS = ("emulate", "csim", "reference")
 
@@ -49,7 +50,12 @@ def evaluate(projects: Sequence[str | Path], images: ImageSet, backend: str = "e
                for p in range(len(folders)) for start in range(0, count, batch_images)]
     pool = RayPool(ray) if ray else LocalPool(workers or min(os.cpu_count() or 1, len(batches)))
     started = time.perf_counter()
-    results = pool.run(folders, backend, batches, images, progress or (lambda *_: None))
+    counter = Counter(len(batches), "evaluating batches")  # on the command line only
+    try:
+        results = pool.run(folders, backend, batches, images,
+                           progress or (lambda done, total, result: counter.update(done)))
+    finally:
+        counter.close()
     seconds = time.perf_counter() - started
     summaries = []
     for number, folder in enumerate(folders):

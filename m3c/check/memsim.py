@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from m3c import progress
 from m3c.check.images import load_images, synthetic_images
 from m3c.hw.design import Design, EstimateError
 from m3c.hw.estimate import estimate_calls
@@ -95,14 +96,14 @@ def capture_routing(project: str | Path, images: Sequence[np.ndarray],
     names = [o.name for o in model.graph.output]
     inputs = {i.name for i in model.graph.input} - {i.name for i in model.graph.initializer}
     runs = []
-    for task in tasks:
-        for image in images:
-            feeds = {"image": np.asarray(image, np.float32).reshape(1, *image.shape[-3:])}
-            if "task" in inputs:
-                feeds["task"] = np.array(task, dtype=np.int64)
-            values = dict(zip(names, evaluator.run(None, feeds), strict=True))
-            runs.append([_layer_routing(layer, [values[n] for n in outputs])
-                         for layer, outputs in layers])
+    pairs = [(task, image) for task in tasks for image in images]
+    for task, image in progress.steps(pairs, len(pairs), "routing images"):
+        feeds = {"image": np.asarray(image, np.float32).reshape(1, *image.shape[-3:])}
+        if "task" in inputs:
+            feeds["task"] = np.array(task, dtype=np.int64)
+        values = dict(zip(names, evaluator.run(None, feeds), strict=True))
+        runs.append([_layer_routing(layer, [values[n] for n in outputs])
+                     for layer, outputs in layers])
     return runs
 
 

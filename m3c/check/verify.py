@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from m3c import progress
 from m3c.check.metrics import ORACLE_TOLERANCE, max_error
 from m3c.errors import GraphImportError
 from m3c.frontend.interface import sample_feeds, task_names, task_of, tasks_of
@@ -114,7 +115,10 @@ def verify_model(model_path: str | Path, count: int = 2, seed: int = 0,
         if oracle == "both":
             oracle_rows = _oracle_rows("model", expected, tvm_expected)
     rows, final = [], None
-    for index, name, graph in default_pipeline().stages(original, until=until):
+    pipeline = default_pipeline()
+    stages = pipeline.stages(original, until=until)
+    for index, name, graph in progress.steps(stages, len(pipeline.passes) + 1,
+                                             "verifying stages"):
         row = StageRow(index, name, dict(sorted(Counter(graph.op_types()).items())))
         for position, feeds in enumerate(feeds_list):
             # With a task input, a task's output is what the model computes for that task

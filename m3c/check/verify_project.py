@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from m3c import progress
 from m3c.check.metrics import (
     FIXED_ORT_STEPS,
     MAC8_ORT_STEPS,
@@ -83,6 +84,7 @@ def verify_project(project: str | Path, checked: list[str] | None = None,
     checked = [] if checked is None else checked
     checked += ["project.json", "kernel.json"]
     weights = ddr_weights(project, manifest, checked)
+    progress.note(f"verify: building the C-simulation of {project} (g++)")
     kernel = csim.CSimKernel(csim.build(project), weights)
     checked += ["hls/src", "hls/csim"]
     rows = []

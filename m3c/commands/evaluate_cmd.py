@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
-import time
 from pathlib import Path
 
 from m3c.commands.registry import command
@@ -49,11 +47,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
                               remedy="Ray decides its own workers; drop --workers")
     manifest = _manifest(Path(args.projects[0]))
     images = load_images(args.images, manifest, args.labels, args.synthetic, args.seed)
-    progress = None if args.quiet else _ProgressBar(len(args.projects))
     evaluation = evaluate(args.projects, images, args.backend, args.workers, args.ray,
-                          args.batch, progress)
-    if progress:
-        progress.finish()
+                          args.batch)
     out = Path(args.out) if args.out else Path(args.projects[0]) / "evaluation"
     written = write_evaluation(out, evaluation, plots=not args.no_plots)
     if not args.quiet:
@@ -88,23 +83,3 @@ def _line(figures: dict) -> str:
     text = f"relative RMSE {figures['relative_rmse']:.2%}"
     return text + (f", RMSE {figures['rmse']:.3f} (float {figures['rmse_float']:.3f})"
                    if "rmse" in figures else "")
-
-
-class _ProgressBar:
-    """Batches done on one line of stderr."""
-
-    def __init__(self, projects: int) -> None:
-        self.started = time.perf_counter()
-        self.projects = projects
-
-    def __call__(self, done: int, total: int, result: dict) -> None:
-        del result
-        width = 30
-        filled = width * done // max(total, 1)
-        elapsed = time.perf_counter() - self.started
-        sys.stderr.write(f"\revaluating [{'#' * filled}{'.' * (width - filled)}] "
-                         f"{done}/{total} batches, {elapsed:.1f} s")
-        sys.stderr.flush()
-
-    def finish(self) -> None:
-        sys.stderr.write("\n")

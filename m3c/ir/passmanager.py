@@ -13,6 +13,7 @@ from pathlib import Path
 
 import onnx_graphsurgeon as gs
 
+from m3c import progress
 from m3c.errors import LoweringError
 from m3c.ir.analysis import AnalysisStep
 from m3c.ir.graph import Graph, check_unique_names
@@ -87,7 +88,8 @@ class Pipeline:
             save_dir.mkdir(parents=True, exist_ok=True)
             store = StageStore(save_dir)
         heads_saved = None
-        for index, name, stage in self.stages(graph, until, snapshot=False):
+        stages = self.stages(graph, until, snapshot=False)
+        for index, name, stage in progress.steps(stages, len(self.passes) + 1, "lowering"):
             if save_dir is not None:
                 # Head graphs do not change after the partition: save them where they appear.
                 new_heads = stage.heads is not heads_saved

@@ -17,6 +17,7 @@ import numpy as np
 import onnx
 from threadpoolctl import threadpool_limits
 
+from m3c import progress
 from m3c.errors import CodegenError
 from m3c.frontend.interface import preprocessing, task_feeds, task_names
 from m3c.frontend.load import load_model
@@ -144,6 +145,7 @@ def _build(original: Graph, board: Target, settings: dict, project: Path, tiles,
         # The emulator runs images in parallel threads beside onnxruntime; BLAS threads on
         # top would oversubscribe.
         with threadpool_limits(limits=1, user_api="blas"):
+            progress.note(f"compile: calibrating and emulating {typing_label(settings)}")
             try:
                 typing = type_kernel(plan, kernel, settings, images, len(tasks),
                                  [scene for scene in scenes.result()
@@ -162,6 +164,7 @@ def _build(original: Graph, board: Target, settings: dict, project: Path, tiles,
             # Its own copy: the layout below records DDR segments in the calls meanwhile.
             expected = background.submit(expected_features, copy.deepcopy(kernel), typing,
                                          vectors)
+            progress.note("compile: choosing the MAC array, laying out the weights")
             try:  # the design and the weights, while the fixed-point emulation runs
                 choice, layout = _place(kernel, plan, board, typing, budget, tiles)
                 write_weights(project / "weights", plan, typing, layout)
@@ -174,6 +177,7 @@ def _build(original: Graph, board: Target, settings: dict, project: Path, tiles,
         document = precision_config(typing.mixed, settings["config"])
         (project / PRECISION_CONFIG).write_text(json.dumps(document, indent=1, sort_keys=True)
                                                 + "\n")
+    progress.note("compile: writing the project")
     write_heads(project / "host" / "heads", graph)
     context = template_context(graph, plan, kernel, board, typing, tasks, data_files, choice,
                                layout, settings["preprocess"])
@@ -182,6 +186,10 @@ def _build(original: Graph, board: Target, settings: dict, project: Path, tiles,
                                layout, settings["preprocess"])
     write_report(project, build_report(manifest, kernel, choice))
     write_host(project, manifest)
+
+
+def typing_label(settings: dict) -> str:
+    return "in float" if settings["precision"] == "float" else f"the {settings['precision']} types"
 
 
 def _place(kernel: dict, plan: KernelPlan, board: Target, typing: Typing, budget: float,
