@@ -149,7 +149,7 @@ def test_cli_evaluate(fixed_project, tmp_path):
                              "--synthetic", "3", "--workers", "1", "-o", str(tmp_path),
                              "--no-plots"], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    assert "pixel agreement" in result.stdout and "evaluating [" in result.stderr
+    assert "pixel agreement" in result.stdout and "evaluating batches: 1/1" in result.stderr
     assert json.loads((tmp_path / "evaluation.json").read_text())["images"] == 3
     clash = subprocess.run([sys.executable, "-m", "m3c", "evaluate", str(fixed_project),
                             "--synthetic", "3", "--workers", "2", "--ray", "local"],
