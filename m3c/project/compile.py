@@ -185,7 +185,7 @@ def _build(original: Graph, board: Target, settings: dict, project: Path, tiles,
     manifest = write_manifest(project, graph, plan, kernel, board, typing, tasks, choice,
                                layout, settings["preprocess"])
     write_report(project, build_report(manifest, kernel, choice))
-    write_host(project, manifest)
+    write_host(project, manifest, context["model_name"])
 
 
 def typing_label(settings: dict) -> str:

@@ -220,8 +220,9 @@ def write_manifest(project: Path, graph: Graph, plan: KernelPlan, kernel: dict, 
     return manifest
 
 
-def write_host(project: Path, manifest: dict) -> None:
-    """The register map, and host/: runtime copy, project files, run_on_board.py, README."""
+def write_host(project: Path, manifest: dict, model_name: str) -> None:
+    """The register map, and host/: runtime copy, project files, run_on_board.py, README
+    (`model_name` as the project's Makefile names the board package)."""
     from m3c import runtime
     from m3c.hw.register_map import register_map_for
     from m3c.runtime.preprocess import normalisation
@@ -235,7 +236,7 @@ def write_host(project: Path, manifest: dict) -> None:
     for source in sorted(Path(runtime.__file__).parent.glob("*.py")):
         shutil.copyfile(source, host / "m3c_runtime" / source.name)
     mean, std = normalisation(manifest["config"])
-    context = {"model_name": manifest["config"].get("name", "model"), "tasks": manifest["tasks"],
+    context = {"model_name": model_name, "tasks": manifest["tasks"],
                "target": manifest["target"], "image_shape": manifest["image_shape"],
                "image_mean": mean.ravel().tolist(), "image_std": std.ravel().tolist()}
     environment = template_environment()

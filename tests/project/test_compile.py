@@ -268,3 +268,27 @@ def test_cli_compile_and_verify(export_model, tmp_path):
                              text=True)
     assert refused.returncode == 2 and "--force" in refused.stderr
     assert "Traceback" not in refused.stderr
+
+
+def test_make_package_needs_the_bitstream_and_is_named_as_the_host_readme_says(compiled,
+                                                                                tmp_path):
+    """No partial tarball without a bitstream; with one, the tarball the host README tells
+    the user to copy (issue 26, item 10)."""
+    import re
+    import shutil
+    import subprocess
+
+    project = tmp_path / "project"
+    shutil.copytree(compiled("micro-nyud", "multi")[1], project)
+    refused = subprocess.run(["make", "-C", str(project), "package"], capture_output=True,
+                             text=True)
+    assert refused.returncode != 0 and "make bitstream" in refused.stderr
+    assert not list(project.glob("*.tar.gz*"))
+    (project / "overlay").mkdir()
+    for name in ("m3c.bit", "m3c.hwh"):  # stand-ins for Vivado's outputs
+        (project / "overlay" / name).write_bytes(b"\0")
+    made = subprocess.run(["make", "-C", str(project), "package"], capture_output=True,
+                          text=True)
+    assert made.returncode == 0, made.stderr
+    named = re.search(r"Copy `(m3c_[\w.-]+\.tar\.gz)`", (project / "host/README.md").read_text())
+    assert named and [p.name for p in project.glob("*.tar.gz*")] == [named.group(1)]
