@@ -123,20 +123,35 @@ def _task_record(task: str, compiled: np.ndarray, reference: np.ndarray,
         ours, theirs = compiled[0].argmax(0), reference[0].argmax(0)
         record = {"kind": "classes", "agreement": float(np.mean(ours == theirs))}
         if label is not None:
-            classes = reference.shape[1]
-            record["confusion"] = _confusion(ours, label, classes).tolist()
-            record["confusion_float"] = _confusion(theirs, label, classes).tolist()
+            classes, label = reference.shape[1], np.asarray(label)
+            record["confusion"] = _confusion(at_label(ours, label), label, classes).tolist()
+            record["confusion_float"] = _confusion(at_label(theirs, label), label,
+                                                   classes).tolist()
         return record
     difference = float(np.sum((compiled.astype(np.float64) - reference) ** 2))
     energy = float(np.sum(reference.astype(np.float64) ** 2))
     record = {"kind": "dense", "squared_difference": difference, "squared_reference": energy,
-              "relative_rmse": math.sqrt(difference / energy) if energy else 0.0,
-              "elements": int(reference.size)}
+              "relative_rmse": math.sqrt(difference / energy) if energy else 0.0}
     if label is not None:
-        target = np.asarray(label, np.float64).reshape(reference.shape)
-        record["squared_error"] = float(np.sum((compiled - target) ** 2))
-        record["squared_error_float"] = float(np.sum((reference - target) ** 2))
+        target = np.asarray(label, np.float64)
+        ours, theirs = (at_label(maps, target).reshape(target.shape)
+                        for maps in (compiled, reference))
+        record["squared_error"] = float(np.sum((ours - target) ** 2))
+        record["squared_error_float"] = float(np.sum((theirs - target) ** 2))
+        record["label_elements"] = int(target.size)
     return record
+
+
+def at_label(maps: np.ndarray, label: np.ndarray) -> np.ndarray:
+    """`maps` [..., H, W] sampled at the label's resolution (nearest pixel centre): labels come
+    at the image's size, while a head may output another (an upsampling fixed for one patch
+    size). Unchanged when the label's H x W is the maps' (or holds as many values)."""
+    height, width = maps.shape[-2:]
+    if label.size == maps.size or label.ndim < 2:
+        return maps
+    rows = ((np.arange(label.shape[-2]) + 0.5) * height / label.shape[-2]).astype(np.int64)
+    cols = ((np.arange(label.shape[-1]) + 0.5) * width / label.shape[-1]).astype(np.int64)
+    return maps[..., rows[:, None], cols]
 
 
 def _is_classes(task: str, output: np.ndarray) -> bool:

@@ -126,7 +126,7 @@ def _dense_summary(rows: list[dict]) -> dict:
     summary = {"kind": "dense",
                "relative_rmse": math.sqrt(difference / energy) if energy else 0.0}
     if "squared_error" in rows[0]:
-        elements = sum(row["elements"] for row in rows)
+        elements = sum(row["label_elements"] for row in rows)
         summary["rmse"] = math.sqrt(sum(row["squared_error"] for row in rows) / elements)
         summary["rmse_float"] = math.sqrt(sum(row["squared_error_float"] for row in rows)
                                           / elements)

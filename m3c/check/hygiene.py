@@ -17,7 +17,7 @@ from m3c.hw.design import Design, Precision
 from m3c.hw.fit import unit_arrays
 from m3c.hw.resources import bind_memories
 from m3c.hw.target import load_target
-from m3c.hw.units import FUNCTIONS as UNITS
+from m3c.hw.units import FUNCTIONS
 from m3c.ir.analysis import Finding
 
 SYNTHESIS_SOURCES = ("kernel.cpp", "m3c_ops.h", "m3c_types.h", "m3c_tables.h")
@@ -84,16 +84,16 @@ def unit_findings(project: Path) -> list[Finding]:
     source = _sources(project)
     bodies = _functions(source)
     findings = [Finding(name, "unit not defined in the sources")
-                for name in sorted(set(UNITS) - set(bodies))]
-    for name in sorted(set(UNITS) & set(bodies)):
+                for name in sorted(set(FUNCTIONS) - set(bodies))]
+    for name in sorted(set(FUNCTIONS) & set(bodies)):
         if "M3C_HLS(inline off)" not in bodies[name]:
             findings.append(Finding(name, "may be inlined into its callers"))
         if f"allocation function instances=m3c::{name} limit=1" not in source:
             findings.append(Finding(name, "no allocation limit of one instance"))
     for name, body in bodies.items():
-        if name not in UNITS and ("M3C_LOOP(" in body or "pipeline" in body):
+        if name not in FUNCTIONS and ("M3C_LOOP(" in body or "pipeline" in body):
             findings.append(Finding(name, "a helper with a loop of its own (only units have)"))
-    calls = {name: len(re.findall(rf"\b{name}(?:<[^>]*>)?\(", source)) - 1 for name in UNITS}
+    calls = {name: len(re.findall(rf"\b{name}(?:<[^>]*>)?\(", source)) - 1 for name in FUNCTIONS}
     for shared in ("matmul", "mlp_tile"):  # shared by several callers
         if calls.get(shared, 0) <= 1:
             findings.append(Finding(shared, f"called from {calls.get(shared, 0)} site(s), "

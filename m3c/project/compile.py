@@ -145,7 +145,7 @@ def _build(original: Graph, board: Target, settings: dict, project: Path, tiles,
         # The emulator runs images in parallel threads beside onnxruntime; BLAS threads on
         # top would oversubscribe.
         with threadpool_limits(limits=1, user_api="blas"):
-            progress.note(f"compile: calibrating and emulating {typing_label(settings)}")
+            progress.note(f"compile: calibrating and emulating {_typing_label(settings)}")
             try:
                 typing = type_kernel(plan, kernel, settings, images, len(tasks),
                                  [scene for scene in scenes.result()
@@ -188,7 +188,7 @@ def _build(original: Graph, board: Target, settings: dict, project: Path, tiles,
     write_host(project, manifest, context["model_name"])
 
 
-def typing_label(settings: dict) -> str:
+def _typing_label(settings: dict) -> str:
     return "in float" if settings["precision"] == "float" else f"the {settings['precision']} types"
 
 

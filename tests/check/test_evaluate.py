@@ -168,3 +168,19 @@ def test_ray_cluster_survives_a_killed_worker(fixed_project, scenes):
     finally:
         ray.shutdown()
     assert killed and _figures(survived) == _figures(baseline)
+
+
+def test_labels_at_another_resolution_than_the_heads_output_are_compared_at_theirs():
+    """A head upsampling for another patch size outputs 4x4 maps for 2x2 labels: the maps are
+    sampled at the labels' pixel centres, not refused with an internal error."""
+    from m3c.check.batches import _task_record
+
+    logits = np.zeros((1, 3, 4, 4), np.float32)
+    logits[0, 1, :2, :] = logits[0, 2, 2:, :] = 1.0  # class 1 on top, class 2 below
+    record = _task_record("semseg", logits, logits, np.array([[1, 1], [2, 0]]))
+    confusion = np.array(record["confusion"])
+    assert confusion[1, 1] == 2 and confusion[2, 2] == 1 and confusion[0, 2] == 1
+    depth = np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4)
+    record = _task_record("depth", depth, depth, np.zeros((1, 2, 2)))
+    assert record["label_elements"] == 4  # pixels 5, 7, 13, 15 sampled
+    assert record["squared_error"] == 5.0 ** 2 + 7.0 ** 2 + 13.0 ** 2 + 15.0 ** 2

@@ -8,7 +8,6 @@ import math
 
 import numpy as np
 
-from m3c.hw.calls import Call
 from m3c.hw.resources import EXP_TABLE_BRAM18, Array, Resources, control
 from m3c.hw.units.base import (
     Cost,
@@ -41,7 +40,6 @@ class Attention(Unit):
     narrowable = frozenset({"qkv", "attention"})
 
     def segments(self, call, g, read):
-        call = Call.of(call)
         if call.OP != "qkv":
             return {}
         # Per head: its [queries | keys | values] columns.
@@ -53,7 +51,6 @@ class Attention(Unit):
                                                     w_shift(call)) for c in columns])}
 
     def cost(self, call, g, sizes, queues=None) -> Cost:
-        call = Call.of(call)
         del queues
         if call.OP == "qkv":
             head = Cost()
@@ -76,7 +73,6 @@ class Attention(Unit):
         return head.scaled(call.heads)
 
     def macs(self, call, top_k=1) -> int:
-        call = Call.of(call)
         if call.OP == "qkv":
             return call.tokens * call.dim * 3 * call.dim
         return 2 * call.tokens ** 2 * call.dim

@@ -221,8 +221,9 @@ def mac_code(call: dict, kinds: list[str], second: bool = False) -> int:
 class Unit:
     """A hardware unit: its template, the HLS functions it defines (one instance each), the
     kernel.json ops it runs and, per op, the constants it reads, its DDR segments, its cycles
-    and MACs, its top-function call, its on-chip arrays and its logic. The numpy emulation of
-    an op is runtime/emulator.py's function of the same name (`emulated_ops`)."""
+    and MACs, its top-function call, its on-chip arrays and its logic. Its methods take a
+    call as its typed record (m3c.hw.calls; the registry's functions convert kernel.json).
+    The numpy emulation of an op is runtime/emulator.py's `OPS[op]`."""
 
     name = "unit"
     template = ""  # under templates/
@@ -231,17 +232,17 @@ class Unit:
     weight_args: dict[str, tuple[str, ...]] = {}  # per op: the keys holding blob offsets
     narrowable: frozenset[str] = frozenset()  # ops whose results a `result` type narrows
 
-    def segments(self, call: dict, g: Geometry, read: Weights) -> dict[str, np.ndarray]:
+    def segments(self, call: Call, g: Geometry, read: Weights) -> dict[str, np.ndarray]:
         """The DDR lanes of each of `call`'s segments, in the order they are laid out."""
         del call, g, read
         return {}
 
-    def cost(self, call: dict, g: Geometry, sizes: dict,
+    def cost(self, call: Call, g: Geometry, sizes: dict,
              queues: Sequence[int] | None = None) -> Cost:
         """Cycles, array cycles and DDR beats of one call, mirroring the template's loops."""
         raise NotImplementedError(f"unit {self.name} runs no op {call.OP!r}")
 
-    def macs(self, call: dict, top_k: int = 1) -> int:
+    def macs(self, call: Call, top_k: int = 1) -> int:
         """Multiply-accumulates of one call."""
         del call, top_k
         return 0

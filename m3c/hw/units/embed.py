@@ -4,7 +4,6 @@ position embedding."""
 
 from __future__ import annotations
 
-from m3c.hw.calls import Call
 from m3c.hw.resources import control
 from m3c.hw.units.base import (
     LOOP_DEPTH,
@@ -62,7 +61,6 @@ class Embed(Unit):
     weight_args = {"embed": ("w", "b", "cls", "pos")}
 
     def segments(self, call, g, read: Weights):
-        call = Call.of(call)
         dim, length = call.dim, call.channels * call.patch ** 2
         return {"blob": pack_matmul(g, read(call.w, (length, dim)), read(call.b, (dim,)),
                                     dim),
@@ -70,7 +68,6 @@ class Embed(Unit):
                 "pos": pack_rows(g, read(call.pos, (call.tokens, dim)))}
 
     def cost(self, call, g, sizes, queues=None) -> Cost:
-        call = Call.of(call)
         del queues
         patch, dim = call.patch, call.dim
         grid_h, grid_w = call.height // patch, call.width // patch
@@ -85,7 +82,6 @@ class Embed(Unit):
         return total
 
     def macs(self, call, top_k=1) -> int:
-        call = Call.of(call)
         return call.patches * call.channels * call.patch ** 2 * call.dim
 
     def render(self, r: Rendering, index: int) -> tuple[str, int]:

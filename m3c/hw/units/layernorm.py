@@ -3,7 +3,6 @@ and beta onto the chip, each row's mean and 1/std; consumers normalise as they r
 
 from __future__ import annotations
 
-from m3c.hw.calls import Call
 from m3c.hw.resources import Array, control, fabric
 from m3c.hw.units.base import (
     LOOP_DEPTH,
@@ -25,13 +24,11 @@ class LayerNorm(Unit):
     weight_args = {"layernorm": ("gamma", "beta")}
 
     def segments(self, call, g, read):
-        call = Call.of(call)
         padded = g.padded(call.dim)
         return {"gamma": pack_vector(g, read(call.gamma, (call.dim,)), padded),
                 "beta": pack_vector(g, read(call.beta, (call.dim,)), padded)}
 
     def cost(self, call, g, sizes, queues=None) -> Cost:
-        call = Call.of(call)
         del sizes, queues
         total = Cost()
         for _ in range(2):  # gamma, beta

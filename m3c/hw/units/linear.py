@@ -3,7 +3,6 @@ projection with the residual added in the epilogue, and an MLP's two layers (one
 
 from __future__ import annotations
 
-from m3c.hw.calls import Call
 from m3c.hw.units.base import (
     Cost,
     Rendering,
@@ -31,13 +30,11 @@ class Linear(Unit):
     narrowable = frozenset({"linear"})
 
     def segments(self, call, g, read):
-        call = Call.of(call)
         k, m = call.in_dim, call.out_dim
         return {"blob": pack_matmul(g, read(call.w, (k, m)), read(call.b, (m,)),
                                     out_columns(call, g), w_shift(call))}
 
     def cost(self, call, g, sizes, queues=None) -> Cost:
-        call = Call.of(call)
         del sizes, queues
         total = Cost()
         for rows in g.row_tiles(call.tokens):
@@ -45,7 +42,6 @@ class Linear(Unit):
         return total
 
     def macs(self, call, top_k=1) -> int:
-        call = Call.of(call)
         return call.tokens * call.in_dim * call.out_dim
 
     def render(self, r: Rendering, index: int) -> tuple[str, int]:

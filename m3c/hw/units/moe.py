@@ -9,7 +9,6 @@ import math
 
 import numpy as np
 
-from m3c.hw.calls import Call
 from m3c.hw.resources import EXP_TABLE_BRAM18, Array, Resources, control, fabric
 from m3c.hw.units.base import (
     LOOP_DEPTH,
@@ -47,7 +46,6 @@ class MoE(Unit):
     narrowable = frozenset({"experts"})
 
     def segments(self, call, g, read):
-        call = Call.of(call)
         if call.OP == "route":
             return {"blob": np.concatenate(self._routers(call, g, read))}
         return {"blob": np.concatenate(self._experts(call, g, read))}
@@ -74,7 +72,6 @@ class MoE(Unit):
         return blobs
 
     def cost(self, call, g, sizes, queues=None) -> Cost:
-        call = Call.of(call)
         if call.OP == "route":  # the normalised rows kept for the experts, logits, routing
             total = Cost(call.tokens * g.chunks(call.dim) + LOOP_DEPTH)
             for rows in g.row_tiles(call.tokens):
@@ -92,7 +89,6 @@ class MoE(Unit):
         return total
 
     def macs(self, call, top_k=1) -> int:
-        call = Call.of(call)
         if call.OP == "route":
             return call.tokens * call.dim * call.experts
         return 2 * call.tokens * top_k * call.dim * call.hidden

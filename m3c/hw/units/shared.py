@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import math
 
-from m3c.hw.calls import Call
 from m3c.hw.resources import (
     BUNDLES,
     DSP_ACC_BITS,
@@ -85,7 +84,6 @@ class Features(Unit):
     weight_args = {"features": ()}
 
     def cost(self, call, g, sizes, queues=None) -> Cost:
-        call = Call.of(call)
         del sizes, queues
         return loop_cost(call.tokens * g.words(call.dim), "gmem_out")
 
