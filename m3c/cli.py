@@ -50,7 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     keep_freed_memory()
     try:
         status = args.handler(args)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Terminated):
         print(f"m3c {args.command}: interrupted", file=sys.stderr)
         return 130
     except BaseException as error:  # noqa: B036 - SystemExit aside, this is the one boundary
@@ -90,11 +90,20 @@ def keep_freed_memory() -> None:
         mallopt(parameter, value)
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised where the program is (not caught by `except Exception`).
+
+    Not a KeyboardInterrupt: CPython remembers a KeyboardInterrupt that leaves any code run
+    from a string (a dataclass's generated methods, say) and then kills the process with SIGINT
+    at exit even though `main` caught it, so a terminated compile would sometimes end by
+    SIGINT instead of exit code 130."""
+
+
 def _terminated(signum: int, frame) -> None:
     """SIGTERM unwinds like Ctrl-C, so staging directories and locks are removed on the way
     out (SIGKILL cannot be caught: the next run into the same output cleans up instead)."""
     del frame
-    raise KeyboardInterrupt(f"signal {signum}")
+    raise Terminated(f"signal {signum}")
 
 
 def expected_error(error: BaseException) -> M3CError | None:

@@ -138,8 +138,8 @@ def staged_directory(out: str | os.PathLike, force: bool = False,
         clean_stale(out)
         check_destination(out, force, replaceable, error)  # a concurrent run may have finished
         staging = _hidden(out, f"stage-{os.getpid()}")
-        staging.mkdir()
-        try:
+        try:  # mkdir inside: a signal right after it still removes the directory
+            staging.mkdir()
             yield staging
             _commit(staging, out)
         finally:
@@ -174,8 +174,8 @@ def staged_files(out: str | os.PathLike) -> Iterator[Path]:
     with output_lock(out):
         clean_stale(out)
         staging = _hidden(out, f"stage-{os.getpid()}")
-        staging.mkdir()
-        try:
+        try:  # mkdir inside: a signal right after it still removes the directory
+            staging.mkdir()
             yield staging
             for written in sorted(staging.iterdir()):
                 os.replace(written, out.parent / written.name)
