@@ -10,6 +10,8 @@ from __future__ import annotations
 import ctypes
 import importlib
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +107,15 @@ def _import_pynq():
                                remedy="run on a PYNQ image, or use --backend csim") from error
 
 
+@dataclass(frozen=True)
+class TaskRun:
+    """One task's output for an image and what it cost on this host."""
+
+    output: np.ndarray  # the head's [1,C,H,W]
+    kernel_s: float | None  # None: the features of an earlier task's kernel run were reused
+    head_s: float
+
+
 class Accelerator:
     """A compiled M3ViT encoder on one backend, with its task heads on the host."""
 
@@ -154,9 +165,30 @@ class Accelerator:
     def run(self, image: np.ndarray, task: int | str | None = None) -> np.ndarray:
         """The task's output [1,C,H,W] (logits or values) for a float32 image."""
         name = self.project.tasks[self.project.task_index(self.task if task is None else task)]
-        features = self.features(image, name)
+        return self._head(name, self.features(image, name))
+
+    def run_tasks(self, image: np.ndarray,
+                  tasks: Sequence[int | str] | None = None) -> dict[str, TaskRun]:
+        """Several tasks (default: all) on one float32 image, by task name. With a router
+        shared by all tasks the features are the same for each, so the kernel runs once and
+        every head reads its features; with per-task routing it runs once per task (switching
+        costs one register write)."""
+        names = [self.project.tasks[self.project.task_index(task)]
+                 for task in (self.tasks if tasks is None else tasks)]
+        runs: dict[str, TaskRun] = {}
+        features = None
+        for name in names:
+            kernel_s = None
+            if features is None or not self.project.shared_encoder:
+                features = self.features(image, name)
+                kernel_s = self.timing["kernel_s"]
+            output = self._head(name, features)
+            runs[name] = TaskRun(output, kernel_s, self.timing["head_s"])
+        return runs
+
+    def _head(self, task: str, features: np.ndarray) -> np.ndarray:
         start = time.perf_counter()
-        output = self.heads.run(name, features)
+        output = self.heads.run(task, features)
         self.timing["head_s"] = time.perf_counter() - start
         return output
 

@@ -17,7 +17,7 @@ from .accelerator import BACKENDS, Accelerator
 from .errors import AcceleratorError
 from .heads import map_to_pixels, output_map
 from .pictures import write_png
-from .preprocess import load_picture
+from .preprocess import check_image, load_picture
 
 
 def add_arguments(parser: argparse.ArgumentParser, backend: str, self_test: bool = False) -> None:
@@ -86,8 +86,9 @@ def kernel_input(accelerator: Accelerator, path: str | Path) -> np.ndarray:
                                    remedy="pass a picture (PNG, JPEG) instead")
         return image.reshape(accelerator.project.image_shape)
     picture = load_picture(path)
-    if picture.dtype == np.float32 and picture.ndim == 4:
-        return picture
+    if picture.dtype.kind == "f":  # a model input already ([1,]C,H,W), as evaluate reads them
+        return check_image(picture.astype(np.float32), accelerator.project.image_shape,
+                           str(path))
     return accelerator.prepare(picture)
 
 
@@ -100,35 +101,43 @@ def execute(project: str | Path, args: argparse.Namespace, quiet: bool = False) 
         image = kernel_input(accelerator, args.image)
         out = output_folder(args.output)
         clock = KERNEL_CLOCKS[args.backend]
+        runs = accelerator.run_tasks(image, tasks)
         print(f"{'task':<12} {clock:>16} {'head ms':>9}  output")
-        for task in tasks:
-            accelerator.switch_task(task)
-            values = output_map(accelerator.run(image))
+        for task, run in runs.items():
+            values = output_map(run.output)
             # np.save on a file object: with a path it would append ".npy" to the hidden name.
             save_atomic(out / f"{task}.npy", lambda path, v=values: _save_npy(path, v))
             save_atomic(out / f"{task}.png",
                         lambda path, v=values: write_png(path, map_to_pixels(v)))
-            timing = accelerator.timing
-            print(f"{task:<12} {timing['kernel_s'] * 1e3:>16.2f} {timing['head_s'] * 1e3:>9.2f}"
-                  f"  {out / (task + '.png')}")
+            kernel = SHARED_RUN if run.kernel_s is None else f"{run.kernel_s * 1e3:.2f}"
+            print(f"{task:<12} {kernel:>16} {run.head_s * 1e3:>9.2f}  {out / (task + '.png')}")
+    kernel_runs = sum(run.kernel_s is not None for run in runs.values())
     if not quiet:
         print(f"backend {args.backend}; maps in {out}/ (class maps as colours, values as grey)")
+        if kernel_runs < len(runs):
+            print(f"one router shared by all tasks (the features do not depend on the task): "
+                  f"the encoder ran once and fed all {len(runs)} heads ('{SHARED_RUN}')")
         if args.backend != "pynq":
             print(f"'{clock}' is this host's time for the {args.backend} backend, not the "
-                  f"accelerator's; {estimated_latency(Path(project))}")
+                  f"accelerator's; {estimated_latency(Path(project), kernel_runs)}")
     return 0
+
+
+SHARED_RUN = "shared"  # the kernel column of a task that reused an earlier task's features
 
 
 # What the kernel column measures, per backend.
 KERNEL_CLOCKS = {"pynq": "board kernel ms", "csim": "csim host ms", "reference": "reference ms"}
 
 
-def estimated_latency(project: Path) -> str:
-    """The compiler's estimate of the kernel's latency on the board (report/report.json)."""
+def estimated_latency(project: Path, kernel_runs: int) -> str:
+    """The compiler's estimate of the kernel's latency on the board (report/report.json), for
+    `kernel_runs` runs of the kernel."""
     try:
         report = json.loads((project / "report" / "report.json").read_text())
+        runs = f" x {kernel_runs} kernel runs" if kernel_runs > 1 else ""
         return (f"the estimated kernel latency on {report['target']} is "
-                f"{report['latency']['ms']:.3g} ms (report/report.md)")
+                f"{report['latency']['ms']:.3g} ms{runs} (report/report.md)")
     except (OSError, ValueError, KeyError, TypeError):
         return "the estimate is in report/report.md (m3c report rewrites it)"
 

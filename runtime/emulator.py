@@ -108,6 +108,12 @@ class FloatArithmetic:
         weights, inverse = self.softmax_rows(x @ w + b)
         return weights * inverse
 
+    def renormalise(self, probs, chosen):
+        """The `chosen` probabilities of each row divided by their sum (the others as they
+        are: no queue takes them)."""
+        total = np.where(chosen, probs, 0).sum(axis=-1, keepdims=True)
+        return np.where(chosen, probs * (1.0 / total), probs).astype(probs.dtype)
+
     def add(self, a, b):
         return a + b
 
@@ -416,6 +422,15 @@ class FixedArithmetic:
         weights, inverse = self.softmax_rows(self.logit.cast(pre, self.acc.frac))
         return self.prob.cast(weights * inverse, self.prob.frac + self.recip.frac)
 
+    def renormalise(self, probs, chosen):
+        """route_tokens: the chosen prob_t codes summed in acc_t, recip_t of the sum, each
+        chosen code times it rounded to prob_t (the others as they are)."""
+        total = self._acc(np.where(chosen, probs, 0).sum(axis=-1, keepdims=True),
+                          self.prob.frac)
+        again = reciprocal(total, self.acc.frac, self.recip)
+        rescaled = self.prob.cast(probs * again, self.prob.frac + self.recip.frac)
+        return np.where(chosen, rescaled, probs)
+
     def add(self, a, b):
         return self.data.cast(a + b, self.data.frac)
 
@@ -575,6 +590,8 @@ def _route(state: _State, c: dict) -> None:
     for _ in range(top_k):  # the highest untaken probability, ties to the lower expert
         masked = np.where(chosen, -np.inf, probs.astype(np.float64))
         chosen[np.arange(n), masked.argmax(axis=1)] = True
+    if c.get("renormalise"):  # Mixtral / DeepSeek: the chosen probabilities sum to one
+        probs = state.ops.renormalise(probs, chosen)
     state.queues = [np.flatnonzero(chosen[:, e]) for e in range(experts)]
     state.scores = probs
     state.observe(c, "queue_lengths", np.array([len(q) for q in state.queues]))

@@ -36,6 +36,20 @@ def _read_json(path: Path) -> dict:
     return document
 
 
+def encoder_shared_by_tasks(manifest: dict) -> bool:
+    """Whether the kernel computes the same features for every task, so that one run can feed
+    all heads. Only the MoE routers read the task, and only per-task router tables (multi-gate)
+    or per-task biases (task-conditioned) make it matter: compile records whether the kernel's
+    routers hold such rows (`routers_read_task`). Projects compiled before that: a single
+    router (m3c's `--gate single`, in the config m3c's exporter writes) or a model without MoE
+    layers ignores the task; an unrecorded gate counts as routed per task (always right)."""
+    if "routers_read_task" in manifest:
+        return len(manifest.get("tasks", [])) <= 1 or not manifest["routers_read_task"]
+    gate = manifest.get("config", {}).get("gate", "multi")
+    without_moe = manifest.get("moe_layers") == []
+    return len(manifest.get("tasks", [])) <= 1 or without_moe or gate == "single"
+
+
 @dataclass
 class Project:
     """Everything a backend needs from the compiled project directory."""
@@ -70,6 +84,11 @@ class Project:
     @property
     def tasks(self) -> list[str]:
         return list(self.manifest["tasks"])
+
+    @property
+    def shared_encoder(self) -> bool:
+        """Whether one kernel run serves every task (see `encoder_shared_by_tasks`)."""
+        return encoder_shared_by_tasks(self.manifest)
 
     @property
     def image_shape(self) -> tuple[int, ...]:

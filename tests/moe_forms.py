@@ -7,12 +7,15 @@
 - `index_add`: the same token loop combined with `index_add` (exported as ScatterElements).
 - `einsum`: a dense MoE written with a one-hot combine matrix and einsums.
 - `gemm`: any form above with an `nn.Linear` router with bias (a Gemm) instead of `w_gate`.
+- `UserViT`: a small ViT written without m3c.models, its MoE one of `USER_FORMS` (dense,
+  renormalised top-k, ModuleList loops), BatchNorm optional, one image input named `x`.
 They export the whole model with `torch.onnx.export(dynamo=False)`, like `m3c.export`, or with
 the dynamo exporter (`export_dynamo`).
 """
 
 from __future__ import annotations
 
+import math
 import warnings
 from pathlib import Path
 
@@ -31,26 +34,34 @@ class _ContribMoE(torch.autograd.Function):
     """Runs like onnxruntime's MoE kernel and exports as `com.microsoft::MoE`."""
 
     @staticmethod
-    def forward(ctx, x, logits, w1, b1, w2, b2, k: int):  # noqa: ARG004 - ctx unused
+    def forward(ctx, x, logits, w1, b1, w2, b2, k: int, normalize: int):  # noqa: ARG004
         probs = logits.softmax(-1)
         top_probs, top_index = probs.topk(k, dim=-1)
+        if normalize:
+            top_probs = top_probs / top_probs.sum(-1, keepdim=True)
         combine = torch.zeros_like(probs).scatter(1, top_index, top_probs)
-        hidden = _gelu_tanh(torch.matmul(x, w1.transpose(1, 2)) + b1.unsqueeze(1))
+        rows = x.reshape(-1, x.shape[-1])  # onnxruntime's MoE takes [N, D] or [B, S, D]
+        hidden = _gelu_tanh(torch.matmul(rows, w1.transpose(1, 2)) + b1.unsqueeze(1))
         expert_out = torch.matmul(hidden, w2.transpose(1, 2)) + b2.unsqueeze(1)
-        return (combine.t().unsqueeze(-1) * expert_out).sum(0)
+        return (combine.t().unsqueeze(-1) * expert_out).sum(0).reshape(x.shape)
 
     @staticmethod
-    def symbolic(g, x, logits, w1, b1, w2, b2, k: int):
+    def symbolic(g, x, logits, w1, b1, w2, b2, k: int, normalize: int):
         return g.op(
             "com.microsoft::MoE", x, logits, w1, b1, w2, b2,
-            k_i=k, activation_type_s="gelu", normalize_routing_weights_i=0,
+            k_i=k, activation_type_s="gelu", normalize_routing_weights_i=normalize,
         )
 
 
 class ContribMoE(nn.Module):
-    def __init__(self, layer: MoEMlp) -> None:
+    """`normalize`: normalize_routing_weights=1 (the top-k renormalised); `tokens_3d`: the MoE
+    node fed the [1, N, D] token tensor itself, the logits' rows sized from the image's
+    shape (as a model reading its batch size off the input writes it)."""
+
+    def __init__(self, layer: MoEMlp, normalize: bool = False, tokens_3d: bool = False) -> None:
         super().__init__()
         self.layer = layer
+        self.normalize, self.tokens_3d = int(normalize), tokens_3d
 
     def forward(self, x, task, task_embedding=None):
         shape = x.shape
@@ -58,8 +69,8 @@ class ContribMoE(nn.Module):
         logits = self.layer.router_logits(tokens, task, task_embedding)
         experts = self.layer.experts
         out = _ContribMoE.apply(
-            tokens, logits, experts.htoh4.weight, experts.htoh4.bias,
-            experts.h4toh.weight, experts.h4toh.bias, self.layer.config.top_k,
+            x if self.tokens_3d else tokens, logits, experts.htoh4.weight, experts.htoh4.bias,
+            experts.h4toh.weight, experts.h4toh.bias, self.layer.config.top_k, self.normalize,
         )
         return out.reshape(shape)
 
@@ -234,3 +245,198 @@ def without_optional_contrib_inputs(path: Path, out: Path, drop: tuple[int, ...]
     del model.graph.value_info[:]
     onnx.save(model, str(out))
     return out
+
+
+# --- models written without m3c.models -------------------------------------------------
+
+# How each `UserMoE` form computes its layer (every expert an `Expert`, or stacked weights).
+USER_FORMS = {
+    "topk_loop": "softmax -> top-k -> token loop over a ModuleList, index_add",
+    "dense_softmax_loop": "every expert on every token, weighted by the full softmax (k = E)",
+    "dense_topk_loop": "every expert on every token, weighted by a top-k combine matrix",
+    "dense_einsum": "stacked expert weights by einsum, weighted by the full softmax",
+    "mixtral": "top-k of the logits, softmax over the top-k logits (renormalised)",
+    "deepseek": "softmax -> top-k -> divided by the top-k sum (renormalised)",
+}
+
+
+class Expert(nn.Module):
+    """One expert of a ModuleList MoE: Linear -> GELU -> Linear."""
+
+    def __init__(self, dim, hidden):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x):
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class UserMoE(nn.Module):
+    """A MoE layer as people write it (`USER_FORMS` says how each `form` computes)."""
+
+    def __init__(self, form, dim, hidden, experts, top_k, tasks=None):
+        super().__init__()
+        self.form, self.top_k, self.experts_n = form, top_k, experts
+        self.router = nn.Linear(dim, experts, bias=False)
+        self.task_embed = nn.Embedding(tasks, 8) if tasks else None
+        if self.task_embed is not None:
+            self.router = nn.Linear(dim + 8, experts, bias=False)
+        if form == "dense_einsum":
+            self.w1 = nn.Parameter(torch.randn(experts, dim, hidden) / math.sqrt(dim))
+            self.b1 = nn.Parameter(torch.randn(experts, hidden) * 0.1)
+            self.w2 = nn.Parameter(torch.randn(experts, hidden, dim) / math.sqrt(hidden))
+            self.b2 = nn.Parameter(torch.randn(experts, dim) * 0.1)
+        else:
+            self.experts = nn.ModuleList(Expert(dim, hidden) for _ in range(experts))
+
+    def logits(self, tokens, task):
+        if self.task_embed is None:
+            return self.router(tokens)
+        emb = self.task_embed(task).expand(tokens.shape[0], -1)
+        return self.router(torch.cat([tokens, emb], -1))
+
+    def forward(self, x, task=None):
+        shape = x.shape
+        tokens = x.reshape(-1, shape[-1])
+        logits = self.logits(tokens, task)
+        out = getattr(self, "_" + self.form)(tokens, logits)
+        return out.reshape(shape)
+
+    def _gate(self, logits):
+        probs = logits.softmax(-1)
+        top, index = probs.topk(self.top_k, -1)
+        return torch.zeros_like(probs).scatter(1, index, top)
+
+    def _dense_softmax_loop(self, tokens, logits):
+        gate = logits.softmax(-1)
+        return sum(gate[:, e:e + 1] * expert(tokens) for e, expert in enumerate(self.experts))
+
+    def _dense_topk_loop(self, tokens, logits):
+        gate = self._gate(logits)
+        return sum(gate[:, e:e + 1] * expert(tokens) for e, expert in enumerate(self.experts))
+
+    def _dense_einsum(self, tokens, logits):
+        gate = logits.softmax(-1)
+        hidden = F.gelu(torch.einsum("nd,edh->enh", tokens, self.w1) + self.b1[:, None])
+        out = torch.einsum("enh,ehd->end", hidden, self.w2) + self.b2[:, None]
+        return torch.einsum("ne,end->nd", gate, out)
+
+    def _mixtral(self, tokens, logits):
+        top, index = logits.topk(self.top_k, -1)
+        weights = top.softmax(-1)
+        return self._token_loop(tokens, weights, index)
+
+    def _deepseek(self, tokens, logits):
+        top, index = logits.softmax(-1).topk(self.top_k, -1)
+        weights = top / top.sum(-1, keepdim=True)
+        return self._token_loop(tokens, weights, index)
+
+    def _sigmoid_loop(self, tokens, logits):
+        """Sigmoid gates (no softmax): a routing m3c does not run, to be refused."""
+        top, index = logits.sigmoid().topk(self.top_k, -1)
+        return self._token_loop(tokens, top, index)
+
+    def _topk_loop(self, tokens, logits):
+        top, index = logits.softmax(-1).topk(self.top_k, -1)
+        return self._token_loop(tokens, top, index)
+
+    def _token_loop(self, tokens, weights, index):
+        out = torch.zeros_like(tokens)
+        for e, expert in enumerate(self.experts):
+            rows, slots = torch.where(index == e)
+            out = out.index_add(0, rows, expert(tokens[rows]) * weights[rows, slots, None])
+        return out
+
+
+class TokenNorm(nn.Module):
+    """BatchNorm1d over token features ([B, N, D] -> normalise D)."""
+    def __init__(self, dim):
+        super().__init__()
+        self.bn = nn.BatchNorm1d(dim)
+
+    def forward(self, x):
+        return self.bn(x.transpose(1, 2)).transpose(1, 2)
+
+
+class UserBlock(nn.Module):
+    """A pre-norm block with `nn.MultiheadAttention`; `norm` "batch": BatchNorm1d before it."""
+
+    def __init__(self, dim, heads, mlp, norm):
+        super().__init__()
+        self.norm1 = TokenNorm(dim) if norm == "batch" else nn.LayerNorm(dim)
+        self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = mlp
+
+    def forward(self, x, task=None):
+        h = self.norm1(x)
+        x = x + self.attn(h, h, h, need_weights=False)[0]
+        h = self.norm2(x)
+        return x + (self.mlp(h, task) if isinstance(self.mlp, UserMoE) else self.mlp(h))
+
+
+class UserViT(nn.Module):
+    """A two-block ViT written without m3c.models: block 1's MLP is a `UserMoE` of `form`,
+    one router shared by the tasks unless `task_router` (a task embedding concatenated to
+    the tokens); per-token Linear heads resized bilinearly to the image (Resize)."""
+
+    def __init__(self, form: str, dim: int = 32, heads: int = 2, experts: int = 4,
+                 top_k: int = 2, patch: int = 8, image: int = 32,
+                 outputs: tuple[str, ...] = ("semseg", "depth"), norm: str = "layer",
+                 embed_batchnorm: bool = False, task_router: bool = False, seed: int = 0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.patch, self.image = patch, image
+        self.embed = nn.Conv2d(3, dim, patch, patch)
+        self.embed_bn = nn.BatchNorm2d(dim) if embed_batchnorm else None
+        grid = image // patch
+        self.cls = nn.Parameter(torch.randn(1, 1, dim) * 0.1)
+        self.pos = nn.Parameter(torch.randn(1, 1 + grid * grid, dim) * 0.1)
+        moe = UserMoE(form, dim, 2 * dim, experts, top_k, len(outputs) if task_router else None)
+        self.blocks = nn.ModuleList([UserBlock(dim, heads, Expert(dim, 2 * dim), norm),
+                                     UserBlock(dim, heads, moe, "layer")])
+        self.norm = nn.LayerNorm(dim)
+        self.heads = nn.ModuleList(nn.Linear(dim, c) for c in (5, 1)[:len(outputs)])
+        for module in self.modules():  # non-trivial statistics and affine maps
+            if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
+                with torch.no_grad():
+                    module.running_mean.normal_(0, 0.5)
+                    module.running_var.uniform_(0.5, 2.0)
+                    module.weight.normal_(1, 0.2)
+                    module.bias.normal_(0, 0.2)
+        self.eval()
+
+    def forward(self, x, task=None):
+        feats = self.embed(x)
+        if self.embed_bn is not None:
+            feats = self.embed_bn(feats)
+        tokens = feats.flatten(2).transpose(1, 2)
+        tokens = torch.cat([self.cls.expand(tokens.shape[0], -1, -1), tokens], 1) + self.pos
+        for block in self.blocks:
+            tokens = block(tokens, task)
+        tokens = self.norm(tokens)[:, 1:]
+        grid = self.image // self.patch
+        outs = []
+        for head in self.heads:
+            y = head(tokens).transpose(1, 2).reshape(1, -1, grid, grid)
+            outs.append(F.interpolate(y, size=(self.image, self.image), mode="bilinear",
+                                      align_corners=False))
+        return tuple(outs)
+
+
+def export_user(model: UserViT, path: Path, dynamo: bool, input_name: str = "x") -> Path:
+    """Export at opset 18 with either exporter, the image input named `input_name`; a model
+    with a task-conditioned router also takes `task`."""
+    image = torch.randn(1, 3, model.image, model.image,
+                        generator=torch.Generator().manual_seed(0))
+    task = model.blocks[1].mlp.task_embed is not None
+    args = (image, torch.tensor(0)) if task else (image,)
+    options = {"external_data": False, "verbose": False} if dynamo else {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, args, str(path), dynamo=dynamo, opset_version=18,
+                          input_names=[input_name, "task"][: len(args)],
+                          output_names=["semseg", "depth"], **options)
+    return path

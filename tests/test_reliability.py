@@ -29,6 +29,7 @@ from m3c.check.verify_project import ProjectRow, project_passed
 from m3c.cli import expected_error
 from m3c.errors import M3CError, OnnxRuntimeError
 from m3c.project.atomic import output_lock
+from m3c.project.fidelity import Fidelity
 
 
 @pytest.fixture(autouse=True)
@@ -417,9 +418,12 @@ def test_non_finite_and_empty_comparisons_fail():
     assert max_error(np.ones(3), np.zeros(3), "x") == 1.0
     assert worst_error([]) == np.inf
     assert worst_error([StageRow(0, "import", {}, {"a": np.nan})]) != 0.0
-    row = ProjectRow("a", "fixed", 0.0, float("nan"), 0.0, 0.0)
+    close = Fidelity("a", True, 1.0, 0.0, 0, 100)
+    row = ProjectRow("a", "fixed", 0.0, float("nan"), 0.0, close)
     assert not row.passed and not project_passed([row]) and not project_passed([])
-    assert project_passed([ProjectRow("a", "fixed", 0.0, 0.0, 1.0, 1.0, 1.0)])
+    assert project_passed([ProjectRow("a", "fixed", 0.0, 0.0, 1.0, close)])
+    drifted = Fidelity("a", False, float("nan"), 0.0, 0, 100)  # a NaN output
+    assert not project_passed([ProjectRow("a", "fixed", 0.0, 0.0, 0.0, drifted)])
 
 
 def test_verify_fails_when_every_output_is_nan(micro, monkeypatch):

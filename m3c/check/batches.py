@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from m3c.check.metrics import encoder_error
-
-DENSE_MULTICHANNEL = frozenset({"normals"})  # regressions with several channels
+from m3c.project.fidelity import SaturationCounter, is_classes
+from m3c.runtime.project import encoder_shared_by_tasks
 
 
 class ProjectRunner:
@@ -33,9 +33,11 @@ class ProjectRunner:
         self.features = self.manifest["features_tensor"]
         self.reference = _session(_with_output(
             onnx.load(str(project / "intermediate/00_import.onnx")), self.features))
-        # A model with one router shared by its tasks has no task input (m3c's interface:
-        # README, "Bring your own model"): every task's output comes from the same run.
+        # A model may drop the task input when one router is shared by its tasks (m3c's
+        # interface: README, "Bring your own model"); m3c's own exports keep it unused.
+        # Either way every task's output then comes from one run of each model.
         self.task_input = "task" in {value.name for value in self.reference.get_inputs()}
+        self.shared_encoder = not self.task_input or encoder_shared_by_tasks(self.manifest)
         types = self.manifest.get("types") or {}
         self.data_type = (FixedType.from_json(types["data"])
                           if self.manifest.get("precision") == "fixed" else None)
@@ -52,30 +54,55 @@ class ProjectRunner:
     def evaluate(self, index: int, image: np.ndarray, labels: dict[str, np.ndarray]) -> dict:
         """Per task: this image's agreement with float, errors against labels, saturation,
         and the largest difference of the kernel's features from float's."""
-        record = {"index": index, "tasks": {}, "saturation": {}}
-        for task_id, task in enumerate(self.tasks):
-            feeds = {"image": image[None]}
-            if self.task_input:
-                feeds["task"] = np.array(task_id, dtype=np.int64)
-            # Only this task's head: the others would be computed and thrown away.
-            features, reference = self.reference.run([self.features, task], feeds)
-            if self.backend == "reference":
-                compiled, features_error = reference, (0.0, 0.0)
-            else:
-                ours = self._features(image, task_id, record["saturation"])
-                compiled = self._head(task, ours)
-                features_error = encoder_error(ours, features, self.manifest["features_shape"],
-                                               f"{task} features")
-            record["tasks"][task] = {**_task_record(task, compiled, reference, labels.get(task)),
-                                     "features_error": features_error[0],
-                                     "features_worst": features_error[1]}
+        record = {"index": index, "tasks": {}, "saturation": {}, "results": 0}
+        for task_ids in self._kernel_runs():
+            record["tasks"].update(self._evaluate_run(image, task_ids, labels, record))
         return record
 
-    def _features(self, image: np.ndarray, task_id: int, saturation: dict) -> np.ndarray:
-        if self.backend == "emulate":
-            observer = _saturation_counter(self.data_type, saturation)
-            return self.kernel.run(image, task_id, observer)
-        return self.kernel.run(image, task_id)
+    def _kernel_runs(self) -> list[list[int]]:
+        """The task ids each kernel run serves: all of them when one router is shared (the
+        features are the same for every task), else one run per task."""
+        task_ids = list(range(len(self.tasks)))
+        return [task_ids] if self.shared_encoder else [[task_id] for task_id in task_ids]
+
+    def _evaluate_run(self, image: np.ndarray, task_ids: list[int],
+                      labels: dict[str, np.ndarray], record: dict) -> dict[str, dict]:
+        """One run of the float reference and of the kernel, then the heads of `task_ids`."""
+        names = [self.tasks[task_id] for task_id in task_ids]
+        feeds = {"image": image[None]}
+        if self.task_input:
+            feeds["task"] = np.array(task_ids[0], dtype=np.int64)
+        # Only these tasks' heads: the others would be computed and thrown away.
+        features, *references = self.reference.run([self.features, *names], feeds)
+        ours, features_error, squared = None, (0.0, 0.0), 0.0
+        if self.backend != "reference":
+            ours = self._features(image, task_ids[0], record)
+            features_error = encoder_error(ours, features, self.manifest["features_shape"],
+                                           f"{', '.join(names)} features")
+            squared = float(np.sum((ours.astype(np.float64).ravel()
+                                    - features.astype(np.float64).ravel()) ** 2))
+        energy = float(np.sum(features.astype(np.float64) ** 2))
+        records = {}
+        for name, reference in zip(names, references, strict=True):
+            compiled = reference if ours is None else self._head(name, ours)
+            records[name] = {**_task_record(name, compiled, reference, labels.get(name)),
+                             "features_error": features_error[0],
+                             "features_worst": features_error[1],
+                             "features_squared_difference": squared,
+                             "features_squared_reference": energy}
+        return records
+
+    def _features(self, image: np.ndarray, task_id: int, record: dict) -> np.ndarray:
+        """The kernel's features; the emulation also counts saturated results into
+        `record` (per layer, and how many results there were)."""
+        if self.backend != "emulate" or self.data_type is None:
+            return self.kernel.run(image, task_id)
+        counter = SaturationCounter(self.data_type)
+        features = self.kernel.run(image, task_id, counter)
+        for layer, pinned in counter.per_layer.items():
+            record["saturation"][layer] = record["saturation"].get(layer, 0) + pinned
+        record["results"] += counter.results
+        return features
 
     def _head(self, task: str, features: np.ndarray) -> np.ndarray:
         head, shape = self.heads[task], self.manifest["features_shape"]
@@ -102,24 +129,10 @@ def _session(model):
                                 providers=["CPUExecutionProvider"])
 
 
-def _saturation_counter(data_type, counts: dict):
-    """An emulator observer counting results pinned at the data type's limits, per layer."""
-    if data_type is None:
-        return None
-
-    def observe(call: dict, what: str, values: np.ndarray) -> None:
-        if what in ("output", "hidden", "expert_output"):
-            pinned = int(np.count_nonzero((values == data_type.raw_max)
-                                          | (values == data_type.raw_min)))
-            if pinned:
-                counts[call["layer"]] = counts.get(call["layer"], 0) + pinned
-    return observe
-
-
 def _task_record(task: str, compiled: np.ndarray, reference: np.ndarray,
                  label: np.ndarray | None) -> dict:
     """What one image contributes to a task's figures (sums, so batches add exactly)."""
-    if _is_classes(task, reference):
+    if is_classes(task, reference):
         ours, theirs = compiled[0].argmax(0), reference[0].argmax(0)
         record = {"kind": "classes", "agreement": float(np.mean(ours == theirs))}
         if label is not None:
@@ -152,10 +165,6 @@ def at_label(maps: np.ndarray, label: np.ndarray) -> np.ndarray:
     rows = ((np.arange(label.shape[-2]) + 0.5) * height / label.shape[-2]).astype(np.int64)
     cols = ((np.arange(label.shape[-1]) + 0.5) * width / label.shape[-1]).astype(np.int64)
     return maps[..., rows[:, None], cols]
-
-
-def _is_classes(task: str, output: np.ndarray) -> bool:
-    return output.shape[1] > 1 and task not in DENSE_MULTICHANNEL
 
 
 def _confusion(prediction: np.ndarray, label: np.ndarray, classes: int) -> np.ndarray:

@@ -88,12 +88,17 @@ def _summarise(folder: Path, records: list[dict], images: ImageSet) -> dict:
         tasks[task]["worst_images"] = _worst(rows, records, images.names)
         for key in ("features_error", "features_worst"):
             tasks[task][key] = max(row[key] for row in rows)
+        difference = sum(row["features_squared_difference"] for row in rows)
+        energy = sum(row["features_squared_reference"] for row in rows)
+        tasks[task]["features_relative_rmse"] = (math.sqrt(difference / energy) if energy
+                                                 else 0.0 if difference == 0 else math.inf)
     saturation: dict[str, int] = {}
     for record in records:
         for layer, pinned in record["saturation"].items():
             saturation[layer] = saturation.get(layer, 0) + pinned
     return {"project": str(folder), "precision": manifest.get("precision"), "tasks": tasks,
             "saturation": dict(sorted(saturation.items())),
+            "results": sum(record["results"] for record in records),
             "per_image": [{"image": images.names[r["index"]],
                            **{task: _image_score(r["tasks"][task]) for task in manifest["tasks"]}}
                           for r in records]}

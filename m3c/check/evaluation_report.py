@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -52,27 +53,84 @@ def _metric_text(figures: dict) -> str:
     return "(no labels) | (no labels)"
 
 
-def _plots(out: Path, evaluation: dict) -> list[Path]:
-    import matplotlib
+@dataclass(frozen=True)
+class Panel:
+    """One panel of a project's evaluation plot: per series (a task, or the saturated
+    layers) the values it draws, on an axis of its own unit."""
 
-    matplotlib.use("Agg")
-    from matplotlib import pyplot
+    title: str
+    xlabel: str
+    series: dict[str, list[float]]
+    chart: str = "histogram"  # per-image values; "bars": one value per series
+    x_range: tuple[float, float] | None = None  # the histogram's bins span this
+
+
+def evaluation_panels(project: dict) -> list[Panel]:
+    """The panels a project's plot draws: per-image class agreement and per-image dense
+    relative RMSE on separate axes (their units differ), and saturated results per layer
+    only when some layer saturated."""
+    def per_image(kind: str) -> dict[str, list[float]]:
+        return {task: [100 * image[task] for image in project["per_image"]]
+                for task, figures in project["tasks"].items() if figures["kind"] == kind}
+
+    agreement = per_image("classes")
+    lowest = min((min(values) for values in agreement.values()), default=100.0)
+    panels = [Panel("class maps: agreement with float", "pixels agreeing (%)", agreement,
+                    x_range=(min(lowest, 99.0), 100.0)),  # agreement cannot pass 100%
+              Panel("dense maps: error against float", "relative RMSE (%)", per_image("dense")),
+              Panel("saturated results per layer", "results pinned at the type's limits",
+                    {layer: [count] for layer, count in project["saturation"].items()},
+                    chart="bars")]
+    return [panel for panel in panels if panel.series]
+
+
+def saturation_note(project: dict) -> str | None:
+    """What the plot says instead of an empty saturation panel."""
+    if project["saturation"]:
+        return None
+    if project["precision"] == "fixed":
+        return "no result saturated in any layer"
+    return f"{project['precision']} precision: no saturation to count"
+
+
+def _plots(out: Path, evaluation: dict) -> list[Path]:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     written = []
     for number, project in enumerate(evaluation["projects"]):
-        figure, (left, right) = pyplot.subplots(1, 2, figsize=(11, 4))
-        for task in project["tasks"]:
-            left.hist([image[task] for image in project["per_image"]], bins=20, alpha=0.6,
-                      label=task)
-        left.set_title("per image: class agreement / dense relative RMSE")
-        left.legend()
-        layers = list(project["saturation"])
-        right.barh(range(len(layers)), [project["saturation"][n] for n in layers])
-        right.set_yticks(range(len(layers)), [n[-30:] for n in layers], fontsize=6)
-        right.set_title("saturated results per layer" if layers else "no saturation")
-        figure.tight_layout()
+        panels = evaluation_panels(project)
+        figure = Figure(figsize=(4.6 * len(panels), 4))
+        FigureCanvasAgg(figure)
+        for panel, axes in zip(panels, figure.subplots(1, len(panels), squeeze=False)[0],
+                               strict=True):
+            _draw_panel(axes, panel)
+        figure.suptitle(f"{Path(project['project']).name} ({project['precision']}), "
+                        f"{len(project['per_image'])} images", fontsize=10)
+        note = saturation_note(project)
+        if note:
+            figure.text(0.5, 0.01, note, ha="center", fontsize=8, color="dimgray")
+        figure.tight_layout(rect=(0, 0.04 if note else 0, 1, 1))
         path = out / f"evaluation_{number}.png"
         figure.savefig(path, dpi=90, metadata={"Software": None})
-        pyplot.close(figure)
         written.append(path)
     return written
+
+
+def _draw_panel(axes, panel: Panel) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    if panel.chart == "bars":
+        layers = list(panel.series)
+        counts = [panel.series[layer][0] for layer in layers]
+        axes.bar_label(axes.barh(range(len(layers)), counts, height=0.6), fontsize=7)
+        axes.set_yticks(range(len(layers)), [layer[-30:] for layer in layers], fontsize=6)
+        axes.set_ylim(-1, len(layers))  # one layer keeps a bar's height, not the panel's
+    else:
+        for task, values in panel.series.items():
+            axes.hist(values, bins=20, range=panel.x_range, alpha=0.6, label=task)
+        axes.set_ylabel("images")
+        axes.yaxis.set_major_locator(MaxNLocator(integer=True))
+        axes.legend(fontsize=8)
+    axes.set_xlabel(panel.xlabel)
+    axes.set_title(panel.title, fontsize=9)

@@ -5,24 +5,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from m3c.check.metrics import TOKEN_NOTE, fixed_onnxruntime_tolerance
+from m3c.project.fidelity import Fidelity
 
 
 @dataclass
 class FreshRow:
     """One task on fresh images: the kernel (through its bit-exact emulation) and its host
-    head against onnxruntime on the original model."""
+    head against onnxruntime on the original model, held to m3c.project.fidelity's limits."""
 
     task: str
     images: int
-    features_error: float  # encoder_error's first figure, the largest over the images
-    features_worst: float  # the largest error of any token
-    tolerance: float
-    agreement: str
+    fidelity: Fidelity
 
     @property
     def passed(self) -> bool:
-        return self.features_error <= self.tolerance  # NaN fails
+        return self.fidelity.passed  # NaN fails
 
 
 def verify_fresh_images(project: str | Path, images: int | str, seed: int = 0
@@ -37,14 +34,21 @@ def verify_fresh_images(project: str | Path, images: int | str, seed: int = 0
     from m3c.frontend.validate import load_project
 
     project = Path(project)
-    manifest, kernel = load_project(project)
+    manifest, _ = load_project(project)
     image_set = _fresh_images(images, manifest, seed)
     summary = evaluate([project], image_set, backend="emulate", workers=1)["projects"][0]
-    tolerance = fixed_onnxruntime_tolerance(manifest, kernel)
-    rows = [FreshRow(task, len(image_set.images), figures["features_error"],
-                     figures["features_worst"], tolerance, _agreement(figures))
+    saturated = sum(summary["saturation"].values())
+    rows = [FreshRow(task, len(image_set.images), _fidelity(task, figures, saturated,
+                                                            summary["results"]))
             for task, figures in summary["tasks"].items()]
     return rows, summary["saturation"], image_set.source
+
+
+def _fidelity(task: str, figures: dict, saturated: int, results: int) -> Fidelity:
+    classes = figures["kind"] == "classes"
+    return Fidelity(task, classes,
+                    figures["pixel_agreement"] if classes else figures["relative_rmse"],
+                    figures["features_relative_rmse"], saturated, results)
 
 
 def _fresh_images(images: int | str, manifest: dict, seed: int):
@@ -55,20 +59,13 @@ def _fresh_images(images: int | str, manifest: dict, seed: int):
     return synthetic_images(manifest, images, seed)
 
 
-def _agreement(figures: dict) -> str:
-    if figures["kind"] == "classes":
-        return f"{100 * figures['pixel_agreement']:.2f}% of pixels agree"
-    return f"relative RMSE {100 * figures['relative_rmse']:.2f}%"
-
-
 def format_fresh_table(rows: list[FreshRow], saturation: dict[str, int], source: str) -> str:
     lines = [f"fresh images: {rows[0].images if rows else 0} {source}",
-             f"{'task':<12} {'encoder vs ORT*':>15} {'worst token':>12} {'limit':>9}  "
-             f"{'task output vs ORT':<28} verdict"]
-    lines += [f"{row.task:<12} {row.features_error:>15.2e} {row.features_worst:>12.2e} "
-              f"{row.tolerance:>9.1e}  {row.agreement:<28} {'PASS' if row.passed else 'FAIL'}"
-              for row in rows]
-    lines.append(TOKEN_NOTE)
+             f"{'task':<10} {'encoder vs float':>17} {'task output vs float':>32} "
+             f"{'saturated results':>24}  verdict"]
+    lines += [f"{row.task:<10} {row.fidelity.features_column():>17} "
+              f"{row.fidelity.task_column():>32} {row.fidelity.saturation_column():>24}  "
+              f"{'PASS' if row.passed else 'FAIL'}" for row in rows]
     if saturation:
         worst = sorted(saturation.items(), key=lambda item: -item[1])
         lines.append("saturated results per layer: " + ", ".join(

@@ -46,36 +46,6 @@ def encoder_error(got: np.ndarray, want: np.ndarray, shape: list[int], what: str
     return float(np.partition(per_token, rank)[rank]), worst
 
 
-# A fixed-point kernel agrees with emulation exactly, but the emulation itself could be wrong
-# together with it: its encoder output is also held to onnxruntime, within this many steps of
-# the activation type (1/256 of its range): room for rounding through every layer, far less
-# than a wrong weight or a saturating layer costs.
-FIXED_ORT_STEPS = 256
-
-
-def fixed_onnxruntime_tolerance(manifest: dict, kernel: dict | None = None) -> float:
-    """How far a fixed-point project's encoder output may be from onnxruntime's (`kernel`:
-    its kernel.json, whose 8-bit layers widen the limit)."""
-    data = manifest.get("types", {}).get("data")
-    if manifest["precision"] == "float" or not data or "frac" not in data:
-        return float(manifest["tolerance"])
-    steps = [2.0 ** -int(kind["frac"]) for call in (kernel or {}).get("calls", [])
-             for name, kind in call.get("mac8", {}).items()
-             if name in ("x", "x2") and isinstance(kind, dict) and kind.get("signed")]
-    return max([FIXED_ORT_STEPS * 2.0 ** -int(data["frac"]),
-                *(MAC8_ORT_STEPS * step for step in steps)])
-
-
-TOKEN_NOTE = (f"* the error all but {ROUTING_FLIP_SHARE:.0%} of the tokens stay within: a "
-              "router near a tie flips single tokens under any rounding")
-
-
-# With 8-bit layers (int8, mixed) the activations they read are rounded to 8 bits: the encoder
-# may then also be this many steps of the coarsest such operand from onnxruntime (measured: 3-6
-# steps on micro-nyud int8).
-MAC8_ORT_STEPS = 16
-
-
 # TVM and onnxruntime agree within 1.9e-7 on every preset measured; far above that is a bug
 # in one of them, whatever tolerance the stages are held to.
 ORACLE_TOLERANCE = 1e-4

@@ -1,6 +1,7 @@
 """CLI sub-commands, one module each; importing this package registers them all."""
 
 from m3c.commands import (  # noqa: F401
+    check_cmd,
     compile_cmd,
     evaluate_cmd,
     export_cmd,

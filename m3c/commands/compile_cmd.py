@@ -10,6 +10,7 @@ import numpy as np
 
 from m3c.commands.registry import command
 from m3c.errors import CodegenError
+from m3c.hw.dse import DEFAULT_BUDGET
 
 
 def _configure(parser: argparse.ArgumentParser) -> None:
@@ -31,12 +32,17 @@ def _configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force", action="store_true", help="replace a non-empty directory")
     parser.add_argument("--tiles", help="force the MAC array's TKxTM, e.g. 48x32 "
                         "(default: the fastest that fits --budget)")
-    parser.add_argument("--budget", type=float, default=0.8,
-                        help="fraction of the target's resources the design may use (0, 1]")
+    parser.add_argument("--budget", type=float, default=DEFAULT_BUDGET,
+                        help="fraction (0, 1] of the resource caps the design may use; the "
+                             "caps are what a placed design can meet: DSP 90%%, BRAM18 and "
+                             "URAM 85%%, LUT 70%%, FF 60%% of the device (default 1: the caps)")
     parser.add_argument("--mean", type=_statistic, metavar="M[,M,M]",
                         help="pictures' per-channel mean after scaling to [0,1], as in "
                              "training (default: the model's m3c.preprocess metadata, else "
                              "0.5), e.g. 0.485,0.456,0.406")
+    parser.add_argument("--allow-inaccurate", action="store_true",
+                        help="write a fixed-point project even when its outputs leave the "
+                             "limits against the float model (m3c verify will FAIL it)")
     parser.add_argument("--std", type=_statistic, metavar="S[,S,S]",
                         help="pictures' per-channel std (default: the metadata's, else 0.25), "
                              "e.g. 0.229,0.224,0.225")
@@ -60,7 +66,8 @@ def run_compile(args: argparse.Namespace) -> int:
                             precision=args.precision, force=args.force, calib=calib,
                             precision_config=args.precision_config, tiles=args.tiles,
                             budget=args.budget, max_agreement_loss=args.max_agreement_loss,
-                            mean=args.mean, std=args.std)
+                            mean=args.mean, std=args.std,
+                            allow_inaccurate=args.allow_inaccurate)
     if not args.quiet:
         from m3c.commands.report_cmd import summary_line
 
@@ -68,7 +75,25 @@ def run_compile(args: argparse.Namespace) -> int:
         print(f"wrote {project}: `make -C {project} csim` simulates it with g++, "
               f"`m3c verify {project}` checks it against onnxruntime")
         print(f"estimate ({project / 'report' / 'report.md'}): {summary_line(report)}")
+        print(static_check_lines(project))
     return 0
+
+
+def static_check_lines(project: Path) -> str:
+    """What `m3c check` proves of the generated code: the loop furthest from its II, and the
+    latency at the II it allows."""
+    from m3c.check.hls import check_project
+    from m3c.commands.check_cmd import latency_line, worst_loop
+
+    report = check_project(project)
+    loop = worst_loop(report)
+    lines = []
+    if loop is not None and loop.bound_ii != loop.target_ii:
+        bound = "?" if loop.bound_ii is None else loop.bound_ii
+        lines.append(f"m3c check: worst loop {loop.function}: {loop.loop}, II {bound} "
+                     f"(target {loop.target_ii}); {len(report.findings)} finding(s): "
+                     f"`m3c check {project}` lists them")
+    return "\n".join([*lines, latency_line(project, report)])
 
 
 def calibration_images(path: Path) -> np.ndarray:

@@ -9,6 +9,7 @@ import numpy as np
 import onnx
 
 from m3c.errors import GraphImportError
+from m3c.frontend.validate import IMAGE_INPUT
 
 
 def task_names(model: onnx.ModelProto) -> list[str]:
@@ -17,6 +18,42 @@ def task_names(model: onnx.ModelProto) -> list[str]:
     if "m3c.tasks" in meta:
         return list(json.loads(meta["m3c.tasks"]))
     return [output.name for output in model.graph.output]
+
+
+def name_image_input(model: onnx.ModelProto) -> onnx.ModelProto:
+    """`model` with its image input named `image`, as every stage, feed and project file
+    names it: a model whose one float input (besides `task`) is called otherwise (`x`,
+    `pixel_values`) of rank 4 ([1,C,H,W]) gets a renamed copy; any other model is returned as
+    it is (a graph of token rows, say, is no image model)."""
+    initializers = {init.name for init in model.graph.initializer}
+    inputs = [value for value in model.graph.input
+              if value.name not in initializers and value.name != "task"]
+    if len(inputs) != 1 or inputs[0].name == IMAGE_INPUT \
+            or inputs[0].type.tensor_type.elem_type != onnx.TensorProto.FLOAT \
+            or len(inputs[0].type.tensor_type.shape.dim) != 4 \
+            or IMAGE_INPUT in _tensor_names(model.graph):
+        return model
+    renamed = onnx.ModelProto()
+    renamed.CopyFrom(model)
+    _rename(renamed.graph, inputs[0].name, IMAGE_INPUT)
+    return renamed
+
+
+def _tensor_names(graph: onnx.GraphProto) -> set[str]:
+    names = {value.name for value in graph.input} | {init.name for init in graph.initializer}
+    return names | {name for node in graph.node for name in node.output}
+
+
+def _rename(graph: onnx.GraphProto, old: str, new: str) -> None:
+    """Rename tensor `old` wherever `graph` (and the subgraphs it holds) reads it."""
+    for value in [*graph.input, *graph.output, *graph.value_info]:
+        if value.name == old:
+            value.name = new
+    for node in graph.node:
+        node.input[:] = [new if name == old else name for name in node.input]
+        for attribute in node.attribute:
+            for subgraph in [attribute.g, *attribute.graphs]:
+                _rename(subgraph, old, new)
 
 
 def sample_feeds(model: onnx.ModelProto, count: int = 2, seed: int = 0) -> list[dict]:

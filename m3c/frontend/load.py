@@ -10,6 +10,7 @@ import onnx_graphsurgeon as gs
 from google.protobuf.message import DecodeError
 
 from m3c.errors import GraphImportError
+from m3c.frontend.interface import name_image_input
 from m3c.frontend.validate import check_model
 from m3c.ir.graph import Graph
 
@@ -27,6 +28,7 @@ def load_model(source) -> Graph:
     if not isinstance(source, onnx.ModelProto):
         raise GraphImportError(f"cannot lower a {type(source).__name__}",
                                remedy="pass a path, an onnx.ModelProto or a gs.Graph")
+    source = name_image_input(source)
     _check_static_inputs(source)
     check_model(source, where)  # structure, metadata, inputs and weights, up front
     metadata = {prop.key: prop.value for prop in source.metadata_props}

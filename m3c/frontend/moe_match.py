@@ -26,6 +26,7 @@ class MoEMatch:
     b2: np.ndarray
     top_k: int
     activation: str
+    renormalise: bool = False  # the top-k gate values divided by their sum (Mixtral, DeepSeek)
 
     def check(self, where: str) -> None:
         experts, dim, hidden = self.w1.shape
@@ -73,8 +74,9 @@ def check_match(graph: gs.Graph, match: MoEMatch, where: str) -> None:
             f"{where}: the recognised MoE layer differs from the graph by {worst:.2e}; "
             + (f"nodes not accounted for: {', '.join(unknown[:5])}" if unknown else
                "its routing or expert MLP is not the M3ViT form"),
-            remedy="keep the MoE layer to router -> softmax -> top-k -> expert MLPs -> "
-                   "weighted sum, with any extra computation outside it")
+            remedy="keep the MoE layer to router -> softmax -> top-k (optionally "
+                   "renormalised) -> expert MLPs -> weighted sum, with any extra computation "
+                   "outside it")
 
 
 def match_error(graph: gs.Graph, match: MoEMatch, where: str, seed: int = 0
@@ -92,7 +94,8 @@ def match_error(graph: gs.Graph, match: MoEMatch, where: str, seed: int = 0
     worst = 0.0
     for task in range(num_tasks(graph)):
         got = session.run(None, feeds_for(tokens, task))[0].reshape(tokens.shape)
-        want = moe(tokens, np.array(task), *args, match.top_k, match.activation)
+        want = moe(tokens, np.array(task), *args, match.top_k, match.activation,
+                   match.renormalise)
         ranked = np.sort(router_probs(tokens, task, *args[:2]), axis=-1)[:, ::-1]
         decided = np.ones(len(tokens), bool)
         if match.top_k < ranked.shape[1]:
@@ -197,7 +200,8 @@ def replace_with_moe(graph: gs.Graph, match: MoEMatch, index: int) -> gs.Node:
     node = gs.Node(
         "MoE", name=f"{prefix}/MoE", domain="m3c",
         attrs={"top_k": int(match.top_k), "num_experts": int(match.w1.shape[0]),
-               "activation": match.activation},
+               "activation": match.activation,
+               **({"renormalise": 1} if match.renormalise else {})},
         inputs=[match.router.tokens, task, *constants], outputs=[match.output],
     )
     graph.nodes.append(node)

@@ -110,27 +110,30 @@ def analyse_router(
                 break
     gemm = producer(logits, "Gemm")
     if gemm is not None and not isinstance(bias, np.ndarray):
-        return _gemm_router(gemm, where)
-    matmul = producer(logits, "MatMul")
-    if matmul is None:
-        raise LoweringError(f"{where}: router logits are not computed by a MatMul",
-                            remedy="route with logits = tokens @ w_gate")
-    tokens, weight = matmul.inputs
-    table = task_indexed_table(weight, graph, task_name)
-    if table is not None:
-        return Router(tokens, table.astype(np.float32), _bias_rows(bias, table.shape[-1]))
-    value = constant_value(weight)
-    if value is None or value.ndim != 2:
-        raise LoweringError(f"{where}: router weight {weight.name!r} is neither a constant nor "
-                            "a task-indexed table", remedy="export the router weights as constants")
+        tokens, value, bias = _gemm_router(gemm, where)
+    else:
+        matmul = producer(logits, "MatMul")
+        if matmul is None:
+            raise LoweringError(f"{where}: router logits are not computed by a MatMul",
+                                remedy="route with logits = tokens @ w_gate")
+        tokens, weight = matmul.inputs
+        table = task_indexed_table(weight, graph, task_name)
+        if table is not None:
+            return Router(tokens, table.astype(np.float32), _bias_rows(bias, table.shape[-1]))
+        value = constant_value(weight)
+        if value is None or value.ndim != 2:
+            raise LoweringError(f"{where}: router weight {weight.name!r} is neither a constant "
+                                "nor a task-indexed table",
+                                remedy="export the router weights as constants")
     concat = producer(tokens, "Concat")
     if concat is None:
         return Router(tokens, value[None].astype(np.float32), _bias_rows(bias, value.shape[-1]))
     return _fold_task_embedding(concat, value, bias, graph, task_name, num_tasks, where)
 
 
-def _gemm_router(gemm: gs.Node, where: str) -> Router:
-    """An `nn.Linear` router: Gemm(tokens, W, b) with constant W (maybe transposed) and b."""
+def _gemm_router(gemm: gs.Node, where: str) -> tuple[gs.Tensor, np.ndarray, np.ndarray | float]:
+    """(tokens, weight as x @ W, bias) of an `nn.Linear` router: Gemm(tokens, W, b) with
+    constant W (maybe transposed) and b."""
     values = [constant_value(t) for t in gemm.inputs[1:]]
     alpha, beta = gemm.attrs.get("alpha", 1.0), gemm.attrs.get("beta", 1.0)
     if values[0] is None or gemm.attrs.get("transA", 0) or any(
@@ -139,8 +142,7 @@ def _gemm_router(gemm: gs.Node, where: str) -> Router:
                             remedy="export the router weights as constants")
     weight = values[0].T if gemm.attrs.get("transB", 0) else values[0]
     bias = values[1] * beta if len(values) > 1 else 0.0
-    return Router(gemm.inputs[0], (weight * alpha)[None].astype(np.float32),
-                  _bias_rows(bias, weight.shape[-1]))
+    return gemm.inputs[0], weight * alpha, bias
 
 
 def _bias_rows(bias, experts: int) -> np.ndarray:

@@ -136,6 +136,7 @@ class RouteCall(Call):
     router_b: int | None = None
     weight_rows: int = 1
     bias_rows: int = 1
+    renormalise: bool | None = None  # True: the top-k probabilities divided by their sum
 
 
 @dataclass(kw_only=True)

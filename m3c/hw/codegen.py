@@ -32,6 +32,15 @@ VIEW_OPS = {"Reshape", "Squeeze", "Unsqueeze", "Identity", "Flatten"}
 EXPERT_OPS = {"LoadExpert", "ExpertGather", "ExpertMLP", "ScatterAdd"}
 ACTIVATIONS = {"none": "ACT_NONE", "gelu": "ACT_GELU", "gelu_tanh": "ACT_GELU_TANH",
                "relu": "ACT_RELU"}
+GELU_FORMS = ("gelu", "gelu_tanh")  # activations computed from a lookup table
+
+
+def gelu_forms(calls: list[dict]) -> list[str]:
+    """The GELU forms the calls use, in GELU_FORMS order."""
+    used = {call.get("activation") for call in calls}
+    return [form for form in GELU_FORMS if form in used]
+
+
 ALIGN = 16  # elements: every constant starts on a 64-byte boundary of the float blob
 
 def _aligned(size: int) -> int:
@@ -211,6 +220,8 @@ def plan_kernel(graph: gs.Graph) -> KernelPlan:
         handler(planner, node, image)
     (features,) = graph.outputs
     _features(planner, features)
+    # The kernel holds a GELU table per form its layers use (at least one: the code reads it).
+    planner.capacity["gelu_forms"] = max(1, len(gelu_forms(planner.calls)))
     return KernelPlan(calls=planner.calls, weights=planner.weights,
                       image_shape=list(image.shape), features_shape=list(features.shape),
                       capacities=planner.capacity, layers=planner.layers)
@@ -314,8 +325,20 @@ def _route(planner: _Planner, node: gs.Node, image) -> None:
     top_k = int(node.attrs["top_k"])
     planner.call("route", node.name, tokens=rows, dim=dim, experts=experts, top_k=top_k,
                  router_w=planner.w(router_w), router_b=planner.w(router_b),
-                 weight_rows=int(router_w.shape[0]), bias_rows=int(router_b.shape[0]))
+                 weight_rows=int(router_w.shape[0]), bias_rows=int(router_b.shape[0]),
+                 renormalise=_renormalised(planner, node) or None)
     planner.grow(max_tokens=rows, max_dim=dim, max_experts=experts, max_top_k=top_k)
+
+
+def _renormalised(planner: _Planner, route: gs.Node) -> bool:
+    """Whether the router's top-k scores are renormalised (a RenormaliseScores after it, which
+    the route call then computes: its output is the scores the queues take)."""
+    score = route.outputs[1]
+    after = [user for user in score.outputs if user.op == "RenormaliseScores"]
+    for node in after:
+        planner.done.add(node.name)
+        planner.alias[node.outputs[0].name] = planner.name(score)
+    return bool(after)
 
 
 def _queues(planner: _Planner, node: gs.Node, image) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from m3c.hw.calls import Call
+from m3c.hw.codegen import gelu_forms
 
 
 def calls_for_config(config: dict) -> tuple[list[dict], dict]:
@@ -55,7 +56,8 @@ def calls_for_config(config: dict) -> tuple[list[dict], dict]:
                   "max_expert_hidden": hidden if moe else 1, "max_top_k": top_k if moe else 1,
                   "max_hidden": mlp, "max_patches": patches, "max_patch_len": patch_len,
                   "patch_grid_w": width // patch, "patch_grid_h": height // patch,
-                  "image_elements": config["in_chans"] * height * width}
+                  "image_elements": config["in_chans"] * height * width,
+                  "gelu_forms": max(1, len(gelu_forms(calls)))}
     return calls, capacities
 
 

@@ -3,8 +3,9 @@
 The MAC array's TK (inputs per cycle: multiples of the memories' lanes) and TM (outputs per
 cycle: a multiple of the lanes, at least a DDR word's elements, at most TK) with the rows of a
 matmul tile (`ROW_TILES`) and attention's query tile (`QUERY_TILES`) are estimated with
-m3c.hw.estimate; designs whose resources exceed `budget` x the target's capacity are dropped; the
-fastest remaining design wins, ties going to the one with fewer DSPs, then fewer BRAM18.
+m3c.hw.estimate; designs whose resources exceed `budget` x the caps (m3c.hw.resources.CAPS: the
+share of each resource a placed design can meet) are dropped; the fastest remaining design
+wins, ties going to the one with fewer DSPs, then fewer BRAM18.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ TK_CHOICES = (8, 16, 32, 48, 64, 96, 128)
 TM_CHOICES = (4, 8, 12, 16, 20, 24, 28, 32, 40, 48, 64)
 ROW_TILES = (32, 64, 128, 256, 384)
 QUERY_TILES = (32, 64, 96, 128)
-DEFAULT_BUDGET = 0.8
+DEFAULT_BUDGET = 1.0  # the caps themselves
 
 
 @dataclass
@@ -42,7 +43,7 @@ class Choice:
 def check_budget(budget: float) -> float:
     if not 0 < budget <= 1:
         raise EstimateError(f"budget {budget} is not in (0, 1]",
-                            remedy="pass a fraction of the target, e.g. --budget 0.8")
+                            remedy="pass a fraction of the caps, e.g. --budget 0.9")
     return float(budget)
 
 
@@ -86,8 +87,8 @@ def choose_design(calls: Sequence[dict], capacities: dict, target: Target,
                   precision: Precision, budget: float = DEFAULT_BUDGET,
                   tiles: tuple[int, int] | None = None, routing: dict | None = None,
                   row_tile: int | None = None, query_tile: int | None = None) -> Choice:
-    """The fastest design within `budget`. Forced `tiles` are checked against the whole target
-    (the row and query tiles are still explored unless forced too)."""
+    """The fastest design within `budget` x the caps. Forced `tiles` are checked against the
+    caps themselves (the row and query tiles are still explored unless forced too)."""
     budget = check_budget(budget)
     limit = 1.0 if tiles is not None else budget
     try:
@@ -114,7 +115,7 @@ def choose_design(calls: Sequence[dict], capacities: dict, target: Target,
         smallest = Design(target, capacities, (lanes, lanes), precision, ROW_TILES[0],
                           QUERY_TILES[0])
         raise EstimateError(
-            f"no array size fits {target.name} within {budget:.0%} of its resources; even "
+            f"no array size fits {target.name} within {budget:.0%} of its caps; even "
             f"{lanes}x{lanes} overflows:\n{overflow_table(smallest, budget)}",
             remedy="use a narrower --precision, a larger target, or a higher --budget")
     (cycles, *_), design, used = best

@@ -60,6 +60,6 @@ def check_fit(design: Design, budget: float = 1.0) -> Resources:
     if overflows(used, design.target, budget):
         raise EstimateError(
             f"array {design.tiles[0]}x{design.tiles[1]} does not fit {design.target.name} "
-            f"({budget:.0%} of its resources):\n{overflow_table(design, budget)}",
+            f"({budget:.0%} of its resource caps):\n{overflow_table(design, budget)}",
             remedy="choose smaller --tiles, or let m3c pick them (omit --tiles)")
     return used

@@ -11,9 +11,18 @@ Resources (UltraScale+):
   are read, the epilogue's scale, softmax normalisation, gate and GELU) cost LUTs, about
   `FABRIC_LUT_PER_BIT2` per product bit pair;
 - every array is bound (bind_storage) to registers (a word per bank), LUTRAM (banks up to
-  `REGISTER_MAX_BITS`), URAM (the largest banks from `URAM_MIN_BITS` while `budget` of the
-  target's URAMs last) or BRAM18 in their cheapest aspect ratio; lookup tables the array reads
-  several times per cycle are counted once per two readers (dual-ported ROM copies).
+  `REGISTER_MAX_BITS`), URAM (the largest banks from `URAM_MIN_BITS` while the URAMs within
+  the caps last) or BRAM18 in their cheapest aspect ratio; lookup tables read several times
+  per cycle are counted once per two readers (dual-ported ROM copies) at the width the code
+  declares them;
+- the logic the code's structure implies (m3c/hw/units/shared.py counts it for the array): a
+  multiplexer of N inputs costs N / 4 LUT6s per bit (a LUT6 is a 4:1 mux), an adder one LUT
+  per bit; an m_axi bundle buffers its outstanding bursts in BRAM.
+
+Caps: a design that uses a device to the last DSP or LUT does not place and route at its
+clock. `CAPS` are the shares of each resource a placed design can meet (congestion and timing
+closure on UltraScale+); `budget` scales them (1.0: the caps themselves). Board facts come from
+the data sheet (DS891: the xczu7ev has 230,400 LUTs; 504K is its logic-cell count).
 """
 
 from __future__ import annotations
@@ -42,25 +51,23 @@ REGISTER_MAX_BITS = 1024  # smaller banks go to LUTRAM
 LUTRAM_BITS_PER_LUT = 32  # a dual-ported LUTRAM holds 32 bits per LUT6 (RAM32X1D-like)
 
 
-DSP_ACC_BITS = 48  # the DSP48E2 post-adder / accumulator width
-
-
 FABRIC_LUT_PER_BIT2 = 0.55  # LUTs of a fabric multiplier per product of operand widths
 
 
 UNIT_CONTROL = (600, 800)
 
 
-MAXI_BUNDLE = (1600, 2600)
+MAXI_BUNDLE = (1600, 2600)  # an m_axi adapter's LUT and FF besides its buffer
 
 
-BUNDLES = 3  # weights, image, features (kernel.cpp.j2)
+# What a placed and routed design can use of each resource (`budget` scales these).
+CAPS = {"dsp": 0.90, "lut": 0.70, "ff": 0.60, "bram18": 0.85, "uram": 0.85}
 
 
-EXP_TABLE_BRAM18 = 1  # 1024 x 18 bits
+MUX_INPUTS_PER_LUT = 4  # an N:1 multiplexer: ceil(N / 4) LUT6s per bit
 
 
-GELU_TABLE_BRAM18 = 4  # 4096 x 18 bits
+PACK_LUT_PER_DSP = 60  # int8: the A/B operand muxes (27 + 18 bits) and the product split
 
 
 @dataclass
@@ -84,6 +91,13 @@ KINDS = ("dsp", "lut", "ff", "bram18", "uram")
 def capacity(target: Target) -> Resources:
     return Resources(dsp=target.dsp, lut=target.lut, ff=target.ff, bram18=2 * target.bram36,
                      uram=target.uram)
+
+
+def limits(target: Target, budget: float = 1.0) -> Resources:
+    """What a design may use: `budget` x the caps x the capacity."""
+    available = capacity(target)
+    return Resources(**{kind: math.floor(getattr(available, kind) * CAPS[kind] * budget)
+                        for kind in KINDS})
 
 
 @dataclass(frozen=True)
@@ -125,9 +139,9 @@ def uram_blocks(depth: int, width: int) -> int:
 
 def bind_memories(arrays: Sequence[Array], target: Target, budget: float = 1.0) -> list[Binding]:
     """Storage of every array. Banks of one word are registers; banks up to REGISTER_MAX_BITS
-    are LUTRAM; from URAM_MIN_BITS up, the largest banks take URAM while `budget` x the
-    target's URAMs last; the rest BRAM18."""
-    uram_left = math.floor(target.uram * budget)
+    are LUTRAM; from URAM_MIN_BITS up, the largest banks take URAM while the URAMs within
+    `budget` x the caps last; the rest BRAM18."""
+    uram_left = limits(target, budget).uram
     bindings = []
     for array in sorted(arrays, key=lambda a: (-a.bank_bits, a.unit, a.name)):
         if array.depth == 1:
@@ -147,6 +161,26 @@ def bind_memories(arrays: Sequence[Array], target: Target, budget: float = 1.0) 
     return bindings
 
 
+def multiplexers(bits: int, inputs: int) -> Resources:
+    """`bits` outputs each choosing among `inputs` values at runtime."""
+    return Resources(lut=bits * math.ceil(inputs / MUX_INPUTS_PER_LUT))
+
+
+def adders(count: int, bits: int) -> Resources:
+    """`count` two-input adders of `bits` bits in fabric, each registered."""
+    return Resources(lut=count * bits, ff=count * bits)
+
+
+def table_copies(readers: int, entries: int, bits: int) -> Resources:
+    """A ROM read `readers` times per cycle: a dual-ported copy per two readers."""
+    return Resources(bram18=math.ceil(readers / 2) * bram18_blocks(entries, bits))
+
+
+def burst_buffer(outstanding: int, burst: int, port_bits: int) -> Resources:
+    """An m_axi bundle's buffer: `outstanding` bursts of `burst` beats of the port's width."""
+    return Resources(bram18=bram18_blocks(outstanding * burst, port_bits))
+
+
 def fabric(count: int, a: int, b: int) -> Resources:
     return Resources(lut=math.ceil(count * a * b * FABRIC_LUT_PER_BIT2), ff=count * (a + b))
 
@@ -163,11 +197,11 @@ def total_resources(units: dict[str, Resources]) -> Resources:
 
 
 def overflows(used: Resources, target: Target, budget: float = 1.0) -> list[dict]:
-    """Rows (resource, used, available) for every resource above budget x capacity."""
-    available = capacity(target)
+    """Rows (resource, used, available) for every resource above its limit (`limits`)."""
+    allowed = limits(target, budget)
     rows = []
     for kind in KINDS:
-        limit = math.floor(getattr(available, kind) * budget)
+        limit = getattr(allowed, kind)
         if getattr(used, kind) > limit:
             rows.append({"resource": kind, "used": getattr(used, kind), "available": limit})
     return rows

@@ -29,6 +29,8 @@ def lower_moe_node(graph: gs.Graph, moe: gs.Node) -> list[gs.Node]:
     moe.inputs.clear()
     builder = _Builder(prefix)
     index, score = builder.node("Route", [tokens, task, router_w, router_b], 2, top_k=top_k)
+    if moe.attrs.get("renormalise", 0):  # Mixtral / DeepSeek gates: the top-k sum to one
+        (score,) = builder.node("RenormaliseScores", [score], 1)
     queue_tokens, queue_scores, queue_len = builder.node(
         "ExpertQueues", [index, score], 3, num_experts=experts)
     slots: list[list[gs.Tensor]] = []

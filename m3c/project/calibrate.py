@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from m3c.errors import CodegenError
+from m3c.errors import CodegenError, NumericError
 from m3c.hw.codegen import KernelPlan, apply_mac8
 from m3c.hw.design import Precision
 from m3c.hw.dse import choose_design
@@ -32,6 +32,13 @@ from m3c.hw.precision import (
 )
 from m3c.ir.graph import Graph
 from m3c.ir.sessions import ort_session
+from m3c.project.fidelity import (
+    Fidelity,
+    LayerRecorder,
+    SaturationCounter,
+    fidelity,
+    first_layer_off,
+)
 from m3c.runtime.emulator import KernelEmulator
 from m3c.runtime.fixed import FixedType
 
@@ -167,10 +174,56 @@ def calibration_scenes(metadata: dict, settings: dict) -> list[np.ndarray]:
     return list(scenes.astype(np.float32))
 
 
-def expected_features(kernel: dict, typing: Typing, vectors: list[dict]) -> list[np.ndarray]:
+def expected_features(kernel: dict, typing: Typing, vectors: list[dict]
+                      ) -> tuple[list[np.ndarray], list[SaturationCounter]]:
     """What the kernel must output per task: onnxruntime's features in float, the bit-exact
-    emulation's in fixed point."""
+    emulation's in fixed point, with each fixed-point run's saturated results."""
     if typing.types is None:
-        return [vector["features"] for vector in vectors]
+        return [vector["features"] for vector in vectors], []
     emulator = KernelEmulator(kernel, typing.raw_weights, typing.types, raw=True)
-    return emulator.run_many([(vector["image"], task) for task, vector in enumerate(vectors)])
+    counters = [SaturationCounter(typing.types["data"]) for _ in vectors]
+    features = emulator.run_many([(vector["image"], task) for task, vector in enumerate(vectors)],
+                                 counters)
+    return features, counters
+
+
+def check_fidelity(kernel: dict, typing: Typing, vectors: list[dict], tasks: list[str],
+                   emulated: tuple[list[np.ndarray], list[SaturationCounter]], heads,
+                   blob: np.ndarray) -> list[Fidelity]:
+    """Each task's fixed-point outputs against onnxruntime's on its test image (m3c.project.
+    fidelity); CodegenError naming the first layer that leaves the limits when one does."""
+    features, counters = emulated
+    rows = [fidelity(task, heads(index, features[index]), vector["output"], features[index],
+                     vector["features"], counters[index])
+            for index, (task, vector) in enumerate(zip(tasks, vectors, strict=True))]
+    failing = [row for row in rows if not row.passed]
+    if failing:
+        index = tasks.index(failing[0].task)
+        layer, why = _first_layer_off(kernel, typing, blob, vectors[index]["image"], index)
+        # A headline and a row per limit left: short enough to be printed whole.
+        failures = [failure for row in failing for failure in row.failures()][:4]
+        raise NumericError(
+            "the fixed-point types leave their limits against the float model, first at\n"
+            f"{layer}: {why}\n" + "\n".join(failures),
+            remedy="widen the data type or that layer's result type (--precision-config, "
+                   "e.g. types: {data: \"ap_fixed<18,6>\"}), or use --precision fixed; "
+                   "--allow-inaccurate writes the project anyway (verify will FAIL it)")
+    return rows
+
+
+def _first_layer_off(kernel: dict, typing: Typing, blob: np.ndarray, image: np.ndarray,
+                     task: int) -> tuple[str, str]:
+    """Emulate the image in fixed and in float, layer by layer, and find where they part."""
+    data = typing.types["data"]
+    fixed, counter = LayerRecorder(data), SaturationCounter(data)
+
+    def both(call: dict, what: str, values: np.ndarray) -> None:
+        fixed(call, what, values)
+        counter(call, what, values)
+
+    KernelEmulator(kernel, typing.raw_weights, typing.types, raw=True).run(image, task, both)
+    floating = LayerRecorder()
+    unnarrowed = {**kernel, "calls": [{key: value for key, value in call.items()
+                                       if key != "narrow"} for call in kernel["calls"]]}
+    KernelEmulator(unnarrowed, blob).run(image, task, floating)
+    return first_layer_off(fixed, floating, counter)

@@ -41,6 +41,7 @@ from m3c.project.calibrate import (
     Typing,
     calibration_images,
     calibration_scenes,
+    check_fidelity,
     expected_features,
     head_runner,
     type_kernel,
@@ -66,7 +67,8 @@ def compile_model(model, target: str = "zcu104", out: str | os.PathLike = "build
                   calib: str | os.PathLike | np.ndarray | None = None,
                   precision_config: str | os.PathLike | None = None, tiles=None,
                   budget: float = DEFAULT_BUDGET, max_agreement_loss: str | float = "1%",
-                  mean: list[float] | None = None, std: list[float] | None = None) -> Path:
+                  mean: list[float] | None = None, std: list[float] | None = None,
+                  allow_inaccurate: bool = False) -> Path:
     """Compile an ONNX model (path, ModelProto, gs.Graph or Graph) into a project at `out`.
 
     Fixed precision calibrates on `calib` (images [N,3,H,W] or a .npy of them; by default the
@@ -78,6 +80,9 @@ def compile_model(model, target: str = "zcu104", out: str | os.PathLike = "build
     `tiles` (TK, TM) force the MAC array's size; by default m3c.hw.dse picks the
     fastest that fits `budget` x the target's resources. `mean` and `std` (1 or 3 values)
     normalise pictures as the model was trained (m3c.frontend.interface.preprocessing).
+    A fixed-point project whose emulated outputs leave the limits of m3c.project.fidelity
+    against onnxruntime on its test images is refused (NumericError naming the first layer
+    that leaves them) unless `allow_inaccurate`.
     """
     tiles = parse_tiles(tiles)
     check_budget(budget)
@@ -91,7 +96,8 @@ def compile_model(model, target: str = "zcu104", out: str | os.PathLike = "build
     settings = {"precision": precision, "calib": calibration_images(calib),
                 "config": load_config(precision_config), "board": board, "budget": budget,
                 "tiles": tiles, "max_loss": parse_loss(max_agreement_loss),
-                "preprocess": preprocessing(original.metadata, mean, std)}
+                "preprocess": preprocessing(original.metadata, mean, std),
+                "allow_inaccurate": allow_inaccurate}
     with staged_directory(out, force, error=CodegenError) as staging:
         _build(original, board, settings, staging, tiles, budget)
         copy_ap_types(staging)
@@ -172,7 +178,11 @@ def _build(original: Graph, board: Target, settings: dict, project: Path, tiles,
                 lowering.result()  # a wrong lowering is what the user must hear of first
                 raise
             lowering.result()
-            data_files = write_data(project / "data", vectors, tasks, expected.result())
+            emulated = expected.result()
+            if typing.types is not None and not settings["allow_inaccurate"]:
+                check_fidelity(kernel, typing, vectors, tasks, emulated, settings["heads"],
+                               plan.weights.packed())
+            data_files = write_data(project / "data", vectors, tasks, emulated[0])
     if typing.mixed is not None:  # the choice, reusable: --precision-config
         document = precision_config(typing.mixed, settings["config"])
         (project / PRECISION_CONFIG).write_text(json.dumps(document, indent=1, sort_keys=True)

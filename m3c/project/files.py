@@ -4,6 +4,7 @@ manifest (project.json) and the host runtime copy."""
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -11,16 +12,18 @@ import numpy as np
 import onnx
 
 from m3c.hw.calls import Call
-from m3c.hw.codegen import KernelPlan
+from m3c.hw.codegen import GELU_FORMS, KernelPlan, gelu_forms
+from m3c.hw.design import Precision
 from m3c.hw.dse import Choice
 from m3c.hw.estimate import band_rows
 from m3c.hw.fit import storage_bindings
 from m3c.hw.layout import DdrLayout, narrow_kinds, render_calls
 from m3c.hw.memories import template_memories
 from m3c.hw.target import Target
-from m3c.hw.units import FUNCTIONS
+from m3c.hw.units import FUNCTIONS, Interfaces
 from m3c.hw.units.base import MIN_SPAN
 from m3c.hw.units.embed import pixels_by_lane
+from m3c.hw.units.shared import table_bits
 from m3c.ir.graph import Graph
 from m3c.project.calibrate import Typing
 from m3c.project.render import template_environment
@@ -113,17 +116,22 @@ def template_context(graph: Graph, plan: KernelPlan, kernel: dict, board: Target
         "image_mean": mean.ravel().tolist(), "image_std": std.ravel().tolist(),
         "tasks": tasks, "num_tasks": len(tasks),
         "precision": typing.precision, "types": typing.types_json(),
-        "type_classes": sorted(typing.types_json().items()), **_tables(typing),
+        "type_classes": sorted(typing.types_json().items()), **_tables(typing, kernel["calls"]),
         "target": board, "clock_mhz": board.clock_mhz, "tolerance": typing.tolerance,
         "port_bits": board.hp_port_bits, "g": g,
         "sizes": sorted((name, value) for name, value in sizes.items() if name != "BAND_ROWS"),
         "panel_fifo": design.panel_fifo, "min_span": MIN_SPAN,
+        # a table copy per two readers a cycle: the softmax's TK or the router's experts
+        # (exp2), the epilogue's TM columns (GELU); m3c/hw/units count them the same way
+        "exp2_copies": math.ceil(max(g.tk, plan.capacities["max_experts"]) / 2),
+        "gelu_copies": math.ceil(g.tm / 2),
         "pixels_by_lane": bool(embed) and pixels_by_lane(Call.of(embed), g),
         "storage": storage_bindings(design, choice.budget), "narrow_types": kinds,
         "calls": render_calls(kernel["calls"], layout, g, sizes, kinds), "units": FUNCTIONS,
         "num_calls": len(kernel["calls"]),
         "ddr": {"weights": layout.words, "image": g.words(int(np.prod(plan.image_shape))),
                 "features": tokens * g.words(dim)},
+        "bursts": {"beats": Interfaces.BURST_BEATS, **Interfaces.OUTSTANDING},
         "features_tokens": tokens, "features_dim": dim,
         "data_files": data_files, "hp_ports": hp_ports, **template_memories(g),
     }
@@ -142,12 +150,25 @@ def _routing(calls: list[dict]) -> str:
     return "one router shared by all tasks"
 
 
-def _tables(typing: Typing) -> dict:
+def routers_read_task(calls: list[dict]) -> bool:
+    """Does any router hold per-task rows (a router per task, or a bias per task)? If not, the
+    encoder's features are the same for every task and one kernel run feeds every head."""
+    return any(call["weight_rows"] > 1 or call["bias_rows"] > 1
+               for call in calls if call["op"] == "route")
+
+
+def _tables(typing: Typing, calls: list[dict]) -> dict:
+    """The lookup tables' entries and constants; a GELU table only for the forms the calls
+    use (GELU's when none does: activate() reads one)."""
     if typing.types is None:
         return {}
     data, prob = typing.types["data"], typing.types["prob"]
     tables = {f"{name}_table": [str(int(code)) for code in raw]
               for name, raw in lookup_tables(data, prob).items()}
+    forms = gelu_forms(calls) or ["gelu"]
+    tables["gelu_tables"] = {form: tables.pop(f"{form}_table") for form in GELU_FORMS
+                             if form in forms}
+    tables["table_bits"] = table_bits(Precision.from_types(typing.types_json()))
     tables["recip_table"] = [str(int(code)) for code in fixed.recip_table()]
     tables["rsqrt_table"] = [str(int(code)) for code in fixed.rsqrt_table()]
     reciprocals = {name.lower(): getattr(fixed, name) for name in (
@@ -205,6 +226,7 @@ def write_manifest(project: Path, graph: Graph, plan: KernelPlan, kernel: dict, 
         "image_shape": plan.image_shape, "features_shape": list(features.shape),
         "features_tensor": graph.metadata["m3c.features_tensor"],
         "weight_elements": plan.weights.size, "moe_layers": plan.layers,
+        "routers_read_task": routers_read_task(kernel["calls"]),
         "tiles": list(choice.design.tiles), "row_tile": g.row_tile, "query_tile": g.query_tile,
         "tiles_forced": choice.forced, "tile_candidates": choice.candidates,
         "budget": choice.budget,

@@ -8,6 +8,7 @@ queue lengths then replace the balanced-routing assumption of compile time).
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 from m3c.hw.design import Design, EstimateError, Precision
@@ -17,6 +18,7 @@ from m3c.hw.fit import unit_arrays, unit_resources
 from m3c.hw.resources import bind_memories, capacity, total_resources
 from m3c.hw.schedule import expert_schedule
 from m3c.hw.target import Target, load_target
+from m3c.runtime.project import encoder_shared_by_tasks
 
 REPORT_DIR = "report"
 SIMULATION_FILE = "simulation.json"
@@ -76,6 +78,7 @@ def build_report(manifest: dict, kernel: dict, choice, power_w: float | None = N
     estimates = estimate_calls(calls, design, routing)
     summary = summarize(estimates, target.clock_mhz)
     tasks = manifest.get("tasks", [])
+    encoder_runs = _encoder_runs(manifest)
     seconds = summary["ms"] / 1e3
     return {
         "target": target.name, "clock_mhz": target.clock_mhz, "precision": _precision(design),
@@ -91,17 +94,34 @@ def build_report(manifest: dict, kernel: dict, choice, power_w: float | None = N
                        / (target.clock_mhz * 1e3),
                        "ops": mac_efficiency(estimates, design)},
         "resources": _resources(design, choice.budget),
-        "latency": {**summary, "calls": [_call_row(e, target.clock_mhz) for e in estimates]},
+        "latency": {**summary, "all_tasks_ms": summary["ms"] * encoder_runs,
+                    "calls": [_call_row(e, target.clock_mhz) for e in estimates]},
         "routing": f"real (m3c simulate, {len(simulation['routing'])} inputs)"
         if simulation else "balanced (tokens x top_k / experts per expert)",
         "moe_timeline": _timeline(calls, design, routing),
         "flops": {"single_task": 2 * summary["macs"],
-                  "all_tasks": 2 * summary["macs"] * max(1, len(tasks)), "tasks": len(tasks),
-                  "note": "encoder on the accelerator; task heads run on the host"},
+                  "all_tasks": 2 * summary["macs"] * encoder_runs, "tasks": len(tasks),
+                  "encoder_runs": encoder_runs, "note": _work_note(manifest, encoder_runs)},
         "energy": {"board_power_w": power, "joules_per_inference": seconds * power,
-                   "joules_all_tasks": seconds * power * max(1, len(tasks))},
+                   "joules_all_tasks": seconds * power * encoder_runs},
         "simulation": simulation and {k: v for k, v in simulation.items() if k != "routing"},
     }
+
+
+def _encoder_runs(manifest: dict) -> int:
+    """Kernel runs for all tasks of one image: one when the router is shared (every task's
+    features are the same), else one per task."""
+    return 1 if encoder_shared_by_tasks(manifest) else len(manifest["tasks"])
+
+
+def _work_note(manifest: dict, encoder_runs: int) -> str:
+    if len(manifest.get("tasks", [])) <= 1:
+        encoder = "encoder on the accelerator"
+    elif encoder_runs == 1:
+        encoder = "encoder on the accelerator, run once for all tasks by a shared router"
+    else:
+        encoder = "encoder on the accelerator, run once per task by per-task routing"
+    return f"{encoder}; task heads run on the host, not counted"
 
 
 def _precision(design: Design) -> dict:
@@ -199,19 +219,67 @@ def _plot_latency(axes, report: dict) -> bool:
     return True
 
 
+@dataclass(frozen=True)
+class TimelineBar:
+    """One bar of the MoE timeline plot: an expert's weight load or compute, in µs."""
+
+    row: str  # "load" (DDR to the on-chip weight buffer) or "compute" (the MAC array)
+    expert: int
+    start_us: float
+    end_us: float
+
+
+TIMELINE_ROWS = {"load": "weight load (DDR)", "compute": "compute (MAC array)"}
+
+
+def timeline_bars(timeline: dict, clock_mhz: float) -> list[TimelineBar]:
+    """The bars the MoE timeline plot draws: per expert of the schedule, its load and its
+    compute, each on its own row."""
+    us_per_cycle = 1 / clock_mhz
+    return [TimelineBar(row, step["expert"], step[f"{row}_start"] * us_per_cycle,
+                        step[f"{row}_end"] * us_per_cycle)
+            for step in timeline["steps"] for row in TIMELINE_ROWS]
+
+
+def timeline_overlaps(bars: list[TimelineBar]) -> list[tuple[float, float]]:
+    """The spans (µs) in which a weight load runs while the array computes: the load time
+    that double buffering hides."""
+    loads = [bar for bar in bars if bar.row == "load"]
+    computes = [bar for bar in bars if bar.row == "compute"]
+    spans = [(max(load.start_us, compute.start_us), min(load.end_us, compute.end_us))
+             for load in loads for compute in computes]
+    return [(start, end) for start, end in spans if start < end]
+
+
 def _plot_timeline(axes, report: dict) -> bool:
+    from matplotlib.patches import Patch
+
     timeline = report["moe_timeline"]
     if not timeline:
         return False
-    for step in timeline["steps"]:
-        label = f"e{step['expert']}"
-        axes.barh(1, step["load_end"] - step["load_start"], left=step["load_start"],
-                  color="tab:orange", edgecolor="black")
-        axes.barh(0, step["compute_end"] - step["compute_start"], left=step["compute_start"],
-                  color="tab:blue", edgecolor="black")
-        axes.text(step["compute_start"], 0, label, va="center", fontsize=7)
-    axes.set_yticks([0, 1], ["compute", "load"])
-    axes.set(xlabel="cycles", title=f"MoE layer {timeline['layer']}: load vs compute")
+    bars = timeline_bars(timeline, report["clock_mhz"])
+    colours = {"load": "tab:orange", "compute": "tab:blue"}
+    rows = {"compute": 0, "load": 1}
+    for start, end in timeline_overlaps(bars):
+        axes.axvspan(start, end, color="tab:green", alpha=0.15, linewidth=0)
+    for bar in bars:
+        axes.barh(rows[bar.row], bar.end_us - bar.start_us, left=bar.start_us, height=0.6,
+                  color=colours[bar.row], edgecolor="black")
+        axes.text((bar.start_us + bar.end_us) / 2, rows[bar.row], f"e{bar.expert}",
+                  ha="center", va="center", fontsize=7, color="white")
+    axes.set_yticks(list(rows.values()), [TIMELINE_ROWS[row] for row in rows])
+    axes.set_ylim(-0.6, 2.1)  # room above the load row for the legend
+    axes.set(xlabel=f"time (µs at {report['clock_mhz']:g} MHz)",
+             title=f"MoE layer {timeline['layer']}: expert weight loads and compute")
+    clock = report["clock_mhz"]
+    top = axes.secondary_xaxis("top", functions=(lambda us: us * clock,
+                                                 lambda cycles: cycles / clock))
+    top.set_xlabel("cycles", fontsize=8)
+    axes.legend(handles=[Patch(color=colours["load"], label=TIMELINE_ROWS["load"]),
+                         Patch(color=colours["compute"], label=TIMELINE_ROWS["compute"]),
+                         Patch(color="tab:green", alpha=0.3,
+                               label="load hidden behind compute")],
+                loc="upper center", ncols=3, fontsize=7, frameon=False)
     return True
 
 

@@ -11,12 +11,14 @@ import sys
 import numpy as np
 import pytest
 
+from m3c.check import batches
 from m3c.check.batches import _confusion
 from m3c.check.evaluate import _miou, evaluate
-from m3c.check.evaluation_report import write_evaluation
+from m3c.check.evaluation_report import evaluation_panels, saturation_note, write_evaluation
 from m3c.check.images import load_images
 from m3c.check.pools import pack_project, unpack_project
 from m3c.errors import EvaluationError
+from m3c.runtime.emulator import KernelEmulator
 
 
 def _manifest(project):
@@ -74,6 +76,37 @@ def test_same_figures_whatever_the_workers_and_batches(fixed_project, scenes):
     assert _figures(one) == _figures(two)
 
 
+def test_a_shared_router_runs_the_kernel_once_per_image(compiled, monkeypatch, tmp_path):
+    """One emulated kernel run per image feeds both heads; the figures equal those of one run
+    per task (the oracle: the path task-routed models take), saturation counted once (images
+    far beyond the calibration range make some saturate)."""
+    project = compiled("micro-nyud", "single", "fixed")[1]
+    scenes = load_images(None, _manifest(project), synthetic=3)
+    np.save(tmp_path / "loud.npy", scenes.images * 200)
+    images = load_images(tmp_path / "loud.npy", _manifest(project))
+    runs: list[int] = []
+    run = KernelEmulator.run
+
+    def counted(self, image, task, observer=None):
+        runs.append(task)
+        return run(self, image, task, observer)
+
+    monkeypatch.setattr(KernelEmulator, "run", counted)
+    shared = evaluate([project], images, backend="emulate", workers=1)
+    assert runs == [0, 0, 0]
+    monkeypatch.setattr(batches, "encoder_shared_by_tasks", lambda manifest: False)
+    monkeypatch.setattr(batches, "_RUNNERS", {})
+    per_task = evaluate([project], images, backend="emulate", workers=1)
+    assert runs[3:] == [0, 1] * 3
+    ours, theirs = shared["projects"][0], per_task["projects"][0]
+    assert ours["saturation"]
+    assert {layer: 2 * count for layer, count in ours["saturation"].items()} \
+        == theirs["saturation"]
+    assert 2 * ours["results"] == theirs["results"]  # results counted once per image too
+    assert {**ours, "saturation": None, "results": None} == \
+        {**theirs, "saturation": None, "results": None}
+
+
 def _worker_killer():
     """A progress callback that SIGKILLs the worker of the first finished batch, and the list
     of the pids it killed."""
@@ -119,6 +152,35 @@ def test_outputs_and_bad_inputs(fixed_project, scenes, tmp_path):
         load_images(empty, _manifest(fixed_project))
     with pytest.raises(EvaluationError, match="not a compiled m3c project"):
         evaluate([tmp_path], scenes)
+
+
+def test_evaluation_plot_keeps_agreement_and_rmse_apart_and_saturation_when_any(
+        fixed_project, scenes, tmp_path):
+    """The data behind the plot: agreement (%) and relative RMSE (%) on their own panels, per
+    image as evaluated; the saturation panel only when a layer saturated (images scaled far
+    beyond the calibration range make the embedding saturate), else a note."""
+    quiet = evaluate([fixed_project], scenes, workers=1)["projects"][0]
+    assert quiet["saturation"] == {}
+    panels = evaluation_panels(quiet)
+    assert [(p.title, p.xlabel) for p in panels] == [
+        ("class maps: agreement with float", "pixels agreeing (%)"),
+        ("dense maps: error against float", "relative RMSE (%)")]
+    for panel, task in zip(panels, ("semseg", "depth"), strict=True):
+        assert list(panel.series) == [task]
+        assert panel.series[task] == pytest.approx(
+            [100 * image[task] for image in quiet["per_image"]])
+    assert panels[0].x_range[1] == 100.0
+    assert saturation_note(quiet) == "no result saturated in any layer"
+    np.save(tmp_path / "loud.npy", scenes.images * 200)
+    loud = evaluate([fixed_project], load_images(tmp_path / "loud.npy",
+                                                 _manifest(fixed_project)), workers=1)
+    saturated = loud["projects"][0]
+    assert saturated["saturation"]
+    assert evaluation_panels(saturated)[-1].series == {
+        layer: [count] for layer, count in saturated["saturation"].items()}
+    assert saturation_note(saturated) is None
+    written = write_evaluation(tmp_path / "out", loud)
+    assert written[-1].name == "evaluation_0.png" and written[-1].stat().st_size > 0
 
 
 def test_npy_batch_and_labels_folder(fixed_project, scenes, tmp_path):

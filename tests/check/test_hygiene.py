@@ -35,20 +35,22 @@ def test_no_double_and_a_bundle_per_buffer(compiled, preset, gate, precision):
     assert ddr_and_arithmetic_findings(compiled(preset, gate, precision)[1]) == []
 
 
-def test_sums_wider_than_the_dsp_cascade_cost_fabric_adders():
+def test_fixed_point_sums_cost_a_fabric_adder_tree_as_wide_as_the_sums():
+    """Each column's products add up in an adder tree of SUM_BITS-wide fabric adders (HLS
+    balances `part += x * w` into a tree, not a DSP cascade), wider sums costing more."""
     from m3c.frontend.models.config import preset
     from m3c.hw.configs import calls_for_config
-    from m3c.hw.fit import unit_logic
-    from m3c.hw.resources import DSP_ACC_BITS
+    from m3c.hw.units.shared import Matmul
 
     _, capacities = calls_for_config(json.loads(preset("tiny-cityscapes").to_json()))
     target = load_target("zcu104")
     narrow = Design(target, capacities, (32, 16), Precision(16, 16, 40, 18, False))
     wide = Design(target, capacities, (32, 16), Precision(24, 16, 56, 18, False))
-    assert narrow.sizes["SUM_BITS"] <= DSP_ACC_BITS < wide.sizes["SUM_BITS"]
-    macs = narrow.geometry.macs
-    extra = unit_logic(wide)["matmul"].lut - unit_logic(narrow)["matmul"].lut
-    assert extra >= macs * wide.sizes["SUM_BITS"]
+    for design in (narrow, wide):
+        adders = (32 - design.sizes["SCORE_GROUPS"]) * 16
+        assert Matmul.reduction(design).lut == adders * design.sizes["SUM_BITS"]
+    assert Matmul.reduction(wide).lut > Matmul.reduction(narrow).lut
+    assert Matmul.reduction(Design(target, capacities, (32, 16))).lut == 0  # fp32: in the DSPs
 
 
 @pytest.mark.parametrize("source, before, after, where", [

@@ -233,13 +233,55 @@ def test_packed_array_halves_dsps_and_8bit_panels_halve_ddr():
         tile_cost(wide.geometry, 384, 384, 384).array_cycles, rel=0.02)
 
 
-def test_int8_beats_fixed_on_small_nyud():
-    """The DSE with two MACs per DSP: a faster design within the same budget, fitting."""
+def test_small_nyud_fits_the_caps_in_both_precisions():
+    """At the default budget (the caps) the DSE's designs fit, and logic, not DSPs, bounds
+    them: the fabric reduction, the runtime-indexed panel and window multiplexers and (int8)
+    the packing logic leave no LUTs within the 70% cap for a larger array."""
     from m3c.hw.configs import as_int8
+    from m3c.hw.resources import limits
 
     calls, capacities = calls_for_config(_config("small-nyud"))
-    fixed = choose_design(calls, capacities, ZCU104, FIXED16, 0.9)
-    int8 = choose_design(*as_int8(calls, capacities), ZCU104, FIXED16, 0.9)
-    assert int8.design.geometry.packed and not fixed.design.geometry.packed
-    assert not overflows(int8.resources, ZCU104, 0.9)
-    assert int8.cycles * 1.3 < fixed.cycles
+    caps = limits(ZCU104)
+    assert (caps.lut, caps.dsp, caps.bram18) == (161280, 1555, 530)
+    for packed, (these, sizes) in enumerate(((calls, capacities), as_int8(calls, capacities))):
+        choice = choose_design(these, sizes, ZCU104, FIXED16)
+        assert choice.design.geometry.packed == bool(packed)
+        assert not overflows(choice.resources, ZCU104)
+        assert choice.resources.lut / caps.lut > choice.resources.dsp / caps.dsp
+
+
+def test_board_facts_are_the_data_sheets():
+    """DS891: the xczu7ev has 230,400 LUTs and 460,800 flip-flops (504K is its logic cells)."""
+    assert (ZCU104.lut, ZCU104.ff, ZCU104.dsp, 2 * ZCU104.bram36, ZCU104.uram) == (
+        230400, 460800, 1728, 624, 96)
+
+
+def test_the_resource_model_counts_what_the_generated_code_declares(compiled):
+    """The m_axi buffers from the outstanding bursts kernel.cpp sets, the lookup tables at the
+    width m3c_tables.h declares them, the array's wiring and reduction in its LUTs."""
+    import re
+
+    from m3c.hw.fit import unit_logic
+    from m3c.hw.resources import bram18_blocks
+    from m3c.hw.units.shared import Interfaces, Matmul, table_bits
+
+    project = compiled("micro-nyud", "multi", precision="fixed")[1]
+    kernel = (project / "hls/src/kernel.cpp").read_text()
+    settings = dict(re.findall(r"bundle=(\w+) .*?num_(?:read|write)_outstanding=(\d+)", kernel))
+    assert {bundle: int(n) for bundle, n in settings.items()} == Interfaces.OUTSTANDING
+    manifest = json.loads((project / "project.json").read_text())
+    precision = Precision.from_types(manifest["types"])
+    design = Design(ZCU104, json.loads((project / "kernel.json").read_text())["capacities"],
+                    tuple(manifest["tiles"]), precision)
+    tables = (project / "hls/src/m3c_tables.h").read_text()
+    assert f"typedef ap_uint<{table_bits(precision)}> table_t;" in tables
+    # a copy of the GELU table per two of the TM columns, of the model's one GELU form
+    copies = re.search(r"GELU_COPIES = (\d+);", tables).group(1)
+    assert int(copies) == math.ceil(design.geometry.tm / 2)
+    assert re.findall(r"static const table_t (\w+)_TABLE\[GELU_COPIES\]", tables) == ["GELU"]
+    assert design.capacities["gelu_forms"] == 1
+    buffers = sum(bram18_blocks(n * Interfaces.BURST_BEATS, ZCU104.hp_port_bits)
+                  for n in Interfaces.OUTSTANDING.values())
+    assert unit_logic(design)["interfaces"].bram18 == buffers
+    matmul = unit_logic(design)["matmul"]
+    assert matmul.lut >= (Matmul.reduction(design) + Matmul.wiring(design)).lut > 0

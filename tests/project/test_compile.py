@@ -184,7 +184,7 @@ PRAGMA_OPTIONS = {
     "interface": {"mode", "port", "bundle", "offset", "depth", "max_read_burst_length",
                   "max_write_burst_length", "num_read_outstanding", "num_write_outstanding",
                   "latency"},
-    "dependence": {"variable", "type", "direction", "distance", "true"},
+    "dependence": {"variable", "type", "direction", "distance", "true", "false"},
     "bind_op": {"variable", "op", "impl"},
     "allocation": {"function", "instances", "limit"},
     "pipeline": {"II"}, "loop_tripcount": {"max"}, "dataflow": set(),

@@ -310,7 +310,7 @@ int main(int argc, char** argv) {
         const acc_t sum = from_bits<acc_t>((std::uint64_t)raw);
         results.push_back(bits_of(m3c::fixed_cast<data_t>(sum)));
         results.push_back(bits_of(m3c::fixed_cast<logit_t>(sum)));
-        results.push_back(bits_of(m3c::activate(sum, m3c::ACT_NONE)));
+        results.push_back(bits_of(m3c::activate(sum, m3c::ACT_NONE, 0)));
     }
     std::fwrite(results.data(), sizeof(long long), results.size(), out);
     std::fclose(out);

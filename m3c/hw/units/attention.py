@@ -4,11 +4,9 @@ top-function call covers a block's qkv and attention calls."""
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
-from m3c.hw.resources import EXP_TABLE_BRAM18, Array, Resources, control
+from m3c.hw.resources import Array, control
 from m3c.hw.units.base import (
     Cost,
     Rendering,
@@ -20,6 +18,7 @@ from m3c.hw.units.base import (
     unit_call,
     w_shift,
 )
+from m3c.hw.units.shared import exp2_copies
 
 
 def score_groups_of(call: dict, g, sizes: dict) -> int:
@@ -98,5 +97,4 @@ class Attention(Unit):
                 Array("attention", "inverses", qt, p.prob + 6)]
 
     def logic(self, design):
-        g = design.geometry
-        return control() + Resources(bram18=math.ceil(g.tk / 2) * EXP_TABLE_BRAM18)
+        return control() + exp2_copies(design.geometry.tk, design)  # softmax numerators

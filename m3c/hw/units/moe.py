@@ -5,11 +5,9 @@ expert's panels stream in. One top-function call covers the route and experts ca
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
-from m3c.hw.resources import EXP_TABLE_BRAM18, Array, Resources, control, fabric
+from m3c.hw.resources import Array, Resources, control, fabric
 from m3c.hw.units.base import (
     LOOP_DEPTH,
     ROUTE_DEPTH,
@@ -23,6 +21,7 @@ from m3c.hw.units.base import (
     unit_call,
     w_shift,
 )
+from m3c.hw.units.shared import exp2_copies
 
 
 def router_tasks(call: dict) -> int:
@@ -103,7 +102,8 @@ class MoE(Unit):
         args = [seg["blob"][0], seg["blob"][1] // tasks, tasks, "task",
                 r.segments[index + 1]["blob"][0], fc1 + fc2, fc1, fc2, call.tokens,
                 call.dim, following.hidden, call.experts, call.top_k,
-                f"m3c::{r.activation(following)}", r.narrow(following), r.mac(following),
+                "true" if call.renormalise else "false", f"m3c::{r.activation(following)}",
+                r.narrow(following), r.mac(following),
                 r.mac(following, second=True), index, index + 1]
         return unit_call("moe_layer", "weights", args), 2
 
@@ -117,5 +117,5 @@ class MoE(Unit):
     def logic(self, design):
         p, c = design.precision, design.capacities
         return (control() + fabric(c["max_experts"], p.prob, 24) + fabric(4, 40, 40)
-                + Resources(lut=c["max_experts"] * c["max_top_k"] * 40,
-                            bram18=math.ceil(c["max_experts"] / 2) * EXP_TABLE_BRAM18))
+                + Resources(lut=c["max_experts"] * c["max_top_k"] * 40)
+                + exp2_copies(c["max_experts"], design))  # the router's softmax

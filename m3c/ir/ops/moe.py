@@ -4,9 +4,11 @@ Semantics (numpy references, also what the HLS templates compute):
 - MoE(X[N,D], task, RouterW[Tw,D,E], RouterB[Tb,E], W1[E,D,H], B1[E,H], W2[E,H,D], B2[E,D])
   router row r = min(task, rows-1); probs = softmax(X @ RouterW[r] + RouterB[r]); top-k with
   ties to the lower index; Y = Σ_selected p · act(X @ W1[e] + B1[e]) @ W2[e] + B2[e]; the
-  top-k probabilities are not renormalised.
+  top-k probabilities are used as they are (M3ViT, V-MoE) or, with `renormalise` = 1, divided
+  by their sum (Mixtral, DeepSeek: the same as a softmax over the top-k logits).
 - Route -> TopkIdx[N,k], TopkScore[N,k]; ExpertQueues -> QueueTokens[E,N] (ascending, padded
-  with 0), QueueScores[E,N] (padded with 0), QueueLen[E]; LoadExpert(e) -> expert e's weights;
+  with 0), QueueScores[E,N] (padded with 0), QueueLen[E]; RenormaliseScores -> TopkScore rows
+  divided by their sums (a renormalised MoE only); LoadExpert(e) -> expert e's weights;
   ExpertGather -> rows of X in queue order (zero past the queue length); ExpertMLP -> act MLP
   on the gathered rows (zero past the length); ScatterAdd -> Acc[tok] += score · Ye row.
 """
@@ -65,13 +67,17 @@ class MoE(M3COp):
         return [(node.inputs[0].shape, np.float32)]
 
     def _run(self, x, task, router_w, router_b, w1, b1, w2, b2,
-             top_k=None, num_experts=None, activation="gelu"):  # noqa: ARG002
-        return (moe(x, task, router_w, router_b, w1, b1, w2, b2, int(top_k), activation),)
+             top_k=None, num_experts=None, activation="gelu", renormalise=0):  # noqa: ARG002
+        return (moe(x, task, router_w, router_b, w1, b1, w2, b2, int(top_k), activation,
+                    bool(renormalise)),)
 
 
-def moe(x, task, router_w, router_b, w1, b1, w2, b2, k: int, act: str) -> np.ndarray:
+def moe(x, task, router_w, router_b, w1, b1, w2, b2, k: int, act: str,
+        renormalise: bool = False) -> np.ndarray:
     """The token-major MoE layer (the semantics above)."""
     index, score = top_k_route(x, task, router_w, router_b, k)
+    if renormalise:
+        score = renormalised(score)
     out = np.zeros_like(x)
     for e in range(w1.shape[0]):
         rows, slots = np.nonzero(index == e)
@@ -96,6 +102,23 @@ class Route(M3COp):
 
     def _run(self, x, task, router_w, router_b, top_k=None):
         return top_k_route(x, task, router_w, router_b, top_k)
+
+
+def renormalised(score: np.ndarray) -> np.ndarray:
+    """Each token's top-k gate values divided by their sum (they then add up to one)."""
+    return (score / score.sum(axis=-1, keepdims=True)).astype(score.dtype)
+
+
+class RenormaliseScores(M3COp):
+    # No hardware unit yet: the router unit writes the top-k probabilities as they are, so
+    # compile stops at this node (codegen has no implementation for it).
+
+    @staticmethod
+    def shape_rule(node):
+        return [(node.inputs[0].shape, np.float32)]
+
+    def _run(self, score):
+        return (renormalised(score),)
 
 
 class ExpertQueues(M3COp):
@@ -175,4 +198,4 @@ class ScatterAdd(M3COp):
         return (out,)
 
 
-OPS = [MoE, Route, ExpertQueues, LoadExpert, ExpertGather, ExpertMLP, ScatterAdd]
+OPS = [MoE, Route, RenormaliseScores, ExpertQueues, LoadExpert, ExpertGather, ExpertMLP, ScatterAdd]
