@@ -17,7 +17,7 @@ from m3c.hw.design import Design, Precision
 from m3c.hw.fit import unit_arrays
 from m3c.hw.resources import bind_memories
 from m3c.hw.target import load_target
-from m3c.hw.units import FUNCTIONS
+from m3c.hw.units import FUNCTIONS, LAYERS
 from m3c.ir.analysis import Finding
 
 SYNTHESIS_SOURCES = ("kernel.cpp", "m3c_ops.h", "m3c_types.h", "m3c_tables.h")
@@ -78,22 +78,32 @@ def _declared_arrays(source: str, design: Design) -> dict[str, int]:
 
 
 def unit_findings(project: Path) -> list[Finding]:
-    """The units (functions with their own loops or dataflow) are never inlined and have one
-    instance each however many call sites they have; helpers that are part of a unit's
-    pipeline (window reads, the feed, the epilogue) are inlined into it on purpose."""
+    """The shared functions (the MAC array, the DDR loops, the router) are never inlined and
+    have one instance each; the layer functions are inlined into their one call site, the
+    top function's program loop, so the shared functions are all called from its scope;
+    helpers that are part of a pipeline (window reads, the feed, the epilogue) are inlined
+    into it on purpose."""
     source = _sources(project)
     bodies = _functions(source)
     findings = [Finding(name, "unit not defined in the sources")
-                for name in sorted(set(FUNCTIONS) - set(bodies))]
+                for name in sorted(set(FUNCTIONS + LAYERS) - set(bodies))]
     for name in sorted(set(FUNCTIONS) & set(bodies)):
         if "M3C_HLS(inline off)" not in bodies[name]:
             findings.append(Finding(name, "may be inlined into its callers"))
         if f"allocation function instances=m3c::{name} limit=1" not in source:
             findings.append(Finding(name, "no allocation limit of one instance"))
+    kernel = (project / "hls/src/kernel.cpp").read_text()
+    for name in sorted(set(LAYERS) & set(bodies)):
+        if "M3C_HLS(inline off)" in bodies[name]:
+            findings.append(Finding(name, "a layer function kept as a function: the shared "
+                                          "functions it calls get an instance of their own"))
+        if len(re.findall(rf"\bm3c::{name}\(", kernel)) > 1:
+            findings.append(Finding(name, "called from more than one site of the program"))
     for name, body in bodies.items():
-        if name not in FUNCTIONS and ("M3C_LOOP(" in body or "pipeline" in body):
+        if name not in FUNCTIONS + LAYERS and ("M3C_LOOP(" in body or "pipeline" in body):
             findings.append(Finding(name, "a helper with a loop of its own (only units have)"))
-    calls = {name: len(re.findall(rf"\b{name}(?:<[^>]*>)?\(", source)) - 1 for name in FUNCTIONS}
+    calls = {name: len(re.findall(rf"\b{name}(?:<[^>]*>)?\(", source)) - 1
+             for name in FUNCTIONS + LAYERS}
     for shared in ("matmul", "mlp_tile"):  # shared by several callers
         if calls.get(shared, 0) <= 1:
             findings.append(Finding(shared, f"called from {calls.get(shared, 0)} site(s), "

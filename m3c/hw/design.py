@@ -123,7 +123,7 @@ def kernel_sizes(c: dict, g: Geometry, p: Precision) -> dict[str, int]:
         "MAX_TOP_K": c["max_top_k"], "MAX_HEADS": c.get("max_heads", 1),
         "MAX_QKV_CHUNKS": qkv_chunks, "NORM_WIDTH": g.padded(c["max_dim"]),
         "RESID_DEPTH": c["max_tokens"] * g.chunks(c["max_dim"]), "ACT_DEPTH": act_depth,
-        "SCORE_KEYS": g.padded(c["max_tokens"]), "X_BITS": operand,
+        "SCORE_ROWS": g.chunks(c["max_tokens"]), "X_BITS": operand,
         "SUM_BITS": min(63, operand + g.lane_bits + math.ceil(math.log2(longest + 1)) + 1),
         "MAX_FILL": max(g.bias_words + g.panel_words, g.tk, g.tm),
         "MAX_STEPS": g.chunks(longest) * math.ceil(max(c["max_out"], c["max_tokens"]) / g.tm),

@@ -8,13 +8,15 @@ router with its experts are one unit call each).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
 
+from m3c.errors import CodegenError
 from m3c.hw import units
 from m3c.hw.geometry import Geometry
-from m3c.hw.units.base import Rendering, Weights
+from m3c.hw.units.base import TASK, Rendering, UnitCall, Weights
 
 
 @dataclass
@@ -59,8 +61,8 @@ def narrow_kinds(calls: list[dict]) -> list[str]:
 
 
 def render_calls(calls: list[dict], layout: DdrLayout, g: Geometry, sizes: dict,
-                 kinds: list[str]) -> list[str]:
-    """The top function's unit calls, in order (a unit's call may cover two kernel calls)."""
+                 kinds: list[str]) -> list[UnitCall]:
+    """The top function's layer calls, in order (a unit's call may cover two kernel calls)."""
     rendering = Rendering(calls, layout.segments, g, sizes, kinds)
     lines, index = [], 0
     while index < len(calls):
@@ -68,3 +70,70 @@ def render_calls(calls: list[dict], layout: DdrLayout, g: Geometry, sizes: dict,
         lines.append(line)
         index += covered
     return lines
+
+
+# Arguments of these types are constants of their own table (an int row cannot hold them).
+TYPED_CONSTANTS = ("var_t", "norm_t")
+
+
+@dataclass
+class Program:
+    """The top function's layers as data (kernel.cpp.j2): a row per layer call, its layer
+    function's case and then its integer arguments; typed constants (a layer norm's epsilon,
+    attention's scale) in a table per type, the row holding their index; and per case the one
+    call of its layer function the program loop's switch holds."""
+
+    rows: list[list[str]]
+    constants: dict[str, list[str]]
+    cases: list[str]
+
+    @property
+    def width(self) -> int:
+        return len(self.rows[0])
+
+
+def build_program(calls: list[UnitCall]) -> Program:
+    """The program of `calls`; CodegenError if two calls of one layer function take their
+    arguments differently (a task register where the other has a constant, say)."""
+    functions = list(dict.fromkeys(call.function for call in calls))
+    constants: dict[str, list[str]] = {}
+    shapes: dict[str, tuple] = {}
+    rows = []
+    for call in calls:
+        row, shape = [str(functions.index(call.function))], []
+        for arg in call.args:
+            text = str(arg)
+            typed = re.fullmatch(r"(\w+)\(.+\)", text)
+            if text == TASK:
+                shape.append(TASK)
+            elif typed and typed.group(1) in TYPED_CONSTANTS:
+                table = constants.setdefault(typed.group(1), [])
+                if text not in table:
+                    table.append(text)
+                shape.append(typed.group(1))
+                row.append(str(table.index(text)))
+            else:
+                shape.append("int")
+                row.append(text)
+        if shapes.setdefault(call.function, (call.buffers, tuple(shape))) != (call.buffers,
+                                                                               tuple(shape)):
+            raise CodegenError(f"the calls of {call.function} take their arguments "
+                               "differently", remedy="report this as an m3c issue")
+        rows.append(row)
+    width = max(len(row) for row in rows)
+    rows = [row + ["0"] * (width - len(row)) for row in rows]
+    cases = [_case(function, *shapes[function]) for function in functions]
+    return Program(rows, constants, cases)
+
+
+def _case(function: str, buffers: str, shape: tuple) -> str:
+    """The call of `function` reading its arguments from the program row `args`."""
+    column, rendered = 1, []
+    for kind in shape:
+        if kind == TASK:
+            rendered.append("task")
+            continue
+        value = f"args[{column}]"
+        rendered.append(value if kind == "int" else f"{kind.upper()}_CONSTANTS[{value}]")
+        column += 1
+    return UnitCall(function, buffers, tuple(rendered)).line()

@@ -46,8 +46,10 @@ MEMORIES = (
     Memory("act", "memory", "bank_t", ("BANKS", "ACT_DEPTH"), "type=complete dim=1",
            bind="ram_t2p"),
     # a block of queries' scores and softmax statistics
-    Memory("scores", "attention", "logit_t", ("QUERY_TILE", "SCORE_KEYS"),
-           "type=cyclic factor={tk} dim=2"),
+    # (key k of a query's row in bank k % TK, at k / TK: each bank its own dimension, so a
+    # write names its bank at compile time)
+    Memory("scores", "attention", "logit_t", ("QUERY_TILE", "SCORE_ROWS", "TK"),
+           "type=complete dim=3"),
     Memory("row_max", "attention", "logit_t", ("QUERY_TILE",)),
     Memory("totals", "attention", "acc_t", ("QUERY_TILE",)),
     Memory("inverses", "attention", "recip_t", ("QUERY_TILE",)),

@@ -17,7 +17,7 @@ from m3c.hw.design import Precision
 from m3c.hw.dse import Choice
 from m3c.hw.estimate import band_rows
 from m3c.hw.fit import storage_bindings
-from m3c.hw.layout import DdrLayout, narrow_kinds, render_calls
+from m3c.hw.layout import DdrLayout, build_program, narrow_kinds, render_calls
 from m3c.hw.memories import template_memories
 from m3c.hw.target import Target
 from m3c.hw.units import FUNCTIONS, Interfaces
@@ -127,7 +127,8 @@ def template_context(graph: Graph, plan: KernelPlan, kernel: dict, board: Target
         "gelu_copies": math.ceil(g.tm / 2),
         "pixels_by_lane": bool(embed) and pixels_by_lane(Call.of(embed), g),
         "storage": storage_bindings(design, choice.budget), "narrow_types": kinds,
-        "calls": render_calls(kernel["calls"], layout, g, sizes, kinds), "units": FUNCTIONS,
+        "program": build_program(render_calls(kernel["calls"], layout, g, sizes, kinds)),
+        "units": FUNCTIONS,
         "num_calls": len(kernel["calls"]),
         "ddr": {"weights": layout.words, "image": g.words(int(np.prod(plan.image_shape))),
                 "features": tokens * g.words(dim)},

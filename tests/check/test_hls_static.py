@@ -157,10 +157,13 @@ def _edited(generated: Path, tmp_path: Path, before: str, after: str,
     return project
 
 
-def test_the_generated_project_reports_the_reviewed_defects(generated):
+def test_the_generated_project_against_the_reviewed_defects(generated):
     report = check_project(generated)
-    counts = {i.function: i.count for i in report.instances}
-    assert counts["m3c::matmul"] > 1 and counts["m3c::mac_array"] == counts["m3c::matmul"]
+    # Fixed since the review: the layer functions are inlined into the top function's
+    # program loop, so every shared function (the MAC array first) has one instance.
+    assert all(instance.count == 1 for instance in report.instances), report.instances
+    assert {"m3c::matmul", "m3c::mac_array", "m3c::stream_panels"} <= {
+        instance.function for instance in report.instances if instance.shared}
     kinds = _kinds(report)
     # Still there: feed, fill and epilogue access resid and act in one loop.
     assert "ports" in kinds[("steps_rows", "resid")]

@@ -171,7 +171,13 @@ def test_project_layout_and_interfaces(compiled):
                if "interface mode=m_axi" in line}
     assert bundles == {"gmem_w", "gmem_in", "gmem_out"}
     assert "interface mode=s_axilite port=task" in kernel
-    assert kernel.count("m3c::moe_layer(") == 2 and kernel.count("m3c::attention_layer(") == 4
+    # The layers as a program: one call site per layer function, a row per layer call.
+    assert kernel.count("m3c::moe_layer(") == 1 and kernel.count("m3c::attention_layer(") == 1
+    cases = re.findall(r"case (\d+):\n\s+m3c::(\w+)\(", kernel)
+    rows = [int(row.split(",")[0]) for row in re.findall(r"^\s+\{ (\d+, .*) \},$", kernel,
+                                                          re.MULTILINE)]
+    layer_calls = {name: rows.count(int(case)) for case, name in cases}
+    assert layer_calls["moe_layer"] == 2 and layer_calls["attention_layer"] == 4
     config = (project / "hls/hls_config.cfg").read_text()
     assert "part=xczu7ev-ffvc1156-2-e" in config and "syn.top=m3c_kernel" in config
     layout = json.loads((project / "weights/weights.json").read_text())

@@ -23,6 +23,7 @@ from m3c.hw.units.shared import Activations, Features, Interfaces, Matmul, Memor
 UNITS: tuple[Unit, ...] = (Embed(), LayerNorm(), Attention(), Linear(), MoE(), Matmul(),
                            Features(), Memory(), Activations(), Interfaces())
 FUNCTIONS = tuple(function for unit in UNITS for function in unit.functions)
+LAYERS = tuple(function for unit in UNITS for function in unit.layers)
 _BY_OP = {op: unit for unit in UNITS for op in unit.ops}
 OPS = tuple(_BY_OP)
 WEIGHT_ARGS = {op: args for unit in UNITS for op, args in unit.weight_args.items()}

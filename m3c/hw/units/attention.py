@@ -33,7 +33,7 @@ def score_groups_of(call: dict, g, sizes: dict) -> int:
 class Attention(Unit):
     name = "attention"
     template = "hls/units/attention.h.j2"
-    functions = ("attention_layer",)
+    layers = ("attention_layer",)
     ops = ("qkv", "attention")
     weight_args = {"qkv": ("w", "b"), "attention": ()}
     narrowable = frozenset({"qkv", "attention"})
@@ -91,7 +91,7 @@ class Attention(Unit):
     def arrays(self, design) -> list[Array]:
         p, g, s = design.precision, design.geometry, design.sizes
         qt = g.query_tile
-        return [Array("attention", "scores", qt * s["SCORE_KEYS"] // g.tk, p.logit, banks=g.tk),
+        return [Array("attention", "scores", qt * s["SCORE_ROWS"], p.logit, banks=g.tk),
                 Array("attention", "row_max", qt, p.logit),
                 Array("attention", "totals", qt, p.acc),
                 Array("attention", "inverses", qt, p.prob + 6)]

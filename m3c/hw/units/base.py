@@ -219,8 +219,9 @@ def mac_code(call: dict, kinds: list[str], second: bool = False) -> int:
 
 
 class Unit:
-    """A hardware unit: its template, the HLS functions it defines (one instance each), the
-    kernel.json ops it runs and, per op, the constants it reads, its DDR segments, its cycles
+    """A hardware unit: its template, the HLS functions it defines (`functions`: never inlined,
+    one instance each; `layers`: inlined into the top function's program), the kernel.json
+    ops it runs and, per op, the constants it reads, its DDR segments, its cycles
     and MACs, its top-function call, its on-chip arrays and its logic. Its methods take a
     call as its typed record (m3c.hw.calls; the registry's functions convert kernel.json).
     The numpy emulation of an op is runtime/emulator.py's `OPS[op]`."""
@@ -228,6 +229,9 @@ class Unit:
     name = "unit"
     template = ""  # under templates/
     functions: tuple[str, ...] = ()
+    # The layer functions the top function's program calls: inlined into its one call site
+    # there, so every shared function they call (the MAC array) sits in the top's scope.
+    layers: tuple[str, ...] = ()
     ops: tuple[str, ...] = ()
     weight_args: dict[str, tuple[str, ...]] = {}  # per op: the keys holding blob offsets
     narrowable: frozenset[str] = frozenset()  # ops whose results a `result` type narrows
@@ -263,11 +267,26 @@ class Unit:
         return None
 
 
-def unit_call(function: str, buffers: str, args: list) -> str:
-    """A line of the top function: the unit's function on the DDR buffers, its arguments and
-    every on-chip memory (m3c.hw.memories)."""
-    rendered = ", ".join(str(arg) for arg in args)
-    return f"m3c::{function}({buffers}, {rendered}, {MEMORY_ARGS});"
+TASK = "task"  # an argument that is the kernel's task register, not a constant
+
+
+@dataclass(frozen=True)
+class UnitCall:
+    """One layer of the top function's program: the unit's layer function, the DDR buffers it
+    takes and its arguments (ints, C++ integer constant expressions, TASK, or a typed
+    constant such as `var_t(1e-06f)`); every on-chip memory follows (m3c.hw.memories)."""
+
+    function: str
+    buffers: str
+    args: tuple
+
+    def line(self) -> str:
+        rendered = ", ".join(str(arg) for arg in self.args)
+        return f"m3c::{self.function}({self.buffers}, {rendered}, {MEMORY_ARGS});"
+
+
+def unit_call(function: str, buffers: str, args: list) -> UnitCall:
+    return UnitCall(function, buffers, tuple(args))
 
 
 def expect_next(call: Call, following: Call | None, op: str) -> None:

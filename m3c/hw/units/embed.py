@@ -56,7 +56,8 @@ def band_load(call: dict, g, first_line: int, lines: int) -> Cost:
 class Embed(Unit):
     name = "embed"
     template = "hls/units/embed.h.j2"
-    functions = ("embed_layer", "load_band", "add_positions")
+    functions = ("load_band",)
+    layers = ("embed_layer", "add_positions")
     ops = ("embed",)
     weight_args = {"embed": ("w", "b", "cls", "pos")}
 

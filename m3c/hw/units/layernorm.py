@@ -19,7 +19,8 @@ from m3c.hw.units.base import (
 class LayerNorm(Unit):
     name = "layernorm"
     template = "hls/units/layernorm.h.j2"
-    functions = ("layernorm_stats", "load_vector")
+    functions = ("load_vector",)
+    layers = ("layernorm_stats",)
     ops = ("layernorm",)
     weight_args = {"layernorm": ("gamma", "beta")}
 

@@ -24,7 +24,7 @@ def out_columns(call: dict, g) -> int:
 class Linear(Unit):
     name = "linear"
     template = "hls/units/mlp.h.j2"
-    functions = ("projection_layer", "mlp_layer", "mlp_tile")
+    layers = ("projection_layer", "mlp_layer", "mlp_tile")
     ops = ("linear",)
     weight_args = {"linear": ("w", "b")}
     narrowable = frozenset({"linear"})

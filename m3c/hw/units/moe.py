@@ -39,7 +39,8 @@ def expert_words(g, call: dict) -> tuple[int, int]:
 class MoE(Unit):
     name = "moe"
     template = "hls/units/moe.h.j2"
-    functions = ("moe_layer", "normalise_rows", "route_tokens")
+    functions = ("normalise_rows", "route_tokens")
+    layers = ("moe_layer",)
     ops = ("route", "experts")
     weight_args = {"route": ("router_w", "router_b"), "experts": ("w1", "b1", "w2", "b2")}
     narrowable = frozenset({"experts"})
