@@ -13,10 +13,9 @@ import json
 import re
 from pathlib import Path
 
-from m3c.hw.design import Design, Precision
+from m3c.hw.design import Design
 from m3c.hw.fit import unit_arrays
 from m3c.hw.resources import bind_memories
-from m3c.hw.target import load_target
 from m3c.hw.units import FUNCTIONS, LAYERS
 from m3c.ir.analysis import Finding
 
@@ -42,10 +41,7 @@ def _functions(source: str) -> dict[str, str]:
 def _design(project: Path) -> tuple[Design, float]:
     manifest = json.loads((project / "project.json").read_text())
     kernel = json.loads((project / "kernel.json").read_text())
-    design = Design(load_target(manifest["target"]), kernel["capacities"],
-                    tuple(manifest["tiles"]), Precision.from_types(manifest["types"]),
-                    manifest["row_tile"], manifest["query_tile"])
-    return design, manifest["budget"]
+    return Design.of_project(manifest, kernel), manifest["budget"]
 
 
 def _constants(source: str) -> dict[str, int]:

@@ -78,6 +78,12 @@ def verify_project(project: str | Path, checked: list[str] | None = None,
     progress.note(f"verify: building the C-simulation of {project} (g++)")
     kernel = csim.CSimKernel(csim.build(project), weights)
     checked += ["hls/src", "hls/csim"]
+    # Fixed point: the emulation (bit-exact with the C-simulation) counts saturated results.
+    emulator = None
+    if manifest["precision"] == "fixed":
+        from m3c.runtime.emulator import KernelEmulator
+
+        emulator = KernelEmulator.from_project(project)
     rows = []
     for index, task in enumerate(manifest["tasks"]):
         image = _raw(project, f"data/input_task{index}.bin", checked)
@@ -102,22 +108,18 @@ def verify_project(project: str | Path, checked: list[str] | None = None,
         rows.append(ProjectRow(task, manifest["precision"], manifest["tolerance"],
                                max_error(features, expected, f"{where} features"),
                                max_error(output, want, f"{where} output"),
-                               _fidelity(project, manifest, task, index, image, output, want,
-                                         features, reference),
+                               _fidelity(emulator, task, index, image, output, want, features,
+                                         reference),
                                head_oracle_error))
     return rows
 
 
-def _fidelity(project: Path, manifest: dict, task: str, index: int, image: np.ndarray,
-              output: np.ndarray, want: np.ndarray, features: np.ndarray,
-              reference: np.ndarray) -> Fidelity | None:
-    """Fixed point: the task against the float model, its saturated results counted by the
-    emulation (bit-exact with the C-simulation) on the same image."""
-    if manifest["precision"] != "fixed":
+def _fidelity(emulator, task: str, index: int, image: np.ndarray, output: np.ndarray,
+              want: np.ndarray, features: np.ndarray, reference: np.ndarray) -> Fidelity | None:
+    """Fixed point (an `emulator`): the task against the float model, its saturated results
+    counted by the emulation on the same image; None in float."""
+    if emulator is None:
         return None
-    from m3c.runtime.emulator import KernelEmulator
-
-    emulator = KernelEmulator.from_project(project)
     counter = SaturationCounter(emulator.ops.data)
     emulator.run(image, index, counter)
     return fidelity(task, output, want, features, reference, counter)

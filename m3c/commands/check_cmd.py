@@ -47,27 +47,17 @@ def worst_loop(report: CheckReport):
 def latency_line(project: Path, report: CheckReport) -> str:
     """The estimate's frame latency (which assumes II 1 in the array's step loop) beside the
     latency at the II the checker bounds that loop to."""
-    from m3c.hw.design import Design, Precision
+    from m3c.hw.design import Design
     from m3c.hw.estimate import cycles_at_array_ii
-    from m3c.hw.target import load_target
-    from m3c.project.report import (
-        REPORT_DIR,
-        SIMULATION_FILE,
-        mean_routing,
-        read_project,
-    )
+    from m3c.project.report import mean_routing, read_project, simulated
 
     array = next((loop for loop in report.loops
                   if (loop.function.rsplit("::", 1)[-1], loop.loop) == ARRAY_LOOP), None)
     if array is None:
         return "the array's step loop (mac_array: steps_rows) was not found"
-    _, manifest, kernel = read_project(project)
-    # The design the project was compiled for, as recorded (not re-fitted).
-    design = Design(load_target(manifest["target"]), kernel["capacities"],
-                    tuple(manifest["tiles"]), Precision.from_types(manifest.get("types")),
-                    manifest["row_tile"], manifest["query_tile"])
-    simulation = project / REPORT_DIR / SIMULATION_FILE
-    routing = mean_routing(json.loads(simulation.read_text()) if simulation.is_file() else None)
+    project, manifest, kernel = read_project(project)
+    design = Design.of_project(manifest, kernel)
+    routing = mean_routing(simulated(project))
     clock = design.target.clock_mhz * 1e3
     assumed = cycles_at_array_ii(kernel["calls"], design, 1, routing) / clock
     if array.bound_ii is None:

@@ -9,7 +9,7 @@ from functools import cached_property
 
 from m3c.errors import M3CError
 from m3c.hw.geometry import Geometry, lane_bits
-from m3c.hw.target import Target
+from m3c.hw.target import Target, load_target
 
 MAC_DSP_FLOAT = 5
 
@@ -77,6 +77,14 @@ class Design:
     precision: Precision = field(default_factory=Precision)
     row_tile: int = 128
     query_tile: int = 32
+
+    @classmethod
+    def of_project(cls, manifest: dict, kernel: dict) -> Design:
+        """The design a project was compiled for, as project.json and kernel.json record it
+        (not fitted again)."""
+        return cls(load_target(manifest["target"]), kernel["capacities"],
+                   tuple(manifest["tiles"]), Precision.from_types(manifest.get("types")),
+                   manifest["row_tile"], manifest["query_tile"])
 
     @cached_property
     def geometry(self) -> Geometry:

@@ -150,11 +150,8 @@ def cycles_at_array_ii(calls: Sequence[dict], d: Design, array_ii: int,
     """The calls' cycles when the array's step loop (matmul.h.j2 `steps_rows`) starts an
     iteration every `array_ii` cycles instead of every cycle (the II `m3c check` bounds it
     to): each issued array cycle then costs `array_ii`."""
-    total = 0
-    for call, queues, _ in _with_queues(calls, routing):
-        cost = call_cost(call, d, queues)
-        total += cost.cycles + cost.array_cycles * (array_ii - 1)
-    return total
+    return sum(estimate.cycles + estimate.array_cycles * (array_ii - 1)
+               for estimate in estimate_calls(calls, d, routing))
 
 
 def summarize(estimates: Sequence[CallEstimate], clock_mhz: float) -> dict:

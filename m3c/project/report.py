@@ -293,12 +293,17 @@ def _plot_resources(axes, report: dict) -> bool:
     return True
 
 
+def simulated(project: Path) -> dict | None:
+    """The routing `m3c simulate` recorded for the project, if it ran."""
+    path = project / REPORT_DIR / SIMULATION_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 def report_project(project: str | Path, power_w: float | None = None,
                    plots: bool = True) -> tuple[dict, list[Path]]:
     """`m3c report`: re-estimate a compiled project and rewrite its report."""
     project, manifest, kernel = read_project(project)
-    simulation_path = project / REPORT_DIR / SIMULATION_FILE
-    simulation = json.loads(simulation_path.read_text()) if simulation_path.is_file() else None
+    simulation = simulated(project)
     choice = project_design(manifest, kernel, budget=manifest.get("budget", DEFAULT_BUDGET),
                             routing=mean_routing(simulation))
     report = build_report(manifest, kernel, choice, power_w, simulation)

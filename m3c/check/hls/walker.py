@@ -86,18 +86,17 @@ class Scope:
         self.arrays: dict[str, ArrayRef] = {}
 
     def value(self, name: str) -> Value | None:
-        scope: Scope | None = self
-        while scope is not None:
-            if name in scope.values:
-                return scope.values[name]
-            scope = scope.parent
-        return None
+        return self._find("values", name)
 
     def array(self, name: str) -> ArrayRef | None:
+        return self._find("arrays", name)
+
+    def _find(self, table: str, name: str):
+        """`name` in this scope's `table` or the nearest enclosing scope's."""
         scope: Scope | None = self
         while scope is not None:
-            if name in scope.arrays:
-                return scope.arrays[name]
+            if name in getattr(scope, table):
+                return getattr(scope, table)[name]
             scope = scope.parent
         return None
 
