@@ -128,37 +128,43 @@ class SaturationCounter:
 
     def __init__(self, data_type) -> None:
         self.data_type = data_type
-        self.per_layer: dict[str, int] = {}
-        self.results = 0
+        self.per_layer: dict[str, int] = {}  # saturated results
+        self.layer_results: dict[str, int] = {}  # all results
 
     @property
     def saturated(self) -> int:
         return sum(self.per_layer.values())
 
+    @property
+    def results(self) -> int:
+        return sum(self.layer_results.values())
+
     def __call__(self, call: dict, what: str, values: np.ndarray) -> None:
         if what not in self.WHAT:
             return
-        self.results += values.size
+        layer = call["layer"]
+        self.layer_results[layer] = self.layer_results.get(layer, 0) + values.size
         pinned = int(np.count_nonzero((values == self.data_type.raw_max)
                                       | (values == self.data_type.raw_min)))
         if pinned:
-            self.per_layer[call["layer"]] = self.per_layer.get(call["layer"], 0) + pinned
+            self.per_layer[layer] = self.per_layer.get(layer, 0) + pinned
 
 
 class LayerRecorder:
-    """An emulator observer keeping each layer's data-type results (as floats), in order."""
+    """An emulator observer keeping each layer's data-type results (as floats), in order:
+    those row for row with the tokens (a layer's output, the residual stream after it), so
+    fixed and float compare token by token; an expert's rows depend on the routing, which
+    rounding may change for a few tokens."""
+
+    WHAT = ("output", "residual")
 
     def __init__(self, data_type=None) -> None:
         self.scale = 1.0 if data_type is None else math.ldexp(1.0, -data_type.frac)
         self.layers: dict[tuple[str, str], np.ndarray] = {}
 
     def __call__(self, call: dict, what: str, values: np.ndarray) -> None:
-        if what in SaturationCounter.WHAT:
-            key = (call["layer"], what)
-            value = values.astype(np.float64) * self.scale
-            # An MoE layer reports each expert's outputs: keep them all, in order.
-            self.layers[key] = (np.concatenate([self.layers[key], value]) if key in self.layers
-                                else value)
+        if what in self.WHAT:
+            self.layers[(call["layer"], what)] = values.astype(np.float64) * self.scale
 
 
 def first_layer_off(fixed: LayerRecorder, floating: LayerRecorder,
@@ -167,16 +173,11 @@ def first_layer_off(fixed: LayerRecorder, floating: LayerRecorder,
     emulation (relative RMSE beyond FEATURES_LIMIT, or saturating beyond SATURATION_LIMIT of
     its results), and why; the layer that moves furthest from float when none does alone."""
     worst, worst_error = "", -1.0
-    sizes: dict[str, int] = {}
     for (layer, what), values in fixed.layers.items():
-        sizes[layer] = sizes.get(layer, 0) + values.size
         pinned = saturation.per_layer.get(layer, 0)
-        if pinned > SATURATION_LIMIT * sizes[layer]:
+        if pinned > SATURATION_LIMIT * saturation.layer_results.get(layer, 0):
             return layer, f"{pinned} of its results saturate"
-        reference = floating.layers.get((layer, what))
-        if reference is None or reference.size != values.size:
-            continue  # routed differently from float: its own error says nothing
-        error = relative_rmse(values, reference)
+        error = relative_rmse(values, floating.layers[(layer, what)])
         if not error <= FEATURES_LIMIT:
             return layer, f"its {what} is {100 * error:.1f}% off float (relative RMSE)"
         if error > worst_error:
