@@ -68,3 +68,17 @@ def test_a_model_of_ones_own_through_every_command(tmp_path, capsys, form, dynam
                         "-o", str(tmp_path / "maps"))
     assert code == 0 and "FAIL" not in out
     assert sorted(p.stem for p in (tmp_path / "maps").glob("*.npy")) == ["depth", "semseg"]
+
+
+def test_heads_narrower_than_a_bank_word_are_refused_in_fixed_and_run_in_float(tmp_path,
+                                                                               capsys):
+    # dim 24 over 4 heads: 6-element heads; a bank word holds 4 16-bit lanes, or 2 in fp32
+    path = export_user(UserViT("topk_loop", dim=24, heads=4), tmp_path / "six.onnx",
+                       dynamo=False)
+    code, _, err = _cli(capsys, "compile", str(path), "-o", str(tmp_path / "fixed"))
+    assert code == 2 and "heads of 6 elements" in err and "/attn/" in err
+    assert not (tmp_path / "fixed").exists()
+    build = tmp_path / "float"
+    assert _cli(capsys, "compile", str(path), "-o", str(build), "--precision", "float")[0] == 0
+    code, out, _ = _cli(capsys, "verify", str(build), "--oracle", "ort")
+    assert code == 0 and "PASS" in out

@@ -33,7 +33,14 @@ def run_check(args: argparse.Namespace) -> int:
     return 1 if report.findings else 0
 
 
-ARRAY_LOOP = ("mac_array", "steps_rows")  # matmul.h.j2: every product's row loop
+ARRAY_FUNCTIONS = ("mac_array", "mac_row")  # matmul.h.j2: the array and its step loops
+
+
+def array_loops(report: CheckReport) -> list:
+    """The array's pipelined loops: its step loops (one per mode, run in mac_array) and the
+    pipelined row it calls."""
+    return [loop for loop in report.loops
+            if loop.context.rsplit("::", 1)[-1] in ARRAY_FUNCTIONS]
 
 
 def worst_loop(report: CheckReport):
@@ -45,27 +52,30 @@ def worst_loop(report: CheckReport):
 
 
 def latency_line(project: Path, report: CheckReport) -> str:
-    """The estimate's frame latency (which assumes II 1 in the array's step loop) beside the
-    latency at the II the checker bounds that loop to."""
+    """The estimate's frame latency (which assumes II 1 in the array's loops) beside the
+    latency at the II the checker bounds them to."""
     from m3c.hw.design import Design
     from m3c.hw.estimate import cycles_at_array_ii
     from m3c.project.report import mean_routing, read_project, simulated
 
-    array = next((loop for loop in report.loops
-                  if (loop.function.rsplit("::", 1)[-1], loop.loop) == ARRAY_LOOP), None)
-    if array is None:
-        return "the array's step loop (mac_array: steps_rows) was not found"
+    loops = array_loops(report)
+    if not loops:
+        return "the array's step loops (mac_array) were not found"
     project, manifest, kernel = read_project(project)
     design = Design.of_project(manifest, kernel)
     routing = mean_routing(simulated(project))
     clock = design.target.clock_mhz * 1e3
     assumed = cycles_at_array_ii(kernel["calls"], design, 1, routing) / clock
-    if array.bound_ii is None:
-        return (f"estimate: {assumed:.2f} ms per frame at II 1 in mac_array: steps_rows; its "
-                "II cannot be bounded statically")
-    bound = cycles_at_array_ii(kernel["calls"], design, array.bound_ii, routing) / clock
-    return (f"estimate: {assumed:.2f} ms per frame assumes II 1 in mac_array: steps_rows; at "
-            f"the II {array.bound_ii} this code allows, {bound:.2f} ms")
+    if any(loop.bound_ii is None for loop in loops):
+        return (f"estimate: {assumed:.2f} ms per frame at II 1 in the array's loops; their "
+                "II cannot all be bounded statically")
+    worst = max(loops, key=lambda loop: loop.bound_ii)
+    if worst.bound_ii == 1:
+        return (f"estimate: {assumed:.2f} ms per frame; the array's {len(loops)} pipelined "
+                "loops reach II 1 (m3c check)")
+    bound = cycles_at_array_ii(kernel["calls"], design, worst.bound_ii, routing) / clock
+    return (f"estimate: {assumed:.2f} ms per frame assumes II 1 in the array's loops; at the "
+            f"II {worst.bound_ii} {worst.function}: {worst.loop} allows, {bound:.2f} ms")
 
 
 def format_report(report: CheckReport) -> str:

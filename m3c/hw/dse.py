@@ -23,7 +23,7 @@ from m3c.hw.target import Target
 
 TK_CHOICES = (8, 16, 32, 48, 64, 96, 128)
 TM_CHOICES = (4, 8, 12, 16, 20, 24, 28, 32, 40, 48, 64)
-ROW_TILES = (32, 64, 128, 256, 384)
+ROW_TILES = (32, 64, 128, 256, 320, 384)
 QUERY_TILES = (32, 64, 96, 128)
 DEFAULT_BUDGET = 1.0  # the caps themselves
 

@@ -147,8 +147,8 @@ def total_cycles(calls: Sequence[dict], d: Design,
 
 def cycles_at_array_ii(calls: Sequence[dict], d: Design, array_ii: int,
                        routing: dict[str, Sequence[int]] | None = None) -> int:
-    """The calls' cycles when the array's step loop (matmul.h.j2 `steps_rows`) starts an
-    iteration every `array_ii` cycles instead of every cycle (the II `m3c check` bounds it
+    """The calls' cycles when the array's step loops (matmul.h.j2 `steps_<mode>`) start an
+    iteration every `array_ii` cycles instead of every cycle (the II `m3c check` bounds them
     to): each issued array cycle then costs `array_ii`."""
     return sum(estimate.cycles + estimate.array_cycles * (array_ii - 1)
                for estimate in estimate_calls(calls, d, routing))

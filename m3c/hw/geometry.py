@@ -37,6 +37,11 @@ class Geometry:
             raise CodegenError(f"array {self.tk}x{self.tm}: both sides must be multiples of "
                                f"{self.lanes} elements and TM <= TK",
                                remedy="choose another --tiles, or let m3c pick them")
+        whole = self.port_lanes * (2 if self.packed else 1)  # lanes of a panel's DDR words
+        if self.tk * self.tm % whole:
+            raise CodegenError(f"array {self.tk}x{self.tm}: a panel of {self.tk * self.tm} "
+                               f"weights is not whole DDR words of {whole}",
+                               remedy="choose another --tiles, or let m3c pick them")
 
     @property
     def lanes(self) -> int:

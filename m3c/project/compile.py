@@ -34,6 +34,7 @@ from m3c.hw.precision import (
     load_config,
 )
 from m3c.hw.target import Target, load_target
+from m3c.hw.units.attention import check_head_widths
 from m3c.ir.graph import Graph
 from m3c.ir.sessions import ort_session
 from m3c.project.atomic import check_destination, staged_directory
@@ -208,6 +209,7 @@ def _place(kernel: dict, plan: KernelPlan, board: Target, typing: Typing, budget
     its kernel.json entry)."""
     choice = choose_design(kernel["calls"], plan.capacities, board,
                            Precision.from_types(typing.types_json()), budget, tiles)
+    check_head_widths(kernel["calls"], choice.design.geometry)
     layout = layout_weights(kernel["calls"], choice.design.geometry, typing.ddr_values())
     for call, segments in zip(kernel["calls"], layout.segments, strict=True):
         call["ddr"] = segments

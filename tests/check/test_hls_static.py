@@ -159,18 +159,19 @@ def _edited(generated: Path, tmp_path: Path, before: str, after: str,
 
 def test_the_generated_project_against_the_reviewed_defects(generated):
     report = check_project(generated)
-    # Fixed since the review: the layer functions are inlined into the top function's
-    # program loop, so every shared function (the MAC array first) has one instance.
+    # The layer functions are inlined into the top function's program loop and the step
+    # loops of every mode call one pipelined row: every shared function (the MAC array
+    # first) has one instance.
     assert all(instance.count == 1 for instance in report.instances), report.instances
-    assert {"m3c::matmul", "m3c::mac_array", "m3c::stream_panels"} <= {
+    assert {"m3c::matmul", "m3c::mac_array", "m3c::mac_row", "m3c::stream_panels"} <= {
         instance.function for instance in report.instances if instance.shared}
-    kinds = _kinds(report)
-    # Still there: feed, fill and epilogue access resid and act in one loop.
-    assert "ports" in kinds[("steps_rows", "resid")]
-    # Fixed since the review: counters instead of dividers, a table copy per two readers,
-    # dependence pragmas on the per-row read-modify-writes.
-    steps_rows = {k for (loop, _), ks in kinds.items() if loop == "steps_rows" for k in ks}
-    assert not steps_rows & {"divider", "table", "recurrence"}
+    # One pipelined loop per mode (no loop schedules another mode's accesses of act and
+    # resid), shift-register panels, counters, narrow Newton steps, exact division by
+    # multiplication: no finding at all, every loop at II 1.
+    assert not report.findings, [f.message for f in report.findings]
+    loops = {loop.loop for loop in report.loops}
+    assert {"steps_to_act", "steps_to_residual", "steps_to_scores", "steps_to_mix"} <= loops
+    assert all(loop.bound_ii == loop.target_ii == 1 for loop in report.loops)
 
 
 @pytest.mark.parametrize("before, after, loop, kind, subject", [
@@ -179,12 +180,20 @@ def test_the_generated_project_against_the_reviewed_defects(generated):
      "feature_words", "divider", "step / tokens"),
     # the dependence pragma of the array's accumulators removed
     ("M3C_HLS(dependence variable=sums type=inter direction=RAW distance=12 true)", "",
-     "steps_rows", "recurrence", "sums"),
+     "steps_to_act", "recurrence", "sums"),
+    # another mode's accesses in a step loop: act read twice more per iteration
+    ("            for (int j = 0; j < TM; ++j) old[j] = sums[r][j];",
+     "            for (int j = 0; j < TM; ++j) old[j] = sums[r][j];\n"
+     "            act[0][r] = act[0][r + 1] | act[0][r + 2];", "steps_to_act", "ports", "act"),
+    # a 64-bit multiply in a pipelined loop
+    ("        features[step] = word;",
+     "        features[step] = word;\n        ln_mean[0] = data_t((long long)step * "
+     "(long long)dim);", "feature_words", "wide-multiply", "64-bit"),
     # a table read twice more per iteration
-    ("            data_t value = from_lane<data_t>(values[l]);",
-     "            data_t value = from_lane<data_t>(values[l]) + data_t(EXP2_TABLE[0][col] + "
-     "EXP2_TABLE[0][col + 1] + EXP2_TABLE[0][col + 2]);", "feature_words", "table",
-     "EXP2_TABLE"),
+    ("            const lane_t value = normalised ? normed[l] : stream[l];",
+     "            const lane_t value = (normalised ? normed[l] : stream[l]) + lane_t("
+     "EXP2_TABLE[0][col] + EXP2_TABLE[0][col + 1] + EXP2_TABLE[0][col + 2]);",
+     "feature_words", "table", "EXP2_TABLE"),
     # a write at a bank chosen at run time
     ("        features[step] = word;",
      "        features[step] = word;\n        ln_mean[n] = data_t(0);\n"
@@ -220,7 +229,11 @@ def test_cli_exit_codes(tmp_path, generated, capsys):
     clean = _kernel(tmp_path / "clean", CLEAN_BODY)
     assert main(["check", str(clean)]) == 0
     assert "no findings" in capsys.readouterr().out
-    assert main(["check", str(generated), "--json"]) == 1
-    assert '"findings"' in capsys.readouterr().out
+    assert main(["check", str(generated)]) == 0  # a generated project: no finding
+    assert "II 1 (m3c check)" in capsys.readouterr().out
+    defective = _edited(generated, tmp_path, "        features[step] = word;",
+                        "        features[step / tokens] = word;")
+    assert main(["check", str(defective), "--json"]) == 1
+    assert "divider: `step / tokens`" in capsys.readouterr().out
     assert main(["check", str(tmp_path)]) == 2
     assert "kernel.cpp" in capsys.readouterr().err

@@ -4,6 +4,7 @@ applies it to every project the suite compiles."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -13,8 +14,7 @@ from m3c.check.hygiene import (
     storage_findings,
     unit_findings,
 )
-from m3c.hw.design import Design, Precision
-from m3c.hw.target import load_target
+from m3c.hw.design import Design
 
 PROJECTS = [("micro-nyud", "multi", "fixed"), ("micro-pascal", "task", "fixed"),
             ("micro-nyud", "task", "float")]
@@ -35,22 +35,42 @@ def test_no_double_and_a_bundle_per_buffer(compiled, preset, gate, precision):
     assert ddr_and_arithmetic_findings(compiled(preset, gate, precision)[1]) == []
 
 
-def test_fixed_point_sums_cost_a_fabric_adder_tree_as_wide_as_the_sums():
-    """Each column's products add up in an adder tree of SUM_BITS-wide fabric adders (HLS
-    balances `part += x * w` into a tree, not a DSP cascade), wider sums costing more."""
-    from m3c.frontend.models.config import preset
-    from m3c.hw.configs import calls_for_config
-    from m3c.hw.units.shared import Matmul
+def _declared_tree(source: str, name: str, base: int, pairs: int) -> int:
+    """LUTs (one a bit) of the fabric levels (2 on) of the product tree `name` as the generated
+    code declares them: per level its adders (half the values of the level below, `pairs` at
+    level 1, the DSP pairs) at the level's width, `base` + level."""
+    counts = {1: pairs}
+    pattern = rf"typedef M3C_PART_T\(\w+ \+ (\d+)\) {name}\1_t;\s*{name}\1_t {name}\1\[(\d+)\]"
+    counts.update({int(level): int(count) for level, count in re.findall(pattern, source)})
+    assert len(counts) > 1, name
+    return sum(counts[k - 1] // 2 * (base + k) for k in sorted(counts) if k > 1)
 
-    _, capacities = calls_for_config(json.loads(preset("tiny-cityscapes").to_json()))
-    target = load_target("zcu104")
-    narrow = Design(target, capacities, (32, 16), Precision(16, 16, 40, 18, False))
-    wide = Design(target, capacities, (32, 16), Precision(24, 16, 56, 18, False))
-    for design in (narrow, wide):
-        adders = (32 - design.sizes["SCORE_GROUPS"]) * 16
-        assert Matmul.reduction(design).lut == adders * design.sizes["SUM_BITS"]
-    assert Matmul.reduction(wide).lut > Matmul.reduction(narrow).lut
-    assert Matmul.reduction(Design(target, capacities, (32, 16))).lut == 0  # fp32: in the DSPs
+
+@pytest.mark.parametrize("precision", ["fixed", "int8"])
+def test_the_reduction_cost_is_the_tree_the_code_declares(compiled, precision):
+    """The estimate's fabric adders of the array's column sums (Matmul.reduction) are those of
+    the trees the generated mac_row declares, level by level at their widths, plus one
+    SUM_BITS adder per key group and column onto the running sum (and, packed, the operand
+    muxes and product split of every DSP)."""
+    from m3c.hw.units.shared import PACK_LUT_PER_DSP, Matmul
+
+    _, project = compiled("micro-nyud", precision=precision)
+    manifest = json.loads((project / "project.json").read_text())
+    kernel = json.loads((project / "kernel.json").read_text())
+    design = Design.of_project(manifest, kernel)
+    g, sizes = design.geometry, design.sizes
+    source = (project / "hls/src/m3c_ops.h").read_text()
+    product = sizes["X_BITS"] + g.lane_bits
+    groups, pairs = sizes["SCORE_GROUPS"], (sizes["GROUP_K"] + 1) // 2
+    if g.packed:
+        trees = g.tm // 2 * groups * (_declared_tree(source, "low", product, pairs)
+                                      + _declared_tree(source, "high", 17, pairs))
+        pack = g.dsps * PACK_LUT_PER_DSP
+    else:
+        trees = g.tm * groups * _declared_tree(source, "level", product, pairs)
+        pack = 0
+    assert Matmul.reduction(design).lut == trees + g.tm * groups * sizes["SUM_BITS"] + pack
+    assert Matmul.reduction(Design(design.target, design.capacities, design.tiles)).lut == 0
 
 
 @pytest.mark.parametrize("source, before, after, where", [

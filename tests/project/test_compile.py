@@ -193,7 +193,7 @@ PRAGMA_OPTIONS = {
     "dependence": {"variable", "type", "direction", "distance", "true", "false"},
     "bind_op": {"variable", "op", "impl"},
     "allocation": {"function", "instances", "limit"},
-    "pipeline": {"II"}, "loop_tripcount": {"max"}, "dataflow": set(),
+    "pipeline": {"II", "off"}, "loop_tripcount": {"max"}, "dataflow": set(),
     "array_partition": {"variable", "type", "factor", "dim"},
     "array_reshape": {"variable", "type", "factor", "dim"},
     "stream": {"variable", "depth"}, "inline": {"off"},

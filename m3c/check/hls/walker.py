@@ -137,15 +137,26 @@ class Walker:
         self._enter(top, scope)
 
     def _enter(self, function: Function, scope: Scope) -> None:
-        """Walk a non-inlined function's body (its pipelined loops analysed)."""
-        outer = self.context
+        """Walk a non-inlined function's body (its pipelined loops analysed; a pipelined
+        function's body analysed as one iteration of a pipeline)."""
+        outer, caller = self.context, self.iteration
         self.context = function.name
         self.frames.append(Frame(function, scope))
+        pipeline = _function_pipeline(function)
+        iteration = None
+        if pipeline is not None:
+            target = self.constant_text(pipeline.options.get("ii", "1"))
+            iteration = Iteration(function.name, "(function)", function.name, target or 1)
+        self.iteration = iteration
         try:
             self.statement(function.body)
+        except TooComplex:
+            iteration.unknowns.append("too large to evaluate statically")
         finally:
             self.frames.pop()
-            self.context = outer
+            self.context, self.iteration = outer, caller
+        if iteration is not None:
+            self.loops.append(iteration)
 
     @property
     def frame(self) -> Frame:
@@ -408,6 +419,9 @@ class Walker:
         right = self.expr(node.child_by_field_name("right"))
         operator = node.child_by_field_name("operator").text.decode()
         width = max(left.width or 0, right.width or 0) or None
+        decided = _short_circuit(operator, left, right)
+        if decided is not None:  # `false && x`, `true || x`: x is never evaluated
+            return Value.of(decided)
         if left.const is not None and right.const is not None and operator in BINARY:
             result = BINARY[operator](left.const, right.const)
             if result is not None:
@@ -641,9 +655,12 @@ class Walker:
         self.calls.setdefault(self.context, set()).add(function.name)
         self.calls.setdefault(function.name, set())
         if self.iteration is not None:
-            self.unknown(node, f"calls the non-inlined {function.name}, whose latency the "
-                               "loop's II then depends on")
-            return
+            pipeline = _function_pipeline(function)
+            ii = self.constant_text(pipeline.options.get("ii", "1")) if pipeline else None
+            if ii is None or ii > self.iteration.target_ii:
+                self.unknown(node, f"calls the non-inlined {function.name}, which is not "
+                                   "pipelined at the loop's II: the loop waits for it")
+                return
         binding = (function.name,) + tuple(
             (name, ref.array.key, tuple(v.text for v in ref.prefix))
             for name, ref in sorted(scope.arrays.items()))
@@ -668,6 +685,23 @@ class Walker:
             return Value(results[0].text, results[0].const, width=width)
         texts = ",".join(p.text for p in parts)
         return Value.derived(f"{function.name}({texts})", parts + results, width)
+
+
+def _function_pipeline(function: Function) -> Pragma | None:
+    """The function-level `pipeline` pragma of a function (not one of its loops')."""
+    return next((p for p in body_pragmas(function.body) if p.kind == "pipeline"
+                 and "off" not in p.flags), None)
+
+
+def _short_circuit(operator: str, left: Value, right: Value) -> int | None:
+    """The value of a logical operator one of whose sides decides it at compile time."""
+    for side in (left, right):
+        if side.const is not None:
+            if operator == "&&" and not side.const:
+                return 0
+            if operator == "||" and side.const:
+                return 1
+    return None
 
 
 def _step_of(update: Node | None, name: str | None) -> int | None:

@@ -24,6 +24,7 @@ UNITS: tuple[Unit, ...] = (Embed(), LayerNorm(), Attention(), Linear(), MoE(), M
                            Features(), Memory(), Activations(), Interfaces())
 FUNCTIONS = tuple(function for unit in UNITS for function in unit.functions)
 LAYERS = tuple(function for unit in UNITS for function in unit.layers)
+HELPERS = tuple(function for unit in UNITS for function in unit.helpers)
 _BY_OP = {op: unit for unit in UNITS for op in unit.ops}
 OPS = tuple(_BY_OP)
 WEIGHT_ARGS = {op: args for unit in UNITS for op, args in unit.weight_args.items()}

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from m3c.errors import CodegenError
 from m3c.hw.resources import Array, control
 from m3c.hw.units.base import (
     Cost,
@@ -28,6 +29,18 @@ def score_groups_of(call: dict, g, sizes: dict) -> int:
     if (g.packed and not mac8(call)) or call.head_dim > sizes["GROUP_K"]:
         return 1
     return sizes["SCORE_GROUPS"]
+
+
+def check_head_widths(calls: list[dict], g) -> None:
+    """A head's queries, keys and values start at multiples of its width in act, and the
+    windows that read them rotate whole bank words (memory.h.j2): the width must be a
+    multiple of the bank's LANES elements."""
+    for call in calls:
+        if call["op"] in Attention.ops and call["head_dim"] % g.lanes:
+            raise CodegenError(
+                f"{call['layer']}: heads of {call['head_dim']} elements are not a multiple of "
+                f"the {g.lanes} {g.lane_bits}-bit lanes of an on-chip bank word",
+                remedy=f"use a head count that makes dim / heads a multiple of {g.lanes}")
 
 
 class Attention(Unit):

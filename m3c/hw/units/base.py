@@ -232,6 +232,9 @@ class Unit:
     # The layer functions the top function's program calls: inlined into its one call site
     # there, so every shared function they call (the MAC array) sits in the top's scope.
     layers: tuple[str, ...] = ()
+    # Inlined helpers with loops of their own (a mode's step loops, a once-per-layer setup):
+    # inlined into a unit function, never called from a pipelined loop.
+    helpers: tuple[str, ...] = ()
     ops: tuple[str, ...] = ()
     weight_args: dict[str, tuple[str, ...]] = {}  # per op: the keys holding blob offsets
     narrowable: frozenset[str] = frozenset()  # ops whose results a `result` type narrows

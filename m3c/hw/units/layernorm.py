@@ -1,5 +1,7 @@
 """Layer norm statistics of the residual stream (templates/hls/units/layernorm.h.j2): gamma
-and beta onto the chip, each row's mean and 1/std; consumers normalise as they read."""
+and beta onto the chip, each row's mean and 1/std; products normalise the rows as they read
+them, except the experts and the encoder's features, which read them stored in act
+(normalise_rows, `normalise_cost`)."""
 
 from __future__ import annotations
 
@@ -16,11 +18,17 @@ from m3c.hw.units.base import (
 )
 
 
+def normalise_cost(tokens: int, dim: int, g) -> Cost:
+    """normalise_rows: the normalised rows into act, a chunk a cycle."""
+    return Cost(tokens * g.chunks(dim) + LOOP_DEPTH)
+
+
 class LayerNorm(Unit):
     name = "layernorm"
     template = "hls/units/layernorm.h.j2"
-    functions = ("load_vector",)
+    functions = ("load_vector", "normalise_rows")
     layers = ("layernorm_stats",)
+    helpers = ("width_divider",)  # arith.h.j2: the exact division's constants, once a layer
     ops = ("layernorm",)
     weight_args = {"layernorm": ("gamma", "beta")}
 
@@ -54,5 +62,10 @@ class LayerNorm(Unit):
                 Array("layernorm", "beta", s["NORM_WIDTH"] // g.tk, p.weight, banks=g.tk)]
 
     def logic(self, design):
-        data = 32 if design.precision.floating else design.precision.data
-        return control() + fabric(2 * design.geometry.tk, data + 1, 24) + fabric(6, 40, 40)
+        """The layer norm's multipliers in fabric: TK normalise() a cycle in the array's feed
+        and TK in normalise_rows, each (x - mean) x 1/std and the result x gamma; the
+        statistics' Newton steps (rsqrt: 3 a step) and their divisions by multiplication."""
+        p, tk = design.precision, design.geometry.tk
+        data, weight = (32, 32) if p.floating else (p.data, p.weight)
+        return (control() + fabric(2 * tk, data + 1, 24) + fabric(2 * tk, data, weight)
+                + fabric(6, 33, 33) + fabric(2, 45, 45))

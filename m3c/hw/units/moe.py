@@ -9,7 +9,6 @@ import numpy as np
 
 from m3c.hw.resources import Array, Resources, control, fabric
 from m3c.hw.units.base import (
-    LOOP_DEPTH,
     ROUTE_DEPTH,
     Cost,
     Rendering,
@@ -21,6 +20,7 @@ from m3c.hw.units.base import (
     unit_call,
     w_shift,
 )
+from m3c.hw.units.layernorm import normalise_cost
 from m3c.hw.units.shared import exp2_copies
 
 
@@ -39,7 +39,7 @@ def expert_words(g, call: dict) -> tuple[int, int]:
 class MoE(Unit):
     name = "moe"
     template = "hls/units/moe.h.j2"
-    functions = ("normalise_rows", "route_tokens")
+    functions = ("route_tokens",)
     layers = ("moe_layer",)
     ops = ("route", "experts")
     weight_args = {"route": ("router_w", "router_b"), "experts": ("w1", "b1", "w2", "b2")}
@@ -73,7 +73,7 @@ class MoE(Unit):
 
     def cost(self, call, g, sizes, queues=None) -> Cost:
         if call.OP == "route":  # the normalised rows kept for the experts, logits, routing
-            total = Cost(call.tokens * g.chunks(call.dim) + LOOP_DEPTH)
+            total = normalise_cost(call.tokens, call.dim, g)
             for rows in g.row_tiles(call.tokens):
                 total += tile_cost(g, rows, call.dim, call.experts)
             total += Cost(call.tokens + ROUTE_DEPTH + 2 * call.experts)

@@ -9,7 +9,6 @@ from m3c.hw.resources import (
     PACK_LUT_PER_DSP,
     Array,
     Resources,
-    adders,
     burst_buffer,
     control,
     fabric,
@@ -17,6 +16,7 @@ from m3c.hw.resources import (
     table_copies,
 )
 from m3c.hw.units.base import BUNDLES, Cost, Rendering, Unit, loop_cost, unit_call
+from m3c.hw.units.layernorm import normalise_cost
 from m3c.runtime.fixed import EXP_TABLE_BITS, GELU_RANGE, RECIP_TABLE_BITS, SEED_FRAC
 
 EXP2_ENTRIES = 1 << EXP_TABLE_BITS
@@ -38,12 +38,31 @@ def exp2_copies(readers: int, design) -> Resources:
     return table_copies(readers, EXP2_ENTRIES, table_bits(design.precision))
 
 
+def tree_levels(leaves: int) -> list[tuple[int, int, int]]:
+    """(level, inputs, outputs) of a balanced adder tree over `leaves` values: level k adds
+    the pairs of level k - 1 (an odd last value passes up)."""
+    levels, count = [], leaves
+    while count > 1:
+        levels.append((len(levels) + 1, count, (count + 1) // 2))
+        count = (count + 1) // 2
+    return levels
+
+
+PRODUCT8_BITS = 17  # packed_mac.h.j2: a separated 8-bit product, or a DSP pair's sum of them
+NEWTON_MULTIPLIES = 4  # arith.h.j2 reciprocal_raw: NEWTON_STEPS x (m z, correction)
+SHIFT_SOURCES = 4  # matmul.h.j2 fill: shift_panel by PORT_LANES or 2 x, fill_key, fill_value
+
+
 class Matmul(Unit):
     """The one weight-stationary MAC array: every product's panels, rows and epilogue."""
 
     name = "matmul"
     template = "hls/units/matmul.h.j2"
-    functions = ("matmul", "stream_panels", "mac_array")
+    functions = ("matmul", "stream_panels", "mac_array", "mac_row")
+    # The step loop's modes (matmul.h.j2 StepMode, a pipelined loop each) and their labels.
+    STEP_MODES = (("TO_ACT", "to_act"), ("TO_RESIDUAL", "to_residual"),
+                  ("TO_SCORES", "to_scores"), ("TO_MIX", "to_mix"))
+    helpers = tuple(f"steps_{label}" for _, label in STEP_MODES)
 
     def arrays(self, design) -> list[Array]:
         g, s = design.geometry, design.sizes
@@ -54,34 +73,58 @@ class Matmul(Unit):
         p, g, s = design.precision, design.geometry, design.sizes
         array = Resources(dsp=g.dsps * p.mac_dsp,
                           ff=2 * g.macs * g.lane_bits + 2 * g.tm * s["SUM_BITS"])
-        data = 32 if p.floating else p.data
-        # epilogue multipliers, and the scaling of the other key groups' scores
-        return (control(2) + array + fabric((3 + s["SCORE_GROUPS"]) * g.tm, data, 24)
-                + self.reduction(design) + self.wiring(design))
+        return (control(2) + array + self.epilogue(design) + self.reduction(design)
+                + self.wiring(design))
+
+    @staticmethod
+    def epilogue(design) -> Resources:
+        """The epilogue's fabric multipliers, per column: the scores' scale (one per key
+        group, logit x norm_t), the mix's normalisation (logit x recip_t) and the experts'
+        gate (prob x data); and the row's reciprocal (its Newton steps, NEWTON_MULTIPLIES)."""
+        p, g, s = design.precision, design.geometry, design.sizes
+        if p.floating:
+            return fabric((s["SCORE_GROUPS"] + 2) * g.tm, 32, 24)
+        return (fabric((s["SCORE_GROUPS"] + 1) * g.tm, p.logit, 24)
+                + fabric(g.tm, p.prob, p.data) + fabric(NEWTON_MULTIPLIES, 33, 33))
 
     @staticmethod
     def reduction(design) -> Resources:
-        """Fixed point sums a column's products in fabric: `part += x * w` over an unrolled
-        loop is an adder tree after HLS balances it, not a DSP cascade (one adder per product
-        beyond the first of each key group). A packed array adds its operand muxes and the
+        """Fixed point sums a column's products in fabric: each key group's products in an
+        adder tree as wide as its sums grow (matmul.h.j2 `tree`), whose first level (product
+        pairs) is in the DSPs' post-adders, then per group one SUM_BITS adder onto the running
+        sum. Packed: per DSP column two trees, the low products' (as wide as a 16-bit
+        product's) and the high products' (PRODUCT8_BITS), and the operand muxes and the
         product split in front of and behind every DSP."""
         p, g, s = design.precision, design.geometry, design.sizes
         if p.floating:  # the fp32 MAC's adder is in its DSPs
             return Resources()
-        tree = adders((g.tk - s["SCORE_GROUPS"]) * g.tm, s["SUM_BITS"])
+        groups, levels = s["SCORE_GROUPS"], tree_levels(s["GROUP_K"])
+
+        def tree(bits: int) -> int:
+            return sum(inputs // 2 * (bits + level) for level, inputs, _ in levels if level > 1)
+
+        product = s["X_BITS"] + g.lane_bits
         if g.packed:
-            tree = tree + Resources(lut=g.dsps * PACK_LUT_PER_DSP)
-        return tree
+            trees = g.tm // 2 * groups * (tree(product) + tree(PRODUCT8_BITS))
+        else:
+            trees = g.tm * groups * tree(product)
+        bits = trees + g.tm * groups * s["SUM_BITS"]
+        pack = Resources(lut=g.dsps * PACK_LUT_PER_DSP) if g.packed else Resources()
+        return Resources(lut=bits, ff=bits) + pack
 
     @staticmethod
     def wiring(design) -> Resources:
-        """Multiplexers the runtime indices imply: each shadow-panel register picks its lane of
-        a DDR word; read_window rotates TK lanes onto the keys (TK), values and residual rows
-        (TM each); write_window places TM lanes into the banks of act and resid."""
+        """Multiplexers the runtime indices imply: each shadow-panel register shifts in from
+        one of its neighbours (a DDR word's PORT_LANES or 2 x PORT_LANES along, the next
+        column for a key, the next row for a value: SHIFT_SOURCES inputs); read_window rotates
+        bank words onto the keys (TK lanes), values and residual rows (TM each); write_window
+        places TM lanes into the banks of act and resid."""
         g = design.geometry
-        fill = multiplexers(g.macs * g.lane_bits, g.port_lanes)
-        reads = multiplexers((g.tk + 2 * g.tm) * g.lane_bits, g.tk)
-        writes = multiplexers(2 * g.tk * g.lane_bits, g.tm)
+        fill = multiplexers(g.macs * g.lane_bits, SHIFT_SOURCES)
+        # windows rotate whole bank words (memory.h.j2): among BANKS words for a lane read,
+        # among TM / LANES groups of lanes for a bank word written
+        reads = multiplexers((g.tk + 2 * g.tm) * g.lane_bits, g.banks)
+        writes = multiplexers(2 * g.tk * g.lane_bits, g.tm // g.lanes)
         return fill + reads + writes
 
 
@@ -141,15 +184,19 @@ class Features(Unit):
     name = "features"
     template = "hls/units/embed.h.j2"
     functions = ("store_features",)
+    layers = ("features_layer",)
     ops = ("features",)
     weight_args = {"features": ()}
 
     def cost(self, call, g, sizes, queues=None) -> Cost:
         del sizes, queues
-        return loop_cost(call.tokens * g.words(call.dim), "gmem_out")
+        total = loop_cost(call.tokens * g.words(call.dim), "gmem_out")
+        if call.source == "normalised":
+            total += normalise_cost(call.tokens, call.dim, g)
+        return total
 
     def render(self, r: Rendering, index: int) -> tuple[str, int]:
         call = r.call(index)
         args = [call.tokens, call.dim,
                 "true" if call.source == "normalised" else "false", index]
-        return unit_call("store_features", "features", args), 1
+        return unit_call("features_layer", "features", args), 1
