@@ -273,3 +273,18 @@ def test_grouped_scores_equal_the_emulation_and_the_estimate(export_model, tmp_p
     assert re.search(r"SCORE_GROUPS = (\d+);", ops).group(1) == str(tiles[0] // 16)
     _assert_bit_exact(project)
     _assert_estimate_is_the_trace(project)
+
+
+@pytest.mark.parametrize("precision, tiles", [("fixed", (48, 32)), ("int8", (48, 16))])
+def test_twelve_banks_equal_the_emulation_and_the_estimate(export_model, tmp_path, precision,
+                                                           tiles):
+    """The array of the small-nyud designs: TK 48 in 12 banks (not a power of two), so the
+    windows of act and resid wrap past the last bank at every offset, the shadow panel shifts
+    in 48 x 32 (or 48 x 16 packed) weights, and the product trees have odd levels; bit for
+    bit the emulation and cycle for cycle the estimate."""
+    _, model = export_model("micro-nyud", "multi")
+    project = compile_model(model, out=tmp_path / "build", precision=precision, tiles=tiles)
+    assert hygiene_findings(project) == []
+    assert re.search(r"constexpr int TK = 48;", (project / "hls/src/m3c_ops.h").read_text())
+    _assert_bit_exact(project)
+    _assert_estimate_is_the_trace(project)
