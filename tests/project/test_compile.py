@@ -193,7 +193,7 @@ PRAGMA_OPTIONS = {
     "dependence": {"variable", "type", "direction", "distance", "true", "false"},
     "bind_op": {"variable", "op", "impl"},
     "allocation": {"function", "instances", "limit"},
-    "pipeline": {"II", "off"}, "loop_tripcount": {"max"}, "dataflow": set(),
+    "pipeline": {"II", "off", "style"}, "loop_tripcount": {"max"}, "dataflow": set(),
     "array_partition": {"variable", "type", "factor", "dim"},
     "array_reshape": {"variable", "type", "factor", "dim"},
     "stream": {"variable", "depth"}, "inline": {"off"},
@@ -201,7 +201,8 @@ PRAGMA_OPTIONS = {
 }
 PRAGMA_CHOICES = {"mode": {"m_axi", "s_axilite"}, "offset": {"slave"},
                   "type": {"complete", "cyclic", "block", "ram_2p", "ram_t2p", "fifo", "inter"},
-                  "impl": {"bram", "uram", "lutram", "fabric"}, "op": {"mul"}, "direction": {"RAW"}}
+                  "impl": {"bram", "uram", "lutram", "fabric"}, "op": {"mul"}, "direction": {"RAW"},
+                  "style": {"frp"}}
 
 
 def test_every_hls_directive_is_vitis_2023_syntax(compiled):
