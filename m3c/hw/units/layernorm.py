@@ -18,9 +18,14 @@ from m3c.hw.units.base import (
 )
 
 
+def normalise_halves(g) -> int:
+    """normalise_rows takes a chunk in two halves of the banks (one when they are odd)."""
+    return 2 if g.banks % 2 == 0 else 1
+
+
 def normalise_cost(tokens: int, dim: int, g) -> Cost:
-    """normalise_rows: the normalised rows into act, a chunk a cycle."""
-    return Cost(tokens * g.chunks(dim) + LOOP_DEPTH)
+    """normalise_rows: the normalised rows into act, half a chunk a cycle."""
+    return Cost(tokens * g.chunks(dim) * normalise_halves(g) + LOOP_DEPTH)
 
 
 class LayerNorm(Unit):
@@ -63,9 +68,11 @@ class LayerNorm(Unit):
 
     def logic(self, design):
         """The layer norm's multipliers in fabric: TK normalise() a cycle in the array's feed
-        and TK in normalise_rows, each (x - mean) x 1/std and the result x gamma; the
-        statistics' Newton steps (rsqrt: 3 a step) and their divisions by multiplication."""
-        p, tk = design.precision, design.geometry.tk
+        and TK / normalise_halves in normalise_rows, each (x - mean) x 1/std and the result x
+        gamma; the deviations' TK squares ((data + 1) bits); the statistics' Newton steps
+        (rsqrt: 3 a step) and their divisions by multiplication."""
+        p, g = design.precision, design.geometry
         data, weight = (32, 32) if p.floating else (p.data, p.weight)
-        return (control() + fabric(2 * tk, data + 1, 24) + fabric(2 * tk, data, weight)
-                + fabric(6, 33, 33) + fabric(2, 45, 45))
+        lanes = g.tk + g.tk // normalise_halves(g)
+        return (control() + fabric(lanes, data + 1, 24) + fabric(lanes, data, weight)
+                + fabric(g.tk, data + 1, data + 1) + fabric(6, 33, 33) + fabric(2, 45, 45))
