@@ -123,10 +123,18 @@ def kernel_sizes(c: dict, g: Geometry, p: Precision) -> dict[str, int]:
     longest = max(c["max_in"], c["max_tokens"], c.get("max_hidden", 1),
                   c["max_expert_hidden"])
     operand = 32 if p.floating else p.operand_bits
+    widest = max(c["max_in"], c["max_out"], c["max_dim"], c.get("max_hidden", 1),
+                 c["max_expert_hidden"], c.get("max_patch_len", 1), 3 * c["max_head_dim"])
     groups = 1 if p.floating else score_groups(g, c["max_head_dim"])
     return {
         "MAX_TOKENS": c["max_tokens"], "MAX_EXPERTS": c["max_experts"],
         "TOKEN_BITS": max(1, (c["max_tokens"] - 1).bit_length()),  # a queued token's index
+        # the operands of the pipelines' index products (memory.h.j2 index_product): a row,
+        # a tensor's chunks, a score step's key groups, a patch's lines or columns
+        "ROW_BITS": max(1, c["max_tokens"].bit_length()),
+        "CHUNK_BITS": max(1, g.chunks(widest).bit_length()),
+        "GROUP_BITS": max(1, groups.bit_length()),
+        "PATCH_BITS": max(1, c.get("max_patch_len", 1).bit_length()),
         "SCORE_GROUPS": groups, "GROUP_K": g.tk // groups,
         "MAX_TOP_K": c["max_top_k"], "MAX_HEADS": c.get("max_heads", 1),
         "MAX_QKV_CHUNKS": qkv_chunks, "NORM_WIDTH": g.padded(c["max_dim"]),

@@ -133,6 +133,14 @@ class Memory(Unit):
 
     name = "memory"
     template = "hls/units/memory.h.j2"
+    # Index products in the pipelines (memory.h.j2 index_product: a row's address, a score
+    # step's first key, a patch's position): about 3 per step loop and 1-3 per other loop; an
+    # upper bound.
+    INDEX_PRODUCTS = 32
+
+    def logic(self, design):
+        s = design.sizes
+        return fabric(self.INDEX_PRODUCTS, s["ROW_BITS"], max(s["CHUNK_BITS"], s["PATCH_BITS"]))
 
     def arrays(self, design) -> list[Array]:
         g, s = design.geometry, design.sizes
