@@ -99,8 +99,9 @@ def _array_issues(iteration: Iteration, accesses: list[Access]) -> list[Issue]:
         issues.append(_issue(iteration, "runtime-bank-write", array, bound,
                              f"{len(roaming)} write(s) into a bank chosen at run time (first "
                              f"{roaming[0].where}): each occupies a port of every bank"))
-    if reads and writes and not array.rom and not array.interface and \
-            array.key not in iteration.local_arrays and not _covered(iteration, array):
+    if reads and writes and RMW_II > iteration.target_ii and not array.rom and \
+            not array.interface and array.key not in iteration.local_arrays and \
+            not _covered(iteration, array):
         issues.append(_issue(iteration, "recurrence", array, RMW_II,
                              f"read at {reads[0].where} and written at {writes[0].where} at "
                              "run-time indices with no `dependence` pragma: the next "

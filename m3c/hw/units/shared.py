@@ -9,6 +9,7 @@ from m3c.hw.resources import (
     PACK_LUT_PER_DSP,
     Array,
     Resources,
+    adders,
     burst_buffer,
     control,
     fabric,
@@ -98,19 +99,22 @@ class Matmul(Unit):
         p, g, s = design.precision, design.geometry, design.sizes
         if p.floating:  # the fp32 MAC's adder is in its DSPs
             return Resources()
-        groups, levels = s["SCORE_GROUPS"], tree_levels(s["GROUP_K"])
+        columns, levels = g.tm * s["SCORE_GROUPS"], tree_levels(s["GROUP_K"])
 
-        def tree(bits: int) -> int:
-            return sum(inputs // 2 * (bits + level) for level, inputs, _ in levels if level > 1)
+        def trees(count: int, bits: int) -> Resources:
+            """`count` trees of `bits`-bit leaves, from level 2 on."""
+            total = Resources()
+            for level, inputs, _ in levels[1:]:
+                total = total + adders(count * (inputs // 2), bits + level)
+            return total
 
         product = s["X_BITS"] + g.lane_bits
         if g.packed:
-            trees = g.tm // 2 * groups * (tree(product) + tree(PRODUCT8_BITS))
+            sums = (trees(columns // 2, product) + trees(columns // 2, PRODUCT8_BITS)
+                    + Resources(lut=g.dsps * PACK_LUT_PER_DSP))
         else:
-            trees = g.tm * groups * tree(product)
-        bits = trees + g.tm * groups * s["SUM_BITS"]
-        pack = Resources(lut=g.dsps * PACK_LUT_PER_DSP) if g.packed else Resources()
-        return Resources(lut=bits, ff=bits) + pack
+            sums = trees(columns, product)
+        return sums + adders(columns, s["SUM_BITS"])
 
     @staticmethod
     def wiring(design) -> Resources:
