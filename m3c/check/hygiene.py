@@ -30,9 +30,11 @@ def _sources(project: Path) -> str:
 
 
 def _functions(source: str) -> dict[str, str]:
-    """Body of every `inline void` unit, by name (up to the next top-level closing brace)."""
+    """Body of every `inline void` unit (or the array's `inline RowContext mac_row`), by name
+    (up to the next top-level closing brace)."""
     bodies = {}
-    for match in re.finditer(r"^(?:template <[^>]*>\n)?inline void (\w+)\(", source, re.M):
+    header = r"^(?:template <[^>]*>\n)?inline (?:void|RowContext) (\w+)\("
+    for match in re.finditer(header, source, re.M):
         end = source.index("\n}\n", match.end())
         bodies[match.group(1)] = source[match.end():end]
     return bodies

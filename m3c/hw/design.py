@@ -4,7 +4,7 @@ types' widths, and the kernel's sizes (m3c_ops.h constants) that follow from the
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 
 from m3c.errors import M3CError
@@ -88,9 +88,12 @@ class Design:
 
     @cached_property
     def geometry(self) -> Geometry:
-        return Geometry(self.tiles[0], self.tiles[1], lane_bits(self.precision),
-                        self.target.hp_port_bits, self.row_tile, self.query_tile,
-                        packed=bool(self.capacities.get("packed")))
+        g = Geometry(self.tiles[0], self.tiles[1], lane_bits(self.precision),
+                     self.target.hp_port_bits, self.row_tile, self.query_tile,
+                     packed=bool(self.capacities.get("packed")))
+        if self.precision.floating:
+            return g
+        return replace(g, chain=g.tk // score_groups(g, self.capacities["max_head_dim"]))
 
     @cached_property
     def sizes(self) -> dict[str, int]:
@@ -125,7 +128,7 @@ def kernel_sizes(c: dict, g: Geometry, p: Precision) -> dict[str, int]:
     operand = 32 if p.floating else p.operand_bits
     widest = max(c["max_in"], c["max_out"], c["max_dim"], c.get("max_hidden", 1),
                  c["max_expert_hidden"], c.get("max_patch_len", 1), 3 * c["max_head_dim"])
-    groups = 1 if p.floating else score_groups(g, c["max_head_dim"])
+    groups = 1 if p.floating else g.tk // g.chain
     return {
         "MAX_TOKENS": c["max_tokens"], "MAX_EXPERTS": c["max_experts"],
         "TOKEN_BITS": max(1, (c["max_tokens"] - 1).bit_length()),  # a queued token's index

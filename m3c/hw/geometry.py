@@ -31,6 +31,10 @@ class Geometry:
     # Two 8-bit products per DSP48E2 (WP486): TK x TM / 2 DSPs; 8-bit layers use all TK x TM
     # products per cycle, 16-bit layers one per DSP (two passes over the rows per panel).
     packed: bool = False
+    # Stages of a column's multiply-add chain (fixed point: a key group's GROUP_K inputs, the
+    # DSP48E2 cascade of matmul.h.j2 mac_row; a row's sums leave it chain - 1 cycles after it
+    # enters). Float sums in place: 1.
+    chain: int = 1
 
     def __post_init__(self) -> None:
         if self.tk % self.lanes or self.tm % self.lanes or self.tm > self.tk:

@@ -67,7 +67,7 @@ CAPS = {"dsp": 0.90, "lut": 0.70, "ff": 0.60, "bram18": 0.85, "uram": 0.85}
 MUX_INPUTS_PER_LUT = 4  # an N:1 multiplexer: ceil(N / 4) LUT6s per bit
 
 
-PACK_LUT_PER_DSP = 60  # int8: the A/B operand muxes (27 + 18 bits) and the product split
+PACK_MUX_LUT_PER_DSP = 45  # int8: the A and B operand muxes (27 + 18 bits) of a packed DSP
 
 
 @dataclass

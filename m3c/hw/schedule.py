@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from m3c.hw.calls import Call, ExpertsCall
 from m3c.hw.design import Design
-from m3c.hw.units.base import LOOP_DEPTH, MAC_DEPTH, MIN_SPAN, mac8, sweep, tile_cost
+from m3c.hw.units.base import LOOP_DEPTH, MAC_DEPTH, drain, mac8, min_span, sweep, tile_cost
 from m3c.hw.units.moe import expert_words
 
 
@@ -40,7 +40,7 @@ def expert_compute_cycles(call: dict | ExpertsCall, d: Design, count: int) -> in
             k_panels, m_panels = g.panels(in_dim, cols)
             steps = k_panels * m_panels
             span = sweep(g, rows, mac8(call))
-            total += steps * (max(span, MIN_SPAN) + MAC_DEPTH) + LOOP_DEPTH
+            total += steps * (max(span, min_span(g)) + MAC_DEPTH) + drain(g) + LOOP_DEPTH
     return total
 
 

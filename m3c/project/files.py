@@ -21,9 +21,9 @@ from m3c.hw.layout import DdrLayout, build_program, narrow_kinds, render_calls
 from m3c.hw.memories import template_memories
 from m3c.hw.target import Target
 from m3c.hw.units import FUNCTIONS, Interfaces
-from m3c.hw.units.base import MIN_SPAN
+from m3c.hw.units.base import min_span
 from m3c.hw.units.embed import pixels_by_lane
-from m3c.hw.units.shared import Matmul, table_bits, tree_levels
+from m3c.hw.units.shared import Matmul, table_bits
 from m3c.ir.graph import Graph
 from m3c.project.calibrate import Typing
 from m3c.project.render import template_environment
@@ -120,8 +120,7 @@ def template_context(graph: Graph, plan: KernelPlan, kernel: dict, board: Target
         "target": board, "clock_mhz": board.clock_mhz, "tolerance": typing.tolerance,
         "port_bits": board.hp_port_bits, "g": g,
         "sizes": sorted((name, value) for name, value in sizes.items() if name != "BAND_ROWS"),
-        "panel_fifo": design.panel_fifo, "min_span": MIN_SPAN, "step_modes": Matmul.STEP_MODES,
-        "product_tree": tree_levels(design.sizes["GROUP_K"]),
+        "panel_fifo": design.panel_fifo, "min_span": min_span(g), "step_modes": Matmul.STEP_MODES,
         # a table copy per two readers a cycle: the softmax's TK or the router's experts
         # (exp2), the epilogue's TM columns (GELU); m3c/hw/units count them the same way
         "exp2_copies": math.ceil(max(g.tk, plan.capacities["max_experts"]) / 2),

@@ -178,12 +178,12 @@ def test_the_generated_project_against_the_reviewed_defects(generated):
     # a runtime divisor in the projection of a pipelined loop
     ("        features[step] = word;", "        features[step / tokens] = word;",
      "feature_words", "divider", "step / tokens"),
-    # the dependence pragma of the array's accumulators removed
-    ("M3C_HLS(dependence variable=sums type=inter direction=RAW distance=12 true)", "",
+    # the dependence pragma of the array's accumulators made to name another variable
+    ("M3C_HLS(dependence variable=sums type=inter", "M3C_HLS(dependence variable=other type=inter",
      "steps_to_act", "recurrence", "sums"),
     # another mode's accesses in a step loop: act read twice more per iteration
-    ("            for (int j = 0; j < TM; ++j) old[j] = sums[r][j];",
-     "            for (int j = 0; j < TM; ++j) old[j] = sums[r][j];\n"
+    ("            for (int j = 0; j < TM; ++j) old[j] = sums[row.r][j];",
+     "            for (int j = 0; j < TM; ++j) old[j] = sums[row.r][j];\n"
      "            act[0][r] = act[0][r + 1] | act[0][r + 2];", "steps_to_act", "ports", "act"),
     # a 64-bit multiply in a pipelined loop
     ("        features[step] = word;",

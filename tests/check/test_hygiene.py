@@ -35,41 +35,43 @@ def test_no_double_and_a_bundle_per_buffer(compiled, preset, gate, precision):
     assert ddr_and_arithmetic_findings(compiled(preset, gate, precision)[1]) == []
 
 
-def _declared_tree(source: str, name: str, base: int, pairs: int) -> int:
-    """LUTs (one a bit) of the fabric levels (2 on) of the product tree `name` as the generated
-    code declares them: per level its adders (half the values of the level below, `pairs` at
-    level 1, the DSP pairs) at the level's width, `base` + level."""
-    counts = {1: pairs}
-    pattern = rf"typedef M3C_PART_T\(\w+ \+ (\d+)\) {name}\1_t;\s*{name}\1_t {name}\1\[(\d+)\]"
-    counts.update({int(level): int(count) for level, count in re.findall(pattern, source)})
-    assert len(counts) > 1, name
-    return sum(counts[k - 1] // 2 * (base + k) for k in sorted(counts) if k > 1)
+def _constants(source: str) -> dict[str, int]:
+    """The generated source's `constexpr int NAME = value;` integer constants."""
+    return {name: int(value)
+            for name, value in re.findall(r"constexpr int (\w+) = (\d+);", source)}
 
 
 @pytest.mark.parametrize("precision", ["fixed", "int8"])
-def test_the_reduction_cost_is_the_tree_the_code_declares(compiled, precision):
-    """The estimate's fabric adders of the array's column sums (Matmul.reduction) are those of
-    the trees the generated mac_row declares, level by level at their widths, plus one
-    SUM_BITS adder per key group and column onto the running sum (and, packed, the operand
-    muxes and product split of every DSP)."""
-    from m3c.hw.units.shared import PACK_LUT_PER_DSP, Matmul
+def test_the_reduction_cost_follows_the_chains_the_code_declares(compiled, precision):
+    """The estimate's fabric of the array's column sums (Matmul.reduction) is that of the
+    chains the generated mac_row declares: a chain of CHAIN stages per key group whose adds
+    are the DSPs' (none in fabric), one SUM_BITS adder per key group and column (finish_row)
+    and, packed, per chain of PACKED_CHAIN DSPs its separation (CHAIN8_BITS) and the adders
+    of the two running sums, and the operand muxes of every DSP."""
+    import math
+
+    from m3c.hw.resources import PACK_MUX_LUT_PER_DSP
+    from m3c.hw.units.shared import Matmul
 
     _, project = compiled("micro-nyud", precision=precision)
     manifest = json.loads((project / "project.json").read_text())
     kernel = json.loads((project / "kernel.json").read_text())
     design = Design.of_project(manifest, kernel)
-    g, sizes = design.geometry, design.sizes
+    g = design.geometry
     source = (project / "hls/src/m3c_ops.h").read_text()
-    product = sizes["X_BITS"] + g.lane_bits
-    groups, pairs = sizes["SCORE_GROUPS"], (sizes["GROUP_K"] + 1) // 2
+    c = _constants(source)
+    assert c["CHAIN"] == g.chain == c["GROUP_K"] and c["TK"] == g.chain * c["SCORE_GROUPS"]
+    stage = "dsp[g][u - 1][q]) +" if g.packed else "chain[g][u - 1][j]) +"
+    assert stage in source  # a stage adds onto the stage above: the cascade
+    expected = g.tm * c["SCORE_GROUPS"] * c["SUM_BITS"]
     if g.packed:
-        trees = g.tm // 2 * groups * (_declared_tree(source, "low", product, pairs)
-                                      + _declared_tree(source, "high", 17, pairs))
-        pack = g.dsps * PACK_LUT_PER_DSP
-    else:
-        trees = g.tm * groups * _declared_tree(source, "level", product, pairs)
-        pack = 0
-    assert Matmul.reduction(design).lut == trees + g.tm * groups * sizes["SUM_BITS"] + pack
+        columns = g.tm // 2 * c["SCORE_GROUPS"]
+        ends = math.ceil(c["CHAIN"] / c["PACKED_CHAIN"])
+        growth = math.ceil(math.log2(c["CHAIN"]))
+        low = c["X_BITS"] + c["LANE_BITS"] + growth
+        runs = c["CHAIN8_BITS"] + low + (c["CHAIN8_BITS"] + growth) + low  # + the low's mux
+        expected += columns * ends * runs + g.dsps * PACK_MUX_LUT_PER_DSP
+    assert Matmul.reduction(design).lut == expected
     assert Matmul.reduction(Design(design.target, design.capacities, design.tiles)).lut == 0
 
 

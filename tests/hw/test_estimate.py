@@ -236,7 +236,7 @@ def test_packed_array_halves_dsps_and_8bit_panels_halve_ddr():
 def test_small_nyud_fits_the_caps_in_both_precisions():
     """At the default budget (the caps) the DSE's designs fit and fill the device: 16-bit up
     to the DSP, LUT and BRAM caps together (each above 90%), int8 (the packing logic in front
-    of every DSP, two adder trees per DSP column) bound by logic, not DSPs."""
+    of every DSP, two running sums per DSP column) bound by logic, not DSPs."""
     from m3c.hw.configs import as_int8
     from m3c.hw.resources import limits
 

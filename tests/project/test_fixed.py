@@ -280,8 +280,8 @@ def test_twelve_banks_equal_the_emulation_and_the_estimate(export_model, tmp_pat
                                                            tiles):
     """The array of the small-nyud designs: TK 48 in 12 banks (not a power of two), so the
     windows of act and resid wrap past the last bank at every offset, the shadow panel shifts
-    in 48 x 32 (or 48 x 16 packed) weights, and the product trees have odd levels; bit for
-    bit the emulation and cycle for cycle the estimate."""
+    in 48 x 32 (or 48 x 16 packed) weights, and the column chains run over key groups of
+    48 / SCORE_GROUPS stages; bit for bit the emulation and cycle for cycle the estimate."""
     _, model = export_model("micro-nyud", "multi")
     project = compile_model(model, out=tmp_path / "build", precision=precision, tiles=tiles)
     assert hygiene_findings(project) == []

@@ -3,7 +3,9 @@
 
 Costs mirror the loops of the templates trip for trip: a product of a tile of rows is the
 first panel's fill, then per (output, input) panel step max(rows, the next panel's fill,
-MIN_SPAN) array cycles, all steps in one pipeline that pays the array's depth once. The C-simulation
+min_span) array cycles, then the chain's drain (its last row's sums leave the array's column
+chains chain - 1 cycles after it entered), all steps in one pipeline that pays the array's
+depth once. The C-simulation
 trace (m3c_trace.h) counts the same array cycles and DDR beats, and tests hold the two equal.
 """
 
@@ -23,8 +25,7 @@ from m3c.hw.geometry import Geometry
 from m3c.hw.memories import MEMORY_ARGS
 from m3c.hw.resources import Array, Resources
 
-MAC_DEPTH = 12  # cycles from a row's operands to its epilogue's write (assumed; Vitis tells)
-MIN_SPAN = MAC_DEPTH  # a step's row loop runs at least this long (the sums' write-back)
+MAC_DEPTH = 12  # cycles from a row's sums to its epilogue's write (assumed; Vitis tells)
 LOOP_DEPTH = 8  # pipeline depth of the other loops
 STATS_DEPTH = 48  # a layer norm row's divider and reciprocal square root
 ROUTE_DEPTH = 48  # a token's softmax, reciprocal and top-k
@@ -52,6 +53,18 @@ class Cost:
                     {bundle: beats * count for bundle, beats in self.beats.items()})
 
 
+def min_span(g: Geometry) -> int:
+    """Array cycles a step's row loop runs at least: a row's sums are written back before the
+    next step reads them (MAC_DEPTH), and a panel stays in place until the step's first row
+    has passed the last stage of the column chains (matmul.h.j2 mac_row)."""
+    return max(MAC_DEPTH, g.chain)
+
+
+def drain(g: Geometry) -> int:
+    """Array cycles after a tile's last row enters until its sums leave the column chains."""
+    return g.chain - 1
+
+
 def _fill(g: Geometry, panels: str, narrow: bool, groups: int) -> tuple[int, int]:
     """(items to fill a first-input-panel step, items for the other steps)."""
     if panels == "keys":
@@ -77,9 +90,9 @@ def tile_cost(g: Geometry, rows: int, in_dim: int, out_cols: int, panels: str = 
 
 def sweep(g: Geometry, rows: int, narrow: bool) -> int:
     """Array cycles a step spends on its rows: a second pass starts once the first pass's
-    sums are written back (at least MIN_SPAN cycles after)."""
+    sums are written back (at least min_span cycles after)."""
     passes = g.passes(narrow)
-    return rows if passes == 1 else passes * max(rows, MIN_SPAN)
+    return rows if passes == 1 else passes * max(rows, min_span(g))
 
 
 @lru_cache(maxsize=65536)
@@ -91,10 +104,11 @@ def _tile_cost(g: Geometry, rows: int, in_dim: int, out_cols: int, panels: str,
     rows = sweep(g, rows, narrow)
     # Steps before an output panel's first input panel fill `first` items, the others `other`.
     to_first = m_panels - 1
-    spans = (to_first * max(rows, first, MIN_SPAN)
-             + (steps - 1 - to_first) * max(rows, other, MIN_SPAN) + max(rows, MIN_SPAN))
-    array = first + spans
-    cost = Cost(first + LOOP_DEPTH + spans + MAC_DEPTH, array)
+    shortest = min_span(g)
+    spans = (to_first * max(rows, first, shortest)
+             + (steps - 1 - to_first) * max(rows, other, shortest) + max(rows, shortest))
+    array = first + spans + drain(g)
+    cost = Cost(array + LOOP_DEPTH + MAC_DEPTH, array)
     if panels == "ddr":
         cost.beats["gmem_w"] = g.matmul_words(in_dim, out_cols, narrow)
     return cost

@@ -4,9 +4,11 @@ top function (kernel.cpp.j2), and the store of the encoder's output."""
 
 from __future__ import annotations
 
+import math
+
 from m3c.hw.resources import (
     MAXI_BUNDLE,
-    PACK_LUT_PER_DSP,
+    PACK_MUX_LUT_PER_DSP,
     Array,
     Resources,
     adders,
@@ -39,17 +41,10 @@ def exp2_copies(readers: int, design) -> Resources:
     return table_copies(readers, EXP2_ENTRIES, table_bits(design.precision))
 
 
-def tree_levels(leaves: int) -> list[tuple[int, int, int]]:
-    """(level, inputs, outputs) of a balanced adder tree over `leaves` values: level k adds
-    the pairs of level k - 1 (an odd last value passes up)."""
-    levels, count = [], leaves
-    while count > 1:
-        levels.append((len(levels) + 1, count, (count + 1) // 2))
-        count = (count + 1) // 2
-    return levels
-
-
-PRODUCT8_BITS = 17  # packed_mac.h.j2: a separated 8-bit product, or a DSP pair's sum of them
+PACKED_CHAIN = 4  # packed_mac.h.j2: packed products a cascade sums before they separate
+CHAIN8_BITS = 18  # packed_mac.h.j2: a chain's separated sums (the low field's width)
+# matmul.h.j2 RowContext: five flags, the row and output panel (16 bits each), a mix's total
+CONTEXT_FLAGS, CONTEXT_INDEX_BITS = 5, 2 * 16
 NEWTON_MULTIPLIES = 4  # arith.h.j2 reciprocal_raw: NEWTON_STEPS x (m z, correction)
 SHIFT_SOURCES = 4  # matmul.h.j2 fill: shift_panel by PORT_LANES or 2 x, fill_key, fill_value
 
@@ -72,8 +67,9 @@ class Matmul(Unit):
 
     def logic(self, design):
         p, g, s = design.precision, design.geometry, design.sizes
+        copies = 2 if p.floating else 3  # the shadow panel, the panel, the stages' live rows
         array = Resources(dsp=g.dsps * p.mac_dsp,
-                          ff=2 * g.macs * g.lane_bits + 2 * g.tm * s["SUM_BITS"])
+                          ff=copies * (g.macs * g.lane_bits + g.tm * s["SUM_BITS"]))
         return (control(2) + array + self.epilogue(design) + self.reduction(design)
                 + self.wiring(design))
 
@@ -90,31 +86,32 @@ class Matmul(Unit):
 
     @staticmethod
     def reduction(design) -> Resources:
-        """Fixed point sums a column's products in fabric: each key group's products in an
-        adder tree as wide as its sums grow (matmul.h.j2 `tree`), whose first level (product
-        pairs) is in the DSPs' post-adders, then per group one SUM_BITS adder onto the running
-        sum. Packed: per DSP column two trees, the low products' (as wide as a 16-bit
-        product's) and the high products' (PRODUCT8_BITS), and the operand muxes and the
-        product split in front of and behind every DSP."""
+        """Fixed point sums a column's products down a multiply-add chain per key group
+        (matmul.h.j2 mac_row), in the DSPs' cascade: no fabric adder. A row's operands wait
+        in delay lines until their stage (`skew`: input u of a group waits u cycles) and its
+        context beside them (`line`); per key group and column one SUM_BITS adder onto the
+        running sum (finish_row). Packed: each chain of PACKED_CHAIN DSPs separates once (an
+        adder corrects the high field), onto two running sums per DSP column that travel
+        down with the row (registers at every stage, an adder at each chain's end, the low
+        one choosing the separated or the whole sum), and the operand muxes of every DSP."""
         p, g, s = design.precision, design.geometry, design.sizes
         if p.floating:  # the fp32 MAC's adder is in its DSPs
             return Resources()
-        columns, levels = g.tm * s["SCORE_GROUPS"], tree_levels(s["GROUP_K"])
-
-        def trees(count: int, bits: int) -> Resources:
-            """`count` trees of `bits`-bit leaves, from level 2 on."""
-            total = Resources()
-            for level, inputs, _ in levels[1:]:
-                total = total + adders(count * (inputs // 2), bits + level)
-            return total
-
-        product = s["X_BITS"] + g.lane_bits
-        if g.packed:
-            sums = (trees(columns // 2, product) + trees(columns // 2, PRODUCT8_BITS)
-                    + Resources(lut=g.dsps * PACK_LUT_PER_DSP))
-        else:
-            sums = trees(columns, product)
-        return sums + adders(columns, s["SUM_BITS"])
+        chain, groups = g.chain, s["SCORE_GROUPS"]
+        delays = Resources(ff=groups * chain * (chain - 1) // 2 * s["X_BITS"]
+                           + chain * (CONTEXT_FLAGS + CONTEXT_INDEX_BITS + p.acc))
+        sums = adders(g.tm * groups, s["SUM_BITS"])
+        if not g.packed:
+            return delays + sums
+        columns = g.tm // 2 * groups  # DSP columns, each key group's own
+        ends = math.ceil(chain / PACKED_CHAIN)
+        low_bits = s["X_BITS"] + g.lane_bits + math.ceil(math.log2(chain))
+        high_bits = CHAIN8_BITS + math.ceil(math.log2(chain))
+        runs = (adders(columns * ends, CHAIN8_BITS) + adders(columns * ends, low_bits)
+                + adders(columns * ends, high_bits)
+                + multiplexers(columns * ends * low_bits, 2)
+                + Resources(ff=columns * (chain - ends) * (low_bits + high_bits)))
+        return delays + sums + runs + Resources(lut=g.dsps * PACK_MUX_LUT_PER_DSP)
 
     @staticmethod
     def wiring(design) -> Resources:
