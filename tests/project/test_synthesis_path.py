@@ -1,5 +1,5 @@
 """The synthesis path of the generated sources (the `#ifdef __SYNTHESIS__` branches: exact-width
-ap_int types, the tables at their width, the product trees) type-checks in g++.
+ap_int types, the tables at their width, the column chains and their contexts) type-checks in g++.
 
 The C-simulation compiles the other branch, and Vitis is not here, so without this a type error
 in the synthesis branch would first show in the user's csynth. The open-source ap_types refuse

@@ -45,6 +45,7 @@ PACKED_CHAIN = 4  # packed_mac.h.j2: packed products a cascade sums before they 
 CHAIN8_BITS = 18  # packed_mac.h.j2: a chain's separated sums (the low field's width)
 # matmul.h.j2 RowContext: five flags, the row and output panel (16 bits each), a mix's total
 CONTEXT_FLAGS, CONTEXT_INDEX_BITS = 5, 2 * 16
+DSP_P_BITS = 48  # a DSP48E2's P register: the widest sum a cascade carries
 NEWTON_MULTIPLIES = 4  # arith.h.j2 reciprocal_raw: NEWTON_STEPS x (m z, correction)
 SHIFT_SOURCES = 4  # matmul.h.j2 fill: shift_panel by PORT_LANES or 2 x, fill_key, fill_value
 
@@ -87,13 +88,14 @@ class Matmul(Unit):
     @staticmethod
     def reduction(design) -> Resources:
         """Fixed point sums a column's products down a multiply-add chain per key group
-        (matmul.h.j2 mac_row), in the DSPs' cascade: no fabric adder. A row's operands wait
-        in delay lines until their stage (`skew`: input u of a group waits u cycles) and its
-        context beside them (`line`); per key group and column one SUM_BITS adder onto the
-        running sum (finish_row). Packed: each chain of PACKED_CHAIN DSPs separates once (an
-        adder corrects the high field), onto two running sums per DSP column that travel
-        down with the row (registers at every stage, an adder at each chain's end, the low
-        one choosing the separated or the whole sum), and the operand muxes of every DSP."""
+        (matmul.h.j2 mac_row), in the DSPs' cascade: no fabric adder (unless its sums outgrow
+        the P register: 32-bit lanes). A row's operands wait in delay lines until their stage
+        (`skew`: input u of a group waits u cycles) and its context beside them (`line`); per
+        key group and column one SUM_BITS adder onto the running sum (finish_row). Packed:
+        each chain of PACKED_CHAIN DSPs separates once (an adder corrects the high field),
+        onto two running sums per DSP column that travel down with the row (registers at
+        every stage, an adder at each chain's end, the low one choosing the separated or the
+        whole sum), and the operand muxes of every DSP."""
         p, g, s = design.precision, design.geometry, design.sizes
         if p.floating:  # the fp32 MAC's adder is in its DSPs
             return Resources()
@@ -101,11 +103,13 @@ class Matmul(Unit):
         delays = Resources(ff=groups * chain * (chain - 1) // 2 * s["X_BITS"]
                            + chain * (CONTEXT_FLAGS + CONTEXT_INDEX_BITS + p.acc))
         sums = adders(g.tm * groups, s["SUM_BITS"])
+        low_bits = s["X_BITS"] + g.lane_bits + math.ceil(math.log2(chain))  # CHAIN_BITS
+        if low_bits > DSP_P_BITS:  # wider than a P register: the chain adds in fabric
+            sums = sums + adders(g.tm * groups * (chain - 1), low_bits)
         if not g.packed:
             return delays + sums
         columns = g.tm // 2 * groups  # DSP columns, each key group's own
         ends = math.ceil(chain / PACKED_CHAIN)
-        low_bits = s["X_BITS"] + g.lane_bits + math.ceil(math.log2(chain))
         high_bits = CHAIN8_BITS + math.ceil(math.log2(chain))
         runs = (adders(columns * ends, CHAIN8_BITS) + adders(columns * ends, low_bits)
                 + adders(columns * ends, high_bits)
