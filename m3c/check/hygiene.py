@@ -30,11 +30,9 @@ def _sources(project: Path) -> str:
 
 
 def _functions(source: str) -> dict[str, str]:
-    """Body of every `inline void` unit (or the array's `inline RowContext mac_row`), by name
-    (up to the next top-level closing brace)."""
+    """Body of every `inline void` unit, by name (up to the next top-level closing brace)."""
     bodies = {}
-    header = r"^(?:template <[^>]*>\n)?inline (?:void|RowContext) (\w+)\("
-    for match in re.finditer(header, source, re.M):
+    for match in re.finditer(r"^(?:template <[^>]*>\n)?inline void (\w+)\(", source, re.M):
         end = source.index("\n}\n", match.end())
         bodies[match.group(1)] = source[match.end():end]
     return bodies
@@ -46,7 +44,8 @@ def _design(project: Path) -> tuple[Design, float]:
     return Design.of_project(manifest, kernel), manifest["budget"]
 
 
-def _constants(source: str) -> dict[str, int]:
+def declared_constants(source: str) -> dict[str, int]:
+    """The sources' `constexpr int NAME = value;` constants."""
     return {name: int(value) for name, value in
             re.findall(r"constexpr int (\w+) = (-?\d+);", source)}
 
@@ -59,7 +58,7 @@ def _declared_arrays(source: str, design: Design) -> dict[str, int]:
               "logit_t": p.logit, "recip_t": p.prob + 6, "norm_t": 24, "int": 32, "bool": 1,
               "bank_t": 64, "lane_t": g.lane_bits, "word_t": g.port_bits,
               "mac_w_t": g.lane_bits, "mac_x_t": sizes["X_BITS"], "mac_sum_t": sizes["SUM_BITS"]}
-    names = {**_constants(source), "PORT_BITS": g.port_bits, "BANKS": g.banks,
+    names = {**declared_constants(source), "PORT_BITS": g.port_bits, "BANKS": g.banks,
              "PORT_LANES": g.port_lanes, "LANES": g.lanes}
     arrays = {}
     declaration = r"^\s*(?:static )?(?:m3c::)?(\w+) (\w+)((?:\[[^\]]+\])+);"

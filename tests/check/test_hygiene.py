@@ -4,12 +4,12 @@ applies it to every project the suite compiles."""
 from __future__ import annotations
 
 import json
-import re
 
 import pytest
 
 from m3c.check.hygiene import (
     ddr_and_arithmetic_findings,
+    declared_constants,
     hygiene_findings,
     storage_findings,
     unit_findings,
@@ -35,12 +35,6 @@ def test_no_double_and_a_bundle_per_buffer(compiled, preset, gate, precision):
     assert ddr_and_arithmetic_findings(compiled(preset, gate, precision)[1]) == []
 
 
-def _constants(source: str) -> dict[str, int]:
-    """The generated source's `constexpr int NAME = value;` integer constants."""
-    return {name: int(value)
-            for name, value in re.findall(r"constexpr int (\w+) = (\d+);", source)}
-
-
 @pytest.mark.parametrize("precision", ["fixed", "int8"])
 def test_the_reduction_cost_follows_the_chains_the_code_declares(compiled, precision):
     """The estimate's fabric of the array's column sums (Matmul.reduction) is that of the
@@ -59,7 +53,7 @@ def test_the_reduction_cost_follows_the_chains_the_code_declares(compiled, preci
     design = Design.of_project(manifest, kernel)
     g = design.geometry
     source = (project / "hls/src/m3c_ops.h").read_text()
-    c = _constants(source)
+    c = declared_constants(source)
     assert c["CHAIN"] == g.chain == c["GROUP_K"] and c["TK"] == g.chain * c["SCORE_GROUPS"]
     stage = "dsp[g][u - 1][q]) +" if g.packed else "chain[g][u - 1][j]) +"
     assert stage in source  # a stage adds onto the stage above: the cascade

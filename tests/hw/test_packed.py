@@ -80,18 +80,24 @@ def header(tmp_path_factory) -> Path:
     return folder
 
 
-@pytest.mark.parametrize("form", ["csim", "ap_int"])
-def test_packed_cpp_equals_separate_products(header, form):
-    binary = header / f"driver_{form}"
+def _run(header: Path, driver: str, form: str, triples: np.ndarray) -> np.ndarray:
+    """The driver's output lines (two integers each) for the (x, hi, lo) triples, built in the
+    C-simulation form of packed_mac.h or its synthesis ap_int form."""
+    binary = header / f"{driver}_{form}"
     defines = ["-DM3C_PACKED_AP"] if form == "ap_int" else []
     subprocess.run(["g++", "-std=c++14", "-O1", "-Wall", "-Wextra", *defines,
                     "-isystem", str(csim.ap_types_dir()), "-I", str(header),
-                    str(header / "driver.cpp"), "-o", str(binary)], check=True)
-    operands = _operands()
-    stdin = "\n".join(" ".join(str(v) for v in row) for row in operands)
+                    str(header / f"{driver}.cpp"), "-o", str(binary)], check=True)
+    stdin = "\n".join(" ".join(str(v) for v in row) for row in triples)
     out = subprocess.run([str(binary)], input=stdin, capture_output=True, text=True,
                          check=True).stdout
-    got = np.array([line.split() for line in out.splitlines()], np.int64)
+    return np.array([line.split() for line in out.splitlines()], np.int64)
+
+
+@pytest.mark.parametrize("form", ["csim", "ap_int"])
+def test_packed_cpp_equals_separate_products(header, form):
+    operands = _operands()
+    got = _run(header, "driver", form, operands)
     x, hi, lo = operands.T
     assert got.shape == (len(operands), 2)
     np.testing.assert_array_equal(got[:, 0], x * hi)
@@ -132,16 +138,8 @@ def _chains() -> np.ndarray:
 def test_a_chain_of_packed_products_separates_into_their_sums(header, form):
     """A cascade sums PACKED_CHAIN packed products and separates the sum once (mac_row): the
     two fields are the sums of the separate products, at the chain8_t width."""
-    binary = header / f"chain_{form}"
-    defines = ["-DM3C_PACKED_AP"] if form == "ap_int" else []
-    subprocess.run(["g++", "-std=c++14", "-O1", "-Wall", "-Wextra", *defines,
-                    "-isystem", str(csim.ap_types_dir()), "-I", str(header),
-                    str(header / "chain.cpp"), "-o", str(binary)], check=True)
     chains = _chains()
-    stdin = "\n".join(" ".join(str(v) for v in row) for row in chains.reshape(-1, 3))
-    out = subprocess.run([str(binary)], input=stdin, capture_output=True, text=True,
-                         check=True).stdout
-    got = np.array([line.split() for line in out.splitlines()], np.int64)
+    got = _run(header, "chain", form, chains.reshape(-1, 3))
     x, hi, lo = np.moveaxis(chains, -1, 0)
     assert got.shape == (len(chains), 2)
     np.testing.assert_array_equal(got[:, 0], (x * hi).sum(axis=1))
