@@ -70,7 +70,9 @@ def paper_breakdown(budget: float, int8: bool = False) -> dict:
     kind = "int8 (two MACs per DSP)" if int8 else "fixed 16-bit"
     return {"config": f"small-nyud (ViT-small, 480x640, E=16, top-4), {kind}, 300 MHz",
             "budget": budget, "array": list(design.tiles), "row_tile": design.row_tile,
-            "query_tile": design.query_tile, "resources": choice.resources.as_dict(),
+            "query_tile": design.query_tile,
+            "multipliers_on_dsps": sorted(design.dsp_multipliers),
+            "resources": choice.resources.as_dict(),
             "caps": limits(design.target, budget).as_dict(),
             "device": capacity(design.target).as_dict(),
             "parts": {part: {"model_ms": round(ours[part], 3), "paper_ms": paper,

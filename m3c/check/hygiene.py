@@ -3,8 +3,9 @@ here as analyses returning findings (m3c.ir.analysis). The tests' `compiled` fix
 `hygiene_findings` on every project the suite compiles.
 
 Every unit is a non-inlined function with one instance, every array above a few hundred bits
-has the storage binding the estimate counts, each DDR buffer has its own bundle reached by
-unconditional accesses, and nothing in the synthesis path computes in double.
+has the storage binding the estimate counts, every bound multiplier the binding the estimate
+counts, each DDR buffer has its own bundle reached by unconditional accesses, and nothing in
+the synthesis path computes in double.
 """
 
 from __future__ import annotations
@@ -15,13 +16,14 @@ from pathlib import Path
 
 from m3c.hw.design import Design
 from m3c.hw.fit import unit_arrays
-from m3c.hw.resources import bind_memories
-from m3c.hw.units import FUNCTIONS, HELPERS, LAYERS
+from m3c.hw.resources import MULTIPLIER_GROUPS, bind_memories
+from m3c.hw.units import FUNCTIONS, HELPERS, LAYERS, UNITS
 from m3c.ir.analysis import Finding
 
 SYNTHESIS_SOURCES = ("kernel.cpp", "m3c_ops.h", "m3c_types.h", "m3c_tables.h")
 PARTITIONED = r"array_partition variable={} type=complete dim=0"
 SMALL_ARRAY_BITS = 512  # "a few hundred bits": smaller arrays may go where HLS puts them
+INDEX_PRODUCTS = "index"  # memory.h.j2 index_product: always fabric (Memory.logic)
 
 
 def _sources(project: Path) -> str:
@@ -157,7 +159,31 @@ def ddr_and_arithmetic_findings(project: Path) -> list[Finding]:
     return findings
 
 
+def multiplier_findings(project: Path) -> list[Finding]:
+    """Every multiplier bound in the code (bind_op op=mul) names its group (`// multipliers:
+    group`, MULTIPLIER_GROUPS, or the memories' always-fabric index products) and has the
+    binding the estimate counts for it (DSPs for the design's dsp_multipliers, else fabric);
+    every group the estimate counts is bound in the code."""
+    source = _sources(project)
+    design, _ = _design(project)
+    bound = re.findall(r"bind_op variable=(\w+) op=mul impl=(\w+)\)(?:\s*// multipliers: (\w+))?",
+                       source)
+    findings = []
+    for variable, impl, group in bound:
+        if group not in (*MULTIPLIER_GROUPS, INDEX_PRODUCTS):
+            findings.append(Finding(variable, "a multiplier of no group the estimate counts"))
+            continue
+        counted = "dsp" if group in design.dsp_multipliers else "fabric"
+        if impl != counted:
+            findings.append(Finding(variable, f"{group} multiplier: kernel binds {impl}, "
+                                              f"estimate counts {counted}"))
+    counted_groups = {m.group for unit in UNITS for m in unit.multipliers(design) if m.count}
+    findings += [Finding(group, "estimated but never bound in the code")
+                 for group in sorted(counted_groups - {group for *_, group in bound})]
+    return findings
+
+
 def hygiene_findings(project: Path) -> list[Finding]:
-    """Every finding of the three analyses above."""
+    """Every finding of the analyses above."""
     return (unit_findings(project) + storage_findings(project)
-            + ddr_and_arithmetic_findings(project))
+            + ddr_and_arithmetic_findings(project) + multiplier_findings(project))

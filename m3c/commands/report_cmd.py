@@ -98,6 +98,8 @@ def summary_line(report: dict) -> str:
     return (f"{report['target']}: {report['latency']['ms']:.3f} ms/inference, "
             f"{report['energy']['joules_per_inference']:.4f} J, tiles "
             f"{tiles['tile_in']}x{tiles['tile_out']}, "
+            + (f"multipliers on DSPs: {'/'.join(tiles['dsp_multipliers'])}, "
+               if tiles.get("dsp_multipliers") else "")
             + ", ".join(f"{kind} {100 * used[kind]:.0f}%" for kind in KINDS))
 
 

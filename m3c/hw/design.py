@@ -77,6 +77,9 @@ class Design:
     precision: Precision = field(default_factory=Precision)
     row_tile: int = 128
     query_tile: int = 32
+    # The multiplier groups beside the array bound to DSPs (m3c.hw.resources.MULTIPLIER_GROUPS;
+    # the others are fabric): those the DSE binds when the array leaves DSPs free.
+    dsp_multipliers: frozenset[str] = frozenset()
 
     @classmethod
     def of_project(cls, manifest: dict, kernel: dict) -> Design:
@@ -84,7 +87,8 @@ class Design:
         (not fitted again)."""
         return cls(load_target(manifest["target"]), kernel["capacities"],
                    tuple(manifest["tiles"]), Precision.from_types(manifest.get("types")),
-                   manifest["row_tile"], manifest["query_tile"])
+                   manifest["row_tile"], manifest["query_tile"],
+                   frozenset(manifest.get("dsp_multipliers", ())))
 
     @cached_property
     def geometry(self) -> Geometry:

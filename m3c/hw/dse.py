@@ -11,12 +11,12 @@ wins, ties going to the one with fewer DSPs, then fewer BRAM18.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from m3c.errors import CodegenError
 from m3c.hw.design import Design, EstimateError, Precision
 from m3c.hw.estimate import total_cycles
-from m3c.hw.fit import check_fit, overflow_table, unit_resources
+from m3c.hw.fit import check_fit, dsp_bindings, overflow_table, unit_resources
 from m3c.hw.geometry import BANK_BITS, lane_bits
 from m3c.hw.resources import Resources, overflows, total_resources
 from m3c.hw.target import Target
@@ -83,12 +83,38 @@ def _candidates(capacities: dict, precision: Precision, port_bits: int,
     return [(pair, r, q) for pair in pairs for r in rows for q in queries]
 
 
+def _bind_multipliers(design: Design, limit: float, forced: frozenset[str] | None
+                      ) -> tuple[Design, Resources] | None:
+    """The design with the fewest multiplier groups on DSPs (m3c.hw.fit.dsp_bindings; fixed
+    point only) that fits `limit` x the caps, and its resources; None if none fits. Binding
+    moves LUTs to DSPs, so only a design over its LUTs alone tries more DSPs. `forced`: the
+    one binding to try."""
+    if forced is not None:
+        bindings = [forced]
+    elif design.precision.floating:
+        bindings = [frozenset()]
+    else:
+        bindings = dsp_bindings(design)
+    for groups in bindings:
+        bound = replace(design, dsp_multipliers=groups)
+        used = total_resources(unit_resources(bound, limit))
+        over = {row["resource"] for row in overflows(used, design.target, limit)}
+        if not over:
+            return bound, used
+        if over != {"lut"}:
+            return None
+    return None
+
+
 def choose_design(calls: Sequence[dict], capacities: dict, target: Target,
                   precision: Precision, budget: float = DEFAULT_BUDGET,
                   tiles: tuple[int, int] | None = None, routing: dict | None = None,
-                  row_tile: int | None = None, query_tile: int | None = None) -> Choice:
+                  row_tile: int | None = None, query_tile: int | None = None,
+                  dsp_multipliers: frozenset[str] | None = None) -> Choice:
     """The fastest design within `budget` x the caps. Forced `tiles` are checked against the
-    caps themselves (the row and query tiles are still explored unless forced too)."""
+    caps themselves (the row and query tiles are still explored unless forced too); the
+    multipliers beside the array go to DSPs only as far as a design needs to fit its LUTs
+    (unless `dsp_multipliers` forces the groups)."""
     budget = check_budget(budget)
     limit = 1.0 if tiles is not None else budget
     try:
@@ -97,10 +123,11 @@ def choose_design(calls: Sequence[dict], capacities: dict, target: Target,
         best: tuple | None = None
         memo: dict = {}
         for pair, rows, queries in candidates:
-            design = Design(target, capacities, pair, precision, rows, queries)
-            used = total_resources(unit_resources(design, limit))
-            if overflows(used, target, limit):
+            bare = Design(target, capacities, pair, precision, rows, queries)
+            fitted = _bind_multipliers(bare, limit, dsp_multipliers)
+            if fitted is None:
                 continue
+            design, used = fitted
             cycles = total_cycles(calls, design, routing, memo)
             key = (cycles, used.dsp, used.bram18, pair, rows, queries)
             if best is None or key < best[0]:

@@ -3,6 +3,8 @@ whether they fit the target within a budget."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from m3c.hw import units
 from m3c.hw.design import Design, EstimateError
 from m3c.hw.resources import (
@@ -26,9 +28,31 @@ def storage_bindings(design: Design, budget: float = 1.0) -> dict[str, str]:
 
 
 def unit_logic(design: Design) -> dict[str, Resources]:
-    """Each unit's arithmetic and control (DSP, LUT, FF, ROM copies), without its arrays."""
-    logic = {unit.name: unit.logic(design) for unit in units.UNITS}
-    return {name: resources for name, resources in logic.items() if resources is not None}
+    """Each unit's arithmetic and control (DSP, LUT, FF, ROM copies) with its multipliers
+    bound as the design says, without its arrays."""
+    logic = {}
+    for unit in units.UNITS:
+        own, groups = unit.logic(design), unit.multipliers(design)
+        if own is None and not groups:
+            continue
+        for group in groups:
+            own = (own or Resources()) + group.bound(design.dsp_multipliers)
+        logic[unit.name] = own
+    return logic
+
+
+def dsp_bindings(design: Design) -> list[frozenset[str]]:
+    """The multiplier groups to bind to DSPs, ever more of them: the groups ordered by the
+    LUTs a DSP saves (most first), each set the one before and the next group."""
+    bare = replace(design, dsp_multipliers=frozenset())
+    saved: dict[str, list[int]] = {}
+    for unit in units.UNITS:
+        for group in unit.multipliers(bare):
+            fabric, dsp = group.bound(frozenset()), group.bound(frozenset({group.group}))
+            luts, dsps = saved.setdefault(group.group, [0, 0])
+            saved[group.group] = [luts + fabric.lut, dsps + dsp.dsp]
+    order = sorted(saved, key=lambda name: (-saved[name][0] / max(saved[name][1], 1), name))
+    return [frozenset(order[:count]) for count in range(len(order) + 1)]
 
 
 def unit_resources(design: Design, budget: float = 1.0) -> dict[str, Resources]:

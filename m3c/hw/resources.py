@@ -7,9 +7,11 @@ Resources (UltraScale+):
   "packed": some layers are 8-bit) has TK x TM / 2 DSPs, each two 8-bit products per cycle
   (WP486) or one 16-bit product: 8-bit layers run one pass per panel with half the panel's
   DDR words, 16-bit layers two passes (m3c/hw/units/base.py);
-- multipliers the kernel binds to fabric (`bind_op impl=fabric`: the layer norm applied as rows
-  are read, the epilogue's scale, softmax normalisation, gate and GELU) cost LUTs, about
-  `FABRIC_LUT_PER_BIT2` per product bit pair;
+- the multipliers beside the array (the layer norm applied as rows are read, the epilogue's
+  scale, softmax normalisation, gate and GELU, the exponentials' x log2(e), the router's, the
+  Newton steps), each in a bind_op group (`MULTIPLIER_GROUPS`): in fabric they cost about
+  `FABRIC_LUT_PER_BIT2` LUTs per product bit pair; a group the design binds to DSPs (when
+  its array leaves DSPs free: a packed int8 array) costs `dsp_tiles` DSPs a multiplier;
 - every array is bound (bind_storage) to registers (a word per bank), LUTRAM (banks up to
   `REGISTER_MAX_BITS`), URAM (the largest banks from `URAM_MIN_BITS` while the URAMs within
   the caps last) or BRAM18 in their cheapest aspect ratio; lookup tables read several times
@@ -65,6 +67,9 @@ CAPS = {"dsp": 0.90, "lut": 0.70, "ff": 0.60, "bram18": 0.85, "uram": 0.85}
 
 
 MUX_INPUTS_PER_LUT = 4  # an N:1 multiplexer: ceil(N / 4) LUT6s per bit
+
+
+DSP_A_BITS, DSP_B_BITS = 27, 18  # a DSP48E2's multiplier operands (UG579)
 
 
 PACK_MUX_LUT_PER_DSP = 45  # int8: the A and B operand muxes (27 + 18 bits) of a packed DSP
@@ -183,6 +188,37 @@ def burst_buffer(outstanding: int, burst: int, port_bits: int) -> Resources:
 
 def fabric(count: int, a: int, b: int) -> Resources:
     return Resources(lut=math.ceil(count * a * b * FABRIC_LUT_PER_BIT2), ff=count * (a + b))
+
+
+def dsp_tiles(a: int, b: int) -> int:
+    """DSP48E2s of an a x b-bit multiplier: its operands split into 27 x 18-bit pieces (the
+    DSP's A and B ports), the better way round."""
+    return min(math.ceil(a / DSP_A_BITS) * math.ceil(b / DSP_B_BITS),
+               math.ceil(b / DSP_A_BITS) * math.ceil(a / DSP_B_BITS))
+
+
+# The kernel's multipliers beside the array, by the bind_op group the templates bind them in
+# (`impl={{ mul_impl.<group> }}`): each group goes to the fabric or, when the array leaves
+# DSPs free, to DSPs (Design.dsp_multipliers).
+MULTIPLIER_GROUPS = ("norm_scale", "norm_gamma", "square", "scalar", "score_scale", "mix",
+                     "gelu", "gate", "router", "exponent")
+
+
+@dataclass(frozen=True)
+class Multipliers:
+    """`count` a x b-bit multipliers of one bind_op group (MULTIPLIER_GROUPS)."""
+
+    group: str
+    count: int
+    a: int
+    b: int
+
+    def bound(self, dsp_groups: frozenset[str]) -> Resources:
+        """Their resources, on DSPs if their group is among `dsp_groups`, else in fabric."""
+        if self.group in dsp_groups:
+            return Resources(dsp=self.count * dsp_tiles(self.a, self.b),
+                             ff=self.count * (self.a + self.b))
+        return fabric(self.count, self.a, self.b)
 
 
 def control(units: int = 1) -> Resources:

@@ -19,6 +19,7 @@ from m3c.hw.estimate import band_rows
 from m3c.hw.fit import storage_bindings
 from m3c.hw.layout import DdrLayout, build_program, narrow_kinds, render_calls
 from m3c.hw.memories import template_memories
+from m3c.hw.resources import MULTIPLIER_GROUPS
 from m3c.hw.target import Target
 from m3c.hw.units import FUNCTIONS, Interfaces
 from m3c.hw.units.base import min_span
@@ -121,6 +122,8 @@ def template_context(graph: Graph, plan: KernelPlan, kernel: dict, board: Target
         "port_bits": board.hp_port_bits, "g": g,
         "sizes": sorted((name, value) for name, value in sizes.items() if name != "BAND_ROWS"),
         "panel_fifo": design.panel_fifo, "min_span": min_span(g), "step_modes": Matmul.STEP_MODES,
+        "mul_impl": {group: "dsp" if group in design.dsp_multipliers else "fabric"
+                     for group in MULTIPLIER_GROUPS},
         # a table copy per two readers a cycle: the softmax's TK or the router's experts
         # (exp2), the epilogue's TM columns (GELU); m3c/hw/units count them the same way
         "exp2_copies": math.ceil(max(g.tk, plan.capacities["max_experts"]) / 2),
@@ -132,7 +135,8 @@ def template_context(graph: Graph, plan: KernelPlan, kernel: dict, board: Target
         "num_calls": len(kernel["calls"]),
         "ddr": {"weights": layout.words, "image": g.words(int(np.prod(plan.image_shape))),
                 "features": tokens * g.words(dim)},
-        "bursts": {"beats": Interfaces.BURST_BEATS, **Interfaces.OUTSTANDING},
+        "bursts": {"beats": Interfaces.BURST_BEATS, "latency": Interfaces.LATENCY,
+                   **Interfaces.OUTSTANDING},
         "features_tokens": tokens, "features_dim": dim,
         "data_files": data_files, "hp_ports": hp_ports, **template_memories(g),
     }
@@ -229,6 +233,7 @@ def write_manifest(project: Path, graph: Graph, plan: KernelPlan, kernel: dict, 
         "weight_elements": plan.weights.size, "moe_layers": plan.layers,
         "routers_read_task": routers_read_task(kernel["calls"]),
         "tiles": list(choice.design.tiles), "row_tile": g.row_tile, "query_tile": g.query_tile,
+        "dsp_multipliers": sorted(choice.design.dsp_multipliers),
         "tiles_forced": choice.forced, "tile_candidates": choice.candidates,
         "budget": choice.budget,
         # DDR buffers in lanes (elements of the DDR words): what the host allocates.

@@ -50,8 +50,10 @@ def project_design(manifest: dict, kernel: dict, tiles=None,
     recorded = parse_tiles(manifest.get("tiles"))
     blocks = {name: manifest.get(name) if tiles is None else None
               for name in ("row_tile", "query_tile")}
+    bound = frozenset(manifest.get("dsp_multipliers", ())) if tiles is None else None
     choice = choose_design(kernel["calls"], kernel["capacities"], target, precision, budget,
-                           parse_tiles(tiles) or recorded, routing, **blocks)
+                           parse_tiles(tiles) or recorded, routing, **blocks,
+                           dsp_multipliers=bound)
     if tiles is None and recorded is not None:  # describe the choice made at compile time
         choice.forced = bool(manifest.get("tiles_forced"))
         choice.candidates = int(manifest.get("tile_candidates", 1))
@@ -87,6 +89,7 @@ def build_report(manifest: dict, kernel: dict, choice, power_w: float | None = N
                         "mixed": manifest.get("mixed")},
         "tiles": {"tile_in": design.tiles[0], "tile_out": design.tiles[1],
                   "row_tile": design.row_tile, "query_tile": design.query_tile,
+                  "dsp_multipliers": sorted(design.dsp_multipliers),
                   "forced": choice.forced, "budget": choice.budget,
                   "candidates": choice.candidates},
         "efficiency": {"array_macs_per_cycle": design.geometry.macs,

@@ -75,6 +75,11 @@ def test_the_reduction_cost_follows_the_chains_the_code_declares(compiled, preci
     ("m3c_ops.h", "}  // namespace m3c", "inline double twice(double x) { return 2 * x; }\n}",
      "m3c_ops.h"),
     ("kernel.cpp", "bundle=gmem_in", "bundle=gmem_w", "kernel.cpp"),
+    ("m3c_ops.h", "impl=fabric)  // multipliers: gelu", "impl=dsp)  // multipliers: gelu",
+     "product"),
+    ("m3c_ops.h", "impl=fabric)  // multipliers: gate", "impl=fabric)", "gated"),
+    ("m3c_ops.h", "impl=fabric)  // multipliers: square", "impl=fabric)  // multipliers: sq",
+     "square"),
 ])
 def test_each_injected_defect_is_found(compiled, tmp_path, source, before, after, where):
     """The analyses can fail: a copy of a clean project with one defect injected has a finding

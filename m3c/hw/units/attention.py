@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from m3c.errors import CodegenError
-from m3c.hw.resources import Array, control
+from m3c.hw.resources import Array, Multipliers, control
 from m3c.hw.units.base import (
     Cost,
     Rendering,
@@ -19,7 +19,7 @@ from m3c.hw.units.base import (
     unit_call,
     w_shift,
 )
-from m3c.hw.units.shared import exp2_copies
+from m3c.hw.units.shared import exp2_copies, exponents
 
 
 def score_groups_of(call: dict, g, sizes: dict) -> int:
@@ -111,3 +111,6 @@ class Attention(Unit):
 
     def logic(self, design):
         return control() + exp2_copies(design.geometry.tk, design)  # softmax numerators
+
+    def multipliers(self, design) -> list[Multipliers]:
+        return exponents(design.geometry.tk, design)  # the softmax's TK exponentials a cycle

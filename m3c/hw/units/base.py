@@ -23,7 +23,7 @@ from m3c.hw.calls import Call
 from m3c.hw.codegen import ACTIVATIONS
 from m3c.hw.geometry import Geometry
 from m3c.hw.memories import MEMORY_ARGS
-from m3c.hw.resources import Array, Resources
+from m3c.hw.resources import Array, Multipliers, Resources
 
 MAC_DEPTH = 12  # cycles from a row's sums to its epilogue's write (assumed; Vitis tells)
 LOOP_DEPTH = 8  # pipeline depth of the other loops
@@ -278,10 +278,16 @@ class Unit:
         return []
 
     def logic(self, design) -> Resources | None:
-        """Its arithmetic and control (DSP, LUT, FF, ROM copies), without its arrays; None
-        for a unit with no resource row of its own."""
+        """Its arithmetic and control (DSP, LUT, FF, ROM copies), without its arrays and its
+        multipliers; None for a unit with no resource row of its own."""
         del design
         return None
+
+    def multipliers(self, design) -> list[Multipliers]:
+        """Its multipliers beside the array, by bind_op group (fabric or DSPs: `unit_logic`
+        binds them as `design.dsp_multipliers` says)."""
+        del design
+        return []
 
 
 TASK = "task"  # an argument that is the kernel's task register, not a constant

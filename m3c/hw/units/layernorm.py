@@ -5,7 +5,7 @@ them, except the experts and the encoder's features, which read them stored in a
 
 from __future__ import annotations
 
-from m3c.hw.resources import Array, control, fabric
+from m3c.hw.resources import Array, Multipliers, control
 from m3c.hw.units.base import (
     LOOP_DEPTH,
     STATS_DEPTH,
@@ -67,12 +67,17 @@ class LayerNorm(Unit):
                 Array("layernorm", "beta", s["NORM_WIDTH"] // g.tk, p.weight, banks=g.tk)]
 
     def logic(self, design):
-        """The layer norm's multipliers in fabric: TK normalise() a cycle in the array's feed
-        and TK / normalise_halves in normalise_rows, each (x - mean) x 1/std and the result x
-        gamma; the deviations' TK squares ((data + 1) bits); the statistics' Newton steps
-        (rsqrt: 3 a step) and their divisions by multiplication."""
+        return control()
+
+    def multipliers(self, design) -> list[Multipliers]:
+        """TK normalise() a cycle in the array's feed and TK / normalise_halves in
+        normalise_rows, each (x - mean) x 1/std and the result x gamma; the deviations' TK
+        squares ((data + 1) bits); the statistics' Newton steps (rsqrt: 3 a step) and their
+        divisions by multiplication."""
         p, g = design.precision, design.geometry
         data, weight = (32, 32) if p.floating else (p.data, p.weight)
         lanes = g.tk + g.tk // normalise_halves(g)
-        return (control() + fabric(lanes, data + 1, 24) + fabric(lanes, data, weight)
-                + fabric(g.tk, data + 1, data + 1) + fabric(6, 33, 33) + fabric(2, 45, 45))
+        return [Multipliers("norm_scale", lanes, data + 1, 24),
+                Multipliers("norm_gamma", lanes, data, weight),
+                Multipliers("square", g.tk, data + 1, data + 1),
+                Multipliers("scalar", 6, 33, 33), Multipliers("scalar", 2, 45, 45)]

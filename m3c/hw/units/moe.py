@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from m3c.hw.resources import Array, Resources, control, fabric
+from m3c.hw.resources import Array, Multipliers, Resources, control
 from m3c.hw.units.base import (
     ROUTE_DEPTH,
     Cost,
@@ -21,7 +21,7 @@ from m3c.hw.units.base import (
     w_shift,
 )
 from m3c.hw.units.layernorm import normalise_cost
-from m3c.hw.units.shared import exp2_copies
+from m3c.hw.units.shared import exp2_copies, exponents
 
 
 def router_tasks(call: dict) -> int:
@@ -116,7 +116,14 @@ class MoE(Unit):
                 Array("moe", "queue_scores", tokens, p.prob, banks=experts)]
 
     def logic(self, design):
-        p, c = design.precision, design.capacities
-        return (control() + fabric(c["max_experts"], p.prob, 24) + fabric(4, 40, 40)
-                + Resources(lut=c["max_experts"] * c["max_top_k"] * 40)
-                + exp2_copies(c["max_experts"], design))  # the router's softmax
+        """The router's top-k comparators and its softmax's exp2 table copies."""
+        c = design.capacities
+        return (control() + Resources(lut=c["max_experts"] * c["max_top_k"] * 40)
+                + exp2_copies(c["max_experts"], design))
+
+    def multipliers(self, design) -> list[Multipliers]:
+        """The router's: each expert's probability scaled and rescaled by a reciprocal (prob x
+        recip_t), the two reciprocals' Newton steps, each logit's x log2(e) (exp_neg)."""
+        p, experts = design.precision, design.capacities["max_experts"]
+        return [Multipliers("router", 2 * experts, p.prob, 24), Multipliers("scalar", 4, 40, 40),
+                *exponents(experts, design)]

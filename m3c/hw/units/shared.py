@@ -10,6 +10,7 @@ from m3c.hw.resources import (
     MAXI_BUNDLE,
     PACK_MUX_LUT_PER_DSP,
     Array,
+    Multipliers,
     Resources,
     adders,
     burst_buffer,
@@ -32,6 +33,14 @@ def table_bits(precision) -> int:
     their widest entries, prob_t codes or the reciprocal seeds (2^SEED_FRAC / m < 2^(SEED_FRAC
     + 1))."""
     return max(precision.prob, SEED_FRAC + 1)
+
+
+def exponents(readers: int, design) -> list[Multipliers]:
+    """exp_neg's x log2(e) (logit x prob) for `readers` exponentials a cycle (none in float:
+    the kernel calls exp)."""
+    if design.precision.floating:
+        return []
+    return [Multipliers("exponent", readers, design.precision.logit, design.precision.prob)]
 
 
 def exp2_copies(readers: int, design) -> Resources:
@@ -71,19 +80,21 @@ class Matmul(Unit):
         copies = 2 if p.floating else 3  # the shadow panel, the panel, the stages' live rows
         array = Resources(dsp=g.dsps * p.mac_dsp,
                           ff=copies * (g.macs * g.lane_bits + g.tm * s["SUM_BITS"]))
-        return (control(2) + array + self.epilogue(design) + self.reduction(design)
-                + self.wiring(design))
+        return control(2) + array + self.reduction(design) + self.wiring(design)
 
-    @staticmethod
-    def epilogue(design) -> Resources:
-        """The epilogue's fabric multipliers, per column: the scores' scale (one per key
-        group, logit x norm_t), the mix's normalisation (logit x recip_t) and the experts'
-        gate (prob x data); and the row's reciprocal (its Newton steps, NEWTON_MULTIPLIES)."""
+    def multipliers(self, design) -> list[Multipliers]:
+        """The epilogue's, per column: the scores' scale (one per key group, logit x norm_t),
+        the mix's normalisation (logit x recip_t), the GELU (data x its prob_t table value) and
+        the experts' gate (prob x data); and the row's reciprocal (its Newton steps,
+        NEWTON_MULTIPLIES)."""
         p, g, s = design.precision, design.geometry, design.sizes
         if p.floating:
-            return fabric((s["SCORE_GROUPS"] + 2) * g.tm, 32, 24)
-        return (fabric((s["SCORE_GROUPS"] + 1) * g.tm, p.logit, 24)
-                + fabric(g.tm, p.prob, p.data) + fabric(NEWTON_MULTIPLIES, 33, 33))
+            return [Multipliers("score_scale", s["SCORE_GROUPS"] * g.tm, 32, 24),
+                    Multipliers("mix", g.tm, 32, 24), Multipliers("gate", g.tm, 32, 24)]
+        return [Multipliers("score_scale", s["SCORE_GROUPS"] * g.tm, p.logit, 24),
+                Multipliers("mix", g.tm, p.logit, 24), Multipliers("gelu", g.tm, p.data, p.prob),
+                Multipliers("gate", g.tm, p.prob, p.data),
+                Multipliers("scalar", NEWTON_MULTIPLIES, 33, 33)]
 
     @staticmethod
     def reduction(design) -> Resources:
@@ -174,13 +185,16 @@ class Activations(Unit):
 
 class Interfaces(Unit):
     """The top function's m_axi bundles (weights, image, features): each buffers its
-    outstanding bursts. The weights stream all the time and keep 16 bursts in flight; the
-    image and the features move once per frame and need few."""
+    outstanding bursts. A bundle streams one burst while the requests of the next wait out the
+    read latency its pragma declares (LATENCY cycles, Vitis's default); four bursts of 256
+    beats in flight request 1,024 beats ahead, 16 x that latency, so a congested DDR's longer
+    latency is hidden too. More would only add buffer BRAM (16 bursts: 32 BRAM18 a bundle)."""
 
     name = "interfaces"
     template = "hls/kernel/kernel.cpp.j2"
     BURST_BEATS = 256
-    OUTSTANDING = {"gmem_w": 16, "gmem_in": 4, "gmem_out": 4}
+    LATENCY = 64
+    OUTSTANDING = {"gmem_w": 4, "gmem_in": 4, "gmem_out": 4}
 
     def logic(self, design):
         port = design.target.hp_port_bits
