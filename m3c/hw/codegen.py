@@ -109,6 +109,8 @@ def _mark_mac8(calls: list[dict], capacities: dict, specs: dict[str, dict]) -> N
                 before["narrow"] = call["mac8"]["x"]
     if specs:
         capacities["packed"] = 1
+        if any(call["op"] == "attention" and "mac8" not in call for call in calls):
+            capacities["wide_operands"] = 1  # a 16-bit mix's numerators on the packed array
 
 
 def apply_mac8(kernel: dict, specs: dict[str, dict]) -> dict:
@@ -116,7 +118,8 @@ def apply_mac8(kernel: dict, specs: dict[str, dict]) -> dict:
     the array packed if any is, as the trials of m3c.hw.mixed compare them."""
     calls = [{key: value for key, value in call.items() if key != "mac8"}
              for call in kernel["calls"]]
-    capacities = {key: value for key, value in kernel["capacities"].items() if key != "packed"}
+    capacities = {key: value for key, value in kernel["capacities"].items()
+                  if key not in ("packed", "wide_operands")}
     _mark_mac8(calls, capacities, specs)
     return {**kernel, "calls": calls, "capacities": capacities}
 

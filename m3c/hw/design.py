@@ -94,7 +94,8 @@ class Design:
     def geometry(self) -> Geometry:
         g = Geometry(self.tiles[0], self.tiles[1], lane_bits(self.precision),
                      self.target.hp_port_bits, self.row_tile, self.query_tile,
-                     packed=bool(self.capacities.get("packed")))
+                     packed=bool(self.capacities.get("packed")),
+                     wide_operands=bool(self.capacities.get("wide_operands")))
         if self.precision.floating:
             return g
         return replace(g, chain=g.tk // score_groups(g, self.capacities["max_head_dim"]))

@@ -16,9 +16,9 @@ from dataclasses import dataclass, replace
 from m3c.errors import CodegenError
 from m3c.hw.design import Design, EstimateError, Precision
 from m3c.hw.estimate import total_cycles
-from m3c.hw.fit import check_fit, dsp_bindings, overflow_table, unit_resources
+from m3c.hw.fit import check_fit, multiplier_trades, overflow_table, unit_resources
 from m3c.hw.geometry import BANK_BITS, lane_bits
-from m3c.hw.resources import Resources, overflows, total_resources
+from m3c.hw.resources import Resources, limits, overflows, total_resources
 from m3c.hw.target import Target
 
 TK_CHOICES = (8, 16, 32, 48, 64, 96, 128)
@@ -83,27 +83,37 @@ def _candidates(capacities: dict, precision: Precision, port_bits: int,
     return [(pair, r, q) for pair in pairs for r in rows for q in queries]
 
 
+def _fitted(design: Design, limit: float) -> tuple[Design, Resources] | None:
+    used = total_resources(unit_resources(design, limit))
+    return None if overflows(used, design.target, limit) else (design, used)
+
+
 def _bind_multipliers(design: Design, limit: float, forced: frozenset[str] | None
                       ) -> tuple[Design, Resources] | None:
-    """The design with the fewest multiplier groups on DSPs (m3c.hw.fit.dsp_bindings; fixed
-    point only) that fits `limit` x the caps, and its resources; None if none fits. Binding
-    moves LUTs to DSPs, so only a design over its LUTs alone tries more DSPs. `forced`: the
-    one binding to try."""
+    """The design with its multiplier groups bound to fit `limit` x the caps, and its
+    resources; None if it cannot fit. All in fabric if that fits (the DSPs are the array's);
+    a fixed-point design over its LUTs alone moves groups to the DSPs its array leaves free,
+    the most LUTs saved per DSP first (skipping a group the DSPs left cannot take), until its
+    LUTs fit. `forced`: the binding to take."""
     if forced is not None:
-        bindings = [forced]
-    elif design.precision.floating:
-        bindings = [frozenset()]
-    else:
-        bindings = dsp_bindings(design)
-    for groups in bindings:
-        bound = replace(design, dsp_multipliers=groups)
-        used = total_resources(unit_resources(bound, limit))
-        over = {row["resource"] for row in overflows(used, design.target, limit)}
-        if not over:
-            return bound, used
-        if over != {"lut"}:
-            return None
-    return None
+        return _fitted(replace(design, dsp_multipliers=forced), limit)
+    used = total_resources(unit_resources(design, limit))
+    over = {row["resource"] for row in overflows(used, design.target, limit)}
+    if not over:
+        return design, used
+    if over != {"lut"} or design.precision.floating:
+        return None
+    allowed = limits(design.target, limit)
+    spare_dsps, excess_luts = allowed.dsp - used.dsp, used.lut - allowed.lut
+    chosen: set[str] = set()
+    for group, luts, dsps in multiplier_trades(design):
+        if excess_luts <= 0:
+            break
+        if dsps <= spare_dsps:
+            chosen.add(group)
+            spare_dsps -= dsps
+            excess_luts -= luts
+    return _fitted(replace(design, dsp_multipliers=frozenset(chosen)), limit)
 
 
 def choose_design(calls: Sequence[dict], capacities: dict, target: Target,

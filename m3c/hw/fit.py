@@ -3,8 +3,6 @@ whether they fit the target within a budget."""
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from m3c.hw import units
 from m3c.hw.design import Design, EstimateError
 from m3c.hw.resources import (
@@ -41,18 +39,17 @@ def unit_logic(design: Design) -> dict[str, Resources]:
     return logic
 
 
-def dsp_bindings(design: Design) -> list[frozenset[str]]:
-    """The multiplier groups to bind to DSPs, ever more of them: the groups ordered by the
-    LUTs a DSP saves (most first), each set the one before and the next group."""
-    bare = replace(design, dsp_multipliers=frozenset())
-    saved: dict[str, list[int]] = {}
+def multiplier_trades(design: Design) -> list[tuple[str, int, int]]:
+    """(group, LUTs it takes in fabric, DSPs it takes bound to them) of every multiplier
+    group, the most LUTs saved per DSP first."""
+    trades: dict[str, tuple[int, int]] = {}
     for unit in units.UNITS:
-        for group in unit.multipliers(bare):
+        for group in unit.multipliers(design):
+            luts, dsps = trades.get(group.group, (0, 0))
             fabric, dsp = group.bound(frozenset()), group.bound(frozenset({group.group}))
-            luts, dsps = saved.setdefault(group.group, [0, 0])
-            saved[group.group] = [luts + fabric.lut, dsps + dsp.dsp]
-    order = sorted(saved, key=lambda name: (-saved[name][0] / max(saved[name][1], 1), name))
-    return [frozenset(order[:count]) for count in range(len(order) + 1)]
+            trades[group.group] = (luts + fabric.lut, dsps + dsp.dsp)
+    return sorted(((name, luts, dsps) for name, (luts, dsps) in trades.items()),
+                  key=lambda trade: (-trade[1] / max(trade[2], 1), trade[0]))
 
 
 def unit_resources(design: Design, budget: float = 1.0) -> dict[str, Resources]:

@@ -31,6 +31,11 @@ class Geometry:
     # Two 8-bit products per DSP48E2 (WP486): TK x TM / 2 DSPs; 8-bit layers use all TK x TM
     # products per cycle, 16-bit layers one per DSP (two passes over the rows per panel).
     packed: bool = False
+    # A packed array that also runs a 16-bit attention mix: its operands (softmax numerators,
+    # prob_t + 1 bits) are wider than the DSP's 18-bit B port, so 16-bit products put the
+    # operand on A and the weight on B, and both ports choose by mode. Otherwise B always
+    # takes the operand (8-bit codes, 16-bit data) and only A chooses (matmul.h.j2 mac_row).
+    wide_operands: bool = False
     # Stages of a column's multiply-add chain (fixed point: a key group's GROUP_K inputs, the
     # DSP48E2 cascade of matmul.h.j2 mac_row; a row's sums leave it chain - 1 cycles after it
     # enters). Float sums in place: 1.

@@ -72,7 +72,10 @@ MUX_INPUTS_PER_LUT = 4  # an N:1 multiplexer: ceil(N / 4) LUT6s per bit
 DSP_A_BITS, DSP_B_BITS = 27, 18  # a DSP48E2's multiplier operands (UG579)
 
 
-PACK_MUX_LUT_PER_DSP = 45  # int8: the A and B operand muxes (27 + 18 bits) of a packed DSP
+def pack_mux_luts(wide_operands: bool) -> int:
+    """LUTs of a packed DSP's operand multiplexers (2:1 or 3:1: one LUT6 a bit): its A port's
+    (the packed pair or the pass's weight) and, when 16-bit operands take A, its B port's."""
+    return DSP_A_BITS + (DSP_B_BITS if wide_operands else 0)
 
 
 @dataclass

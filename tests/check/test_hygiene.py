@@ -41,10 +41,12 @@ def test_the_reduction_cost_follows_the_chains_the_code_declares(compiled, preci
     chains the generated mac_row declares: a chain of CHAIN stages per key group whose adds
     are the DSPs' (none in fabric), one SUM_BITS adder per key group and column (finish_row)
     and, packed, per chain of PACKED_CHAIN DSPs its separation (CHAIN8_BITS) and the adders
-    of the two running sums, and the operand muxes of every DSP."""
+    of the two running sums, and the operand muxes of every DSP (A's, and B's when 16-bit
+    operands take A)."""
     import math
+    import re
 
-    from m3c.hw.resources import PACK_MUX_LUT_PER_DSP
+    from m3c.hw.resources import DSP_A_BITS, DSP_B_BITS
     from m3c.hw.units.shared import Matmul
 
     _, project = compiled("micro-nyud", precision=precision)
@@ -64,7 +66,10 @@ def test_the_reduction_cost_follows_the_chains_the_code_declares(compiled, preci
         growth = math.ceil(math.log2(c["CHAIN"]))
         low = c["X_BITS"] + c["LANE_BITS"] + growth
         runs = c["CHAIN8_BITS"] + low + (c["CHAIN8_BITS"] + growth) + low  # + the low's mux
-        expected += columns * ends * runs + g.dsps * PACK_MUX_LUT_PER_DSP
+        wide = re.search(r"#define M3C_WIDE_OPERANDS (\d)", source).group(1) == "1"
+        assert wide == g.wide_operands
+        # A chooses by mode (the packed pair or the pass's weight); B too when it is wide
+        expected += columns * ends * runs + g.dsps * (DSP_A_BITS + wide * DSP_B_BITS)
     assert Matmul.reduction(design).lut == expected
     assert Matmul.reduction(Design(design.target, design.capacities, design.tiles)).lut == 0
 

@@ -190,14 +190,16 @@ def test_compile_uses_forced_tiles(export_model, tmp_path):
 
 def test_multipliers_a_design_puts_on_dsps_are_bound_to_them_in_the_code(
         export_model, tmp_path, monkeypatch):
-    """A design with every multiplier group on DSPs (the DSE made to choose it) compiles to
+    """A design with every multiplier group on DSPs (forced on the DSE) compiles to
     code whose bind_op pragmas say dsp for each group (fabric only for the index products),
     recorded in project.json, and the hygiene analysis finds the code and estimate agree."""
+    import functools
+
     from m3c.check.hygiene import hygiene_findings
     from m3c.hw.resources import MULTIPLIER_GROUPS
 
-    monkeypatch.setattr("m3c.hw.dse.dsp_bindings",
-                        lambda design: [frozenset(MULTIPLIER_GROUPS)])
+    monkeypatch.setattr("m3c.project.compile.choose_design", functools.partial(
+        choose_design, dsp_multipliers=frozenset(MULTIPLIER_GROUPS)))
     _, path = export_model("micro-nyud")
     project = compile_model(path, out=tmp_path / "build", precision="fixed")
     manifest = json.loads((project / "project.json").read_text())
@@ -281,19 +283,20 @@ def test_small_nyud_fits_the_caps_in_both_precisions():
 
 
 def test_multipliers_go_to_free_dsps_only_as_far_as_the_luts_need():
-    """int8 small-nyud: the DSE's design binds the fewest multiplier groups to DSPs that fit
-    its LUTs (one group fewer overflows them), and counts each bound group's DSPs."""
+    """int8 small-nyud: the DSE's design binds multiplier groups to the DSPs its array leaves
+    free, the most LUTs saved per DSP first, and no more than its LUTs need (without the last
+    group it took they overflow); the estimate counts each bound group's DSPs."""
     from m3c.hw.configs import as_int8
-    from m3c.hw.fit import dsp_bindings
+    from m3c.hw.fit import multiplier_trades
     from m3c.hw.resources import Multipliers, dsp_tiles
     from m3c.hw.units import UNITS
 
     calls, capacities = as_int8(*calls_for_config(_config("small-nyud")))
     design = choose_design(calls, capacities, ZCU104, FIXED16).design
-    ladder = dsp_bindings(design)
-    rung = ladder.index(design.dsp_multipliers)
-    assert rung > 0 and ladder[0] == frozenset()
-    fewer = replace(design, dsp_multipliers=ladder[rung - 1])
+    taken = [group for group, _, _ in multiplier_trades(design)
+             if group in design.dsp_multipliers]
+    assert taken and set(taken) == design.dsp_multipliers
+    fewer = replace(design, dsp_multipliers=frozenset(taken[:-1]))
     assert [row["resource"] for row in overflows(
         total_resources(unit_resources(fewer)), ZCU104)] == ["lut"]
     groups: list[Multipliers] = [m for unit in UNITS for m in unit.multipliers(design)]

@@ -49,7 +49,37 @@ def test_int8_csim_equals_emulation(compiled, preset, gate):
     kernel = json.loads((project / "kernel.json").read_text())
     assert kernel["capacities"]["packed"] == 1
     assert any("mac8" in call for call in kernel["calls"])
+    # every attention is 8-bit: the DSPs' B ports take every operand
+    assert "#define M3C_WIDE_OPERANDS 0" in (project / "hls/src/m3c_ops.h").read_text()
     _assert_bit_exact(project)
+
+
+def test_a_16bit_mix_on_the_packed_array_puts_its_operands_on_a(export_model, tmp_path):
+    """8-bit projections beside a 16-bit attention: the packed array's 16-bit mix multiplies
+    numerators wider than the DSPs' 18-bit B port, so 16-bit products put their operand on A
+    (M3C_WIDE_OPERANDS), bit-exact; with the define cleared the C-simulation refuses to run
+    (the ports' assumption is checked, and the check can fail)."""
+    import shutil
+
+    _, path = export_model("micro-nyud")
+    config = tmp_path / "layers.json"
+    config.write_text(json.dumps({"layers": {"*qkv*": {"bits": 8}}}))
+    project = compile_model(path, out=tmp_path / "build", precision_config=config)
+    kernel = json.loads((project / "kernel.json").read_text())
+    assert kernel["capacities"]["wide_operands"] == 1
+    assert any(c["op"] == "attention" and "mac8" not in c for c in kernel["calls"])
+    header = project / "hls/src/m3c_ops.h"
+    assert "#define M3C_WIDE_OPERANDS 1" in header.read_text()
+    _assert_bit_exact(project, scales=(1.0, 60.0))
+    narrow = tmp_path / "narrow"
+    shutil.copytree(project, narrow)
+    header = narrow / "hls/src/m3c_ops.h"
+    header.write_text(header.read_text().replace("#define M3C_WIDE_OPERANDS 1",
+                                                 "#define M3C_WIDE_OPERANDS 0"))
+    result = subprocess.run(["make", "-s", "csim", f"PYTHON={sys.executable}"], cwd=narrow,
+                            capture_output=True, text=True)
+    assert result.returncode != 0
+    assert "a 16-bit mix needs M3C_WIDE_OPERANDS" in result.stderr
 
 
 @pytest.mark.parametrize("overrides", [

@@ -8,7 +8,6 @@ import math
 
 from m3c.hw.resources import (
     MAXI_BUNDLE,
-    PACK_MUX_LUT_PER_DSP,
     Array,
     Multipliers,
     Resources,
@@ -17,6 +16,7 @@ from m3c.hw.resources import (
     control,
     fabric,
     multiplexers,
+    pack_mux_luts,
     table_copies,
 )
 from m3c.hw.units.base import BUNDLES, Cost, Rendering, Unit, loop_cost, unit_call
@@ -126,7 +126,7 @@ class Matmul(Unit):
                 + adders(columns * ends, high_bits)
                 + multiplexers(columns * ends * low_bits, 2)
                 + Resources(ff=columns * (chain - ends) * (low_bits + high_bits)))
-        return delays + sums + runs + Resources(lut=g.dsps * PACK_MUX_LUT_PER_DSP)
+        return delays + sums + runs + Resources(lut=g.dsps * pack_mux_luts(g.wide_operands))
 
     @staticmethod
     def wiring(design) -> Resources:
