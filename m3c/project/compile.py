@@ -37,6 +37,7 @@ from m3c.hw.target import Target, load_target
 from m3c.hw.units.attention import check_head_widths
 from m3c.ir.graph import Graph
 from m3c.ir.sessions import ort_session
+from m3c.lowering.heads import describe_heads, head_line
 from m3c.project.atomic import check_destination, staged_directory
 from m3c.project.calibrate import (
     Typing,
@@ -190,11 +191,14 @@ def _build(original: Graph, board: Target, settings: dict, project: Path, tiles,
                                                 + "\n")
     progress.note("compile: writing the project")
     write_heads(project / "host" / "heads", graph)
+    heads = describe_heads(project / "host" / "heads", tasks)
+    for task, head in heads.items():
+        progress.note(f"compile: {head_line(task, head)}")
     context = template_context(graph, plan, kernel, board, typing, tasks, data_files, choice,
                                layout, settings["preprocess"])
     render_all(project, context)
     manifest = write_manifest(project, graph, plan, kernel, board, typing, tasks, choice,
-                               layout, settings["preprocess"])
+                               layout, settings["preprocess"], heads)
     write_report(project, build_report(manifest, kernel, choice))
     write_host(project, manifest, context["model_name"])
 

@@ -216,9 +216,9 @@ def render_all(project: Path, context: dict) -> None:
 
 def write_manifest(project: Path, graph: Graph, plan: KernelPlan, kernel: dict, board: Target,
                    typing: Typing, tasks: list[str], choice: Choice, layout: DdrLayout,
-                   preprocess: dict[str, list[float]]) -> dict:
+                   preprocess: dict[str, list[float]], heads: dict[str, dict]) -> dict:
     """project.json (with the pictures' normalisation in its config, which every runtime
-    reads) and kernel.json."""
+    reads, and the task heads as m3c.lowering.heads describes them) and kernel.json."""
     features = graph.graph.outputs[0]
     g = choice.design.geometry
     manifest = {
@@ -231,7 +231,7 @@ def write_manifest(project: Path, graph: Graph, plan: KernelPlan, kernel: dict, 
         "image_shape": plan.image_shape, "features_shape": list(features.shape),
         "features_tensor": graph.metadata["m3c.features_tensor"],
         "weight_elements": plan.weights.size, "moe_layers": plan.layers,
-        "routers_read_task": routers_read_task(kernel["calls"]),
+        "routers_read_task": routers_read_task(kernel["calls"]), "heads": heads,
         "tiles": list(choice.design.tiles), "row_tile": g.row_tile, "query_tile": g.query_tile,
         "dsp_multipliers": sorted(choice.design.dsp_multipliers),
         "tiles_forced": choice.forced, "tile_candidates": choice.candidates,

@@ -108,6 +108,8 @@ def build_report(manifest: dict, kernel: dict, choice, power_w: float | None = N
         "energy": {"board_power_w": power, "joules_per_inference": seconds * power,
                    "joules_all_tasks": seconds * power * encoder_runs},
         "simulation": simulation and {k: v for k, v in simulation.items() if k != "routing"},
+        "heads": {"runs_on": "host", "encoder_macs": summary["macs"],
+                  "tasks": manifest.get("heads", {})},
     }
 
 
