@@ -402,48 +402,39 @@ def _matmul(chain, node, x, plan):
     return Linear(weight.astype(np.float32), bias.astype(np.float32)), tensor
 
 
-def _transpose(chain, node, x, plan):
-    """[1, tokens, C] -> [1, C, tokens], then a Reshape to the map: one TokensToMap."""
-    if x.ndim != 3 or list(_attributes(node).get("perm", [])) != [0, 2, 1]:
-        raise NotAHeadStage(node, "only the tokens' [0, 2, 1] transpose before a reshape")
-    reshape = chain.next_node(node.output[0])
-    if reshape is None or reshape.op_type != "Reshape":
-        raise NotAHeadStage(node, "a tokens' transpose must be followed by a reshape to a map")
-    height, width = _map_size(chain, reshape, x.shape[0] * x.shape[2], x.shape[1])
-    return TokensToMap(height, width), reshape.output[0]
-
-
-def _reshape(chain, node, x, plan):
-    """[1, tokens, C] -> [1, H, W, C], then a Transpose [0, 3, 1, 2]: one TokensToMap."""
+def _layout(chain, node, x, plan):
+    """A run of Reshapes and Transposes on the tokens: one TokensToMap if it lays them out as
+    a [1, C, H, W] map (followed on an index array, so any exporter's spelling of it counts:
+    transpose then reshape, reshape then permute, a reshape for a transpose of a size-1
+    axis)."""
     del plan
-    target = chain.constant(node, 1)
-    transpose = chain.next_node(node.output[0])
-    if (x.ndim != 3 or target is None or len(target) != 4 or transpose is None
-            or transpose.op_type != "Transpose"
-            or list(_attributes(transpose).get("perm", [])) != [0, 3, 1, 2]):
-        raise NotAHeadStage(node, "only tokens laid out as a [1, C, H, W] map are reshaped")
-    size = _resolved(target, x.size)
-    if size[0] * size[3] != x.shape[0] * x.shape[2] or size[1] * size[2] != x.shape[1]:
-        raise NotAHeadStage(node, f"reshape to {size} does not lay the tokens out as a map")
-    return TokensToMap(int(size[1]), int(size[2])), transpose.output[0]
+    if x.ndim != 3:
+        raise NotAHeadStage(node, "only the tokens are reshaped or transposed (to a map)")
+    index, tensor = np.arange(x.size).reshape(x.shape), node.input[0]
+    while node is not None and node.op_type in ("Reshape", "Transpose"):
+        if node.op_type == "Reshape":
+            copy_zeros = not _attributes(node).get("allowzero", 0)
+            index = index.reshape(_resolved(chain.constant(node, 1), index.shape, copy_zeros))
+        else:
+            index = index.transpose(_attributes(node).get("perm") or None)
+        tensor = node.output[0]
+        node = chain.next_node(tensor)
+    if index.ndim == 4 and index.shape[0] == x.shape[0]:
+        height, width = index.shape[2:]
+        expected = TokensToMap(height, width).run(np.arange(x.size).reshape(x.shape))
+        if index.shape == expected.shape and np.array_equal(index, expected):
+            return TokensToMap(int(height), int(width)), tensor
+    raise NotAHeadStage(onnx.NodeProto(name=tensor), f"reshapes to {list(index.shape)} that do "
+                                                      "not lay the tokens out as a map")
 
 
-def _map_size(chain, reshape, leading: int, tokens: int) -> tuple[int, int]:
-    target = chain.constant(reshape, 1)
-    if target is None or len(target) != 4:
-        raise NotAHeadStage(reshape, "a reshape of the tokens to [1, C, H, W]")
-    size = _resolved(target, leading * tokens)
-    if size[0] * size[1] != leading or size[2] * size[3] != tokens:
-        raise NotAHeadStage(reshape, f"reshape to {size} does not lay the tokens out as a map")
-    return int(size[2]), int(size[3])
-
-
-def _resolved(target: np.ndarray, elements: int) -> list[int]:
-    """A Reshape's shape with its -1 worked out (0 entries are not used by the heads)."""
-    size = [int(v) for v in target.ravel()]
+def _resolved(target: np.ndarray, shape: tuple[int, ...], copy_zeros: bool) -> list[int]:
+    """A Reshape's shape for an input of `shape`: its 0 entries copied from the input (unless
+    allowzero), its -1 worked out."""
+    size = [shape[i] if copy_zeros and v == 0 else int(v) for i, v in enumerate(target.ravel())]
     if size.count(-1) == 1:
         known = int(np.prod([v for v in size if v != -1]))
-        size[size.index(-1)] = elements // max(known, 1)
+        size[size.index(-1)] = int(np.prod(shape)) // max(known, 1)
     return size
 
 
@@ -535,7 +526,7 @@ def _text(value) -> str:
 
 
 _HANDLERS = {"Slice": _slice, "LayerNormalization": _layer_norm, "MatMul": _matmul,
-             "Transpose": _transpose, "Reshape": _reshape, "Conv": _conv,
+             "Transpose": _layout, "Reshape": _layout, "Conv": _conv,
              "BatchNormalization": _batch_norm, "Relu": _relu, "Identity": _identity,
              "Resize": _resize}
 

@@ -64,6 +64,19 @@ class LinearHead(nn.Module):
         return F.interpolate(x, scale_factor=8.0, mode="nearest")
 
 
+class OneChannel(nn.Module):
+    """A linear layer to one channel, transposed to a map: the dynamo exporter spells the
+    transpose of a size-1 axis as a reshape."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(DIM, 1)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        x = self.linear(tokens[:, 1:]).transpose(1, 2).reshape(1, 1, *GRID)
+        return F.interpolate(x, scale_factor=4.0, mode="bilinear", align_corners=False)
+
+
 class Strided(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -71,6 +84,13 @@ class Strided(nn.Module):
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.conv(tokens[:, 1:].transpose(1, 2).reshape(1, DIM, *GRID))
+
+
+class Scrambled(nn.Module):
+    """Tokens reshaped to [1, C, H, W] without a transpose: not the tokens' map."""
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return torch.relu(tokens[:, 1:].reshape(1, DIM, *GRID))
 
 
 class Sigmoid(nn.Module):
@@ -108,7 +128,8 @@ def _onnxruntime(model: onnx.ModelProto, tokens: np.ndarray) -> np.ndarray:
     (Naive(align_corners=False), "conv 1x1, ReLU, conv 1x1, bilinear x8"),
     (Naive(align_corners=True), "conv 1x1, ReLU, conv 1x1, bilinear x8"),
     (LinearHead(), "drop class token, linear, nearest x8"),
-], ids=["pup", "pup-align", "naive", "naive-align", "linear"])
+    (OneChannel(), "drop class token, linear, bilinear x4"),
+], ids=["pup", "pup-align", "naive", "naive-align", "linear", "one-channel"])
 def test_a_head_is_recognised_and_runs_as_onnxruntime_does(tmp_path, module, words, dynamo):
     model = _export(module, tmp_path / "head.onnx", dynamo)
     plan = recognise_head(model, "task")
@@ -132,6 +153,7 @@ def test_pup_macs_count_every_convolution_on_its_map(tmp_path):
 @pytest.mark.parametrize("module, node, reason", [
     (Strided(), "Conv", "stride 1"),
     (Sigmoid(), "Sigmoid", "not a head stage"),
+    (Scrambled(), "", "do not lay the tokens out as a map"),
 ])
 def test_a_head_with_other_nodes_stays_on_the_host(tmp_path, module, node, reason):
     result = recognise_head(_export(module, tmp_path / "head.onnx", False), "task")
