@@ -109,8 +109,14 @@ def build_report(manifest: dict, kernel: dict, choice, power_w: float | None = N
                    "joules_all_tasks": seconds * power * encoder_runs},
         "simulation": simulation and {k: v for k, v in simulation.items() if k != "routing"},
         "heads": {"runs_on": "host", "encoder_macs": summary["macs"],
-                  "tasks": manifest.get("heads", {})},
+                  "tasks": _heads(manifest)},
     }
+
+
+def _heads(manifest: dict) -> list[dict]:
+    """The task heads project.json describes, in task order (project.json sorts its keys)."""
+    heads = manifest.get("heads", {})
+    return [{"task": task, **heads[task]} for task in manifest.get("tasks", []) if task in heads]
 
 
 def _encoder_runs(manifest: dict) -> int:
