@@ -25,15 +25,17 @@ def needs_tvm():
 
 
 class AlteredTVMModel(TVMModel):
-    """TVM handed a deliberately altered copy: the last float weight of the graph shifted by
-    0.5, so its output moves while onnxruntime keeps the true model."""
+    """TVM handed a deliberately altered copy: the last float weight of the graph (a Conv's,
+    MatMul's, Gemm's or Add's: not a Resize's scales, which would change the output's shape)
+    shifted by 0.5, so its output moves while onnxruntime keeps the true model."""
 
     def __init__(self, model: onnx.ModelProto, label: str = "the model") -> None:
         altered = copy.deepcopy(model)
         weights = {init.name: init for init in altered.graph.initializer
                    if init.data_type == TensorProto.FLOAT}
-        name = next(name for node in reversed(altered.graph.node) for name in node.input
-                    if name in weights)
+        name = next(name for node in reversed(altered.graph.node)
+                    if node.op_type in ("Conv", "MatMul", "Gemm", "Add")
+                    for name in node.input if name in weights)
         shifted = numpy_helper.to_array(weights[name]) + np.float32(0.5)
         weights[name].CopyFrom(numpy_helper.from_array(shifted, name))
         super().__init__(altered, label)
