@@ -33,9 +33,10 @@ def unit_logic(design: Design) -> dict[str, Resources]:
         own, groups = unit.logic(design), unit.multipliers(design)
         if own is None and not groups:
             continue
+        total = own if own is not None else Resources()
         for group in groups:
-            own = (own or Resources()) + group.bound(design.dsp_multipliers)
-        logic[unit.name] = own
+            total = total + group.bound(design.dsp_multipliers)
+        logic[unit.name] = total
     return logic
 
 

@@ -29,14 +29,12 @@ class NotAHeadStage(Exception):
 
 # ----------------------------------------------------------------------------- the stages
 
-@dataclass(frozen=True)
-class DropClassToken:
-    """tokens[:, 1:]: the head reads the patch tokens only."""
+class Stage:
+    """What every stage answers besides `run`: its output's shape and its MACs on an input of
+    `shape` (none by default: the stages that multiply say otherwise)."""
 
-    name = "drop class token"
-
-    def run(self, x: np.ndarray) -> np.ndarray:
-        return x[:, 1:]
+    def out_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        return shape
 
     def macs(self, shape: tuple[int, ...]) -> int:
         del shape
@@ -44,7 +42,20 @@ class DropClassToken:
 
 
 @dataclass(frozen=True)
-class LayerNorm:
+class DropClassToken(Stage):
+    """tokens[:, 1:]: the head reads the patch tokens only."""
+
+    name = "drop class token"
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        return x[:, 1:]
+
+    def out_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        return (shape[0], shape[1] - 1, *shape[2:])
+
+
+@dataclass(frozen=True)
+class LayerNorm(Stage):
     """The head's layer norm over the tokens' channels."""
 
     gamma: np.ndarray
@@ -57,13 +68,9 @@ class LayerNorm:
         variance = ((x - mean) ** 2).mean(-1, keepdims=True)
         return (x - mean) / np.sqrt(variance + self.epsilon) * self.gamma + self.beta
 
-    def macs(self, shape: tuple[int, ...]) -> int:
-        del shape
-        return 0
-
 
 @dataclass(frozen=True)
-class Linear:
+class Linear(Stage):
     """A linear layer on every token: [in, out] weights."""
 
     weight: np.ndarray
@@ -73,12 +80,15 @@ class Linear:
     def run(self, x: np.ndarray) -> np.ndarray:
         return x @ self.weight + self.bias
 
+    def out_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        return (*shape[:-1], self.weight.shape[1])
+
     def macs(self, shape: tuple[int, ...]) -> int:
         return int(np.prod(shape[:-1])) * self.weight.size
 
 
 @dataclass(frozen=True)
-class TokensToMap:
+class TokensToMap(Stage):
     """[1, H x W, C] tokens laid out as a [1, C, H, W] map (row-major patches)."""
 
     height: int
@@ -88,13 +98,12 @@ class TokensToMap:
     def run(self, x: np.ndarray) -> np.ndarray:
         return x.transpose(0, 2, 1).reshape(x.shape[0], x.shape[2], self.height, self.width)
 
-    def macs(self, shape: tuple[int, ...]) -> int:
-        del shape
-        return 0
+    def out_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        return (shape[0], shape[2], self.height, self.width)
 
 
 @dataclass(frozen=True)
-class Conv:
+class Conv(Stage):
     """A k x k convolution, stride 1, same padding (k // 2), with its bias (a batch norm that
     followed it folded in)."""
 
@@ -117,24 +126,23 @@ class Conv:
         """This convolution followed by y -> y x scale + shift per output channel."""
         return Conv(self.weight * scale[:, None, None, None], self.bias * scale + shift)
 
+    def out_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        return (shape[0], self.weight.shape[0], *shape[2:])
+
     def macs(self, shape: tuple[int, ...]) -> int:
         return int(shape[0] * shape[2] * shape[3]) * self.weight.size
 
 
 @dataclass(frozen=True)
-class Relu:
+class Relu(Stage):
     name = "ReLU"
 
     def run(self, x: np.ndarray) -> np.ndarray:
         return np.maximum(x, 0)
 
-    def macs(self, shape: tuple[int, ...]) -> int:
-        del shape
-        return 0
-
 
 @dataclass(frozen=True)
-class Resize:
+class Resize(Stage):
     """A map resized to `size` (H, W): bilinear or nearest (torch's: the floor of the
     asymmetric source coordinate), align_corners or half-pixel centres; `scale` is the ratio
     the source coordinates use (ONNX: the given scales, or size / input)."""
@@ -155,6 +163,9 @@ class Resize:
             x = self._along(x, axis, out, scale)
         return x
 
+    def out_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        return (*shape[:2], *self.size)
+
     def _along(self, x: np.ndarray, axis: int, out: int, scale: float) -> np.ndarray:
         size = x.shape[axis]
         o = np.arange(out, dtype=np.float64)
@@ -173,12 +184,6 @@ class Resize:
         weight = weight.reshape(shape)
         return np.take(x, low, axis=axis) * (1 - weight) + np.take(x, high, axis=axis) * weight
 
-    def macs(self, shape: tuple[int, ...]) -> int:
-        del shape
-        return 0
-
-
-Stage = DropClassToken | LayerNorm | Linear | TokensToMap | Conv | Relu | Resize
 
 
 @dataclass
@@ -197,10 +202,10 @@ class HeadPlan:
 
     def macs(self) -> int:
         """Multiply-accumulates of one run, stage by stage on the shapes it meets."""
-        total, x = 0, np.zeros(self.tokens_shape, np.float32)
+        total, shape = 0, self.tokens_shape
         for stage in self.stages:
-            total += stage.macs(x.shape)
-            x = _shape_only(stage, x)
+            total += stage.macs(shape)
+            shape = stage.out_shape(shape)
         return total
 
     def describe(self) -> str:
@@ -216,17 +221,6 @@ class HostHead:
     task: str
     node: str
     reason: str
-
-
-def _shape_only(stage: Stage, x: np.ndarray) -> np.ndarray:
-    """A zero array of the stage's output shape (without computing it)."""
-    if isinstance(stage, Conv):
-        return np.zeros((x.shape[0], stage.weight.shape[0], *x.shape[2:]), np.float32)
-    if isinstance(stage, Linear):
-        return np.zeros((*x.shape[:-1], stage.weight.shape[1]), np.float32)
-    if isinstance(stage, Resize):
-        return np.zeros((*x.shape[:2], *stage.size), np.float32)
-    return stage.run(x)
 
 
 def _fold_repeats(names: list[str]) -> list[str]:
@@ -363,7 +357,7 @@ def _walk(chain: _Chain, tensor: str, output: str, plan: HeadPlan) -> None:
             raise NotAHeadStage(node, f"{node.op_type} of an unexpected form: {error}") from None
         if stage is not None:
             plan.stages.append(stage)
-            x = _shape_only(stage, x)
+            x = np.zeros(stage.out_shape(x.shape), np.float32)
 
 
 def _slice(chain, node, x, plan):
@@ -531,13 +525,13 @@ _HANDLERS = {"Slice": _slice, "LayerNormalization": _layer_norm, "MatMul": _matm
              "Resize": _resize}
 
 
-def describe_heads(folder, tasks: list[str]) -> dict[str, dict]:
-    """Per task, its head (`folder`/<task>.onnx) as project.json records it: the recognised
-    stages and their MACs, or the node that keeps it on the host and why. Every head runs on
-    the host (onnxruntime) for now: the accelerator has no convolution unit yet."""
+def describe_heads(models: dict[str, onnx.ModelProto], tasks: list[str]) -> dict[str, dict]:
+    """Per task, its head (`models[task]`) as project.json records it: the recognised stages
+    and their MACs, or the node that keeps it on the host and why. Every head runs on the
+    host (onnxruntime) for now: the accelerator has no convolution unit yet."""
     heads = {}
     for task in tasks:
-        found = recognise_head(onnx.load(str(folder / f"{task}.onnx")), task)
+        found = recognise_head(models[task], task)
         if isinstance(found, HeadPlan):
             heads[task] = {"stages": found.describe(), "macs": found.macs(), "runs_on": "host"}
         else:

@@ -190,8 +190,7 @@ def _build(original: Graph, board: Target, settings: dict, project: Path, tiles,
         (project / PRECISION_CONFIG).write_text(json.dumps(document, indent=1, sort_keys=True)
                                                 + "\n")
     progress.note("compile: writing the project")
-    write_heads(project / "host" / "heads", graph)
-    heads = describe_heads(project / "host" / "heads", tasks)
+    heads = describe_heads(write_heads(project / "host" / "heads", graph), tasks)
     for task, head in heads.items():
         progress.note(f"compile: {head_line(task, head)}")
     context = template_context(graph, plan, kernel, board, typing, tasks, data_files, choice,

@@ -88,10 +88,13 @@ def _lane_dtype(typing: Typing, layout: DdrLayout) -> str:
     return "int16" if layout.port_lanes == 8 else "int32"
 
 
-def write_heads(folder: Path, graph: Graph) -> None:
+def write_heads(folder: Path, graph: Graph) -> dict[str, onnx.ModelProto]:
+    """Each task's head as host/heads/<task>.onnx; the models, by task."""
     folder.mkdir(parents=True)
-    for task, head in graph.heads.items():
-        onnx.save(graph.to_onnx(head), str(folder / f"{task}.onnx"))
+    models = {task: graph.to_onnx(head) for task, head in graph.heads.items()}
+    for task, model in models.items():
+        onnx.save(model, str(folder / f"{task}.onnx"))
+    return models
 
 
 def template_context(graph: Graph, plan: KernelPlan, kernel: dict, board: Target, typing: Typing,
